@@ -1,0 +1,119 @@
+"""A spiking network as a small graph of neuron groups.
+
+Every model in `models/` is a `SpikingGraph`: an ordered list of `Node`s.
+A node is one group of CUBA-LIF neurons (slayer's Loihi neuron) fed by one
+or more slayer synapses, each reading the output of an earlier node (or the
+network input). Several synapses into one node are summed before the neuron:
+that is how additive skips are expressed, and it maps one to one onto Lava,
+where several connection processes feed one LIF's `a_in`.
+
+The last node is the readout: its neurons never spike; the network output
+is its synaptic input accumulated over time and divided by T (the paper's
+non-spiking membrane readout).
+
+Tensors are slayer-ordered (N, C, H, W, T). Every spiking node's output is
+delayed by one step, as slayer's blocks do (`delay_shift`), so that the
+torch model has exactly the one-step-per-layer pipeline delay of Loihi and
+Lava: the same spikes appear at the same step in all three executions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from lava.lib.dl import slayer
+
+INPUT = "input"
+
+
+@dataclass(frozen=True)
+class NeuronParams:
+    """CUBA-LIF parameters in slayer's units (threshold in weight units,
+    decays as fractions of 1; Loihi stores them x64 and x4096)."""
+
+    threshold: float = 1.0
+    current_decay: float = 1.0
+    voltage_decay: float = 0.01
+    tau_grad: float = 1.0
+    scale_grad: float = 1.0
+
+    def make(self) -> slayer.neuron.cuba.Neuron:
+        return slayer.neuron.cuba.Neuron(
+            threshold=self.threshold,
+            current_decay=self.current_decay,
+            voltage_decay=self.voltage_decay,
+            tau_grad=self.tau_grad,
+            scale_grad=self.scale_grad,
+            shared_param=True,
+            persistent_state=False,
+            requires_grad=False,
+        )
+
+
+class Node(torch.nn.Module):
+    """One neuron group and the synapses that feed it.
+
+    `sources[k]` names the node whose output `synapses[k]` reads; `neuron`
+    is None for the readout node.
+    """
+
+    def __init__(self, name: str, sources: list[str], synapses: list[torch.nn.Module],
+                 neuron: slayer.neuron.cuba.Neuron | None):
+        super().__init__()
+        if len(sources) != len(synapses) or not sources:
+            raise ValueError(f"node {name}: need one synapse per source")
+        self.name = name
+        self.sources = list(sources)
+        self.synapses = torch.nn.ModuleList(synapses)
+        self.neuron = neuron
+
+    @property
+    def is_readout(self) -> bool:
+        return self.neuron is None
+
+    def current(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """Summed synaptic input, (N, C, H, W, T)."""
+        total = None
+        for synapse, x in zip(self.synapses, inputs):
+            z = synapse(x)
+            total = z if total is None else total + z
+        return total
+
+    def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        z = self.current(inputs)
+        if self.neuron is None:
+            return z
+        return slayer.axon.delay(self.neuron(z), 1)
+
+
+class SpikingGraph(torch.nn.Module):
+    """Runs nodes in order; returns (readout (N, K, H', W'), spikes per node).
+
+    `input_shape` is (C, H, W) of the encoded input; `quantized` tells
+    whether synapse weights pass through Loihi's 8-bit quantization in the
+    forward pass (slayer's `pre_hook_fx`).
+    """
+
+    def __init__(self, nodes: list[Node], input_shape: tuple[int, int, int], neuron: NeuronParams):
+        super().__init__()
+        names = [INPUT]
+        for node in nodes:
+            for s in node.sources:
+                if s not in names:
+                    raise ValueError(f"node {node.name} reads {s!r}, which is not an earlier node")
+            if node.name in names:
+                raise ValueError(f"duplicate node name {node.name!r}")
+            names.append(node.name)
+        if not nodes[-1].is_readout or any(n.is_readout for n in nodes[:-1]):
+            raise ValueError("exactly the last node must be the readout")
+        self.nodes = torch.nn.ModuleList(nodes)
+        self.input_shape = tuple(input_shape)
+        self.neuron_params = neuron
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        outputs = {INPUT: x}
+        for node in self.nodes:
+            outputs[node.name] = node([outputs[s] for s in node.sources])
+        readout = outputs[self.nodes[-1].name].mean(dim=-1)
+        spikes = {n.name: outputs[n.name] for n in self.nodes[:-1]}
+        return readout, spikes

@@ -1,0 +1,3 @@
+"""Neuromorphic toolchain for event-camera semantic segmentation."""
+
+__version__ = "0.1.0"
