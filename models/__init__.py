@@ -1,0 +1,117 @@
+"""Network definitions and the registry by name.
+
+    build(name, in_channels, num_classes, input_hw, neuron, **kw) -> SpikingGraph
+    names(), describe(name) -> parameter count
+    predict(model, x, size) -> (N, K, H, W) class scores at label size
+    load_checkpoint(path) -> (SpikingGraph, Config)
+
+Presets: `spiking-deeplab` and `spiking-fcn` at paper size, and `-tiny`
+variants that train on two CPU cores in minutes. Append `-ann` to a name (or
+pass `ann=True`) for the non-spiking twin of the same topology.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import deeplab, fcn
+from .ann import AnnGraph
+from .blocks import firing_rates, fold_for_export, parameter_count, set_quantized
+from .graph import NeuronParams, SpikingGraph
+
+# name -> (builder, preset kwargs, init weight scale). The weight scales are
+# chosen so that spikes reach the readout at init (tests/test_models.py).
+_REGISTRY: dict[str, tuple[Callable, dict]] = {
+    "spiking-deeplab": (deeplab.spiking_deeplab, dict(layers=deeplab.PAPER, weight_scale=8.0)),
+    "spiking-deeplab-tiny": (deeplab.spiking_deeplab, dict(layers=deeplab.TINY, weight_scale=8.0)),
+    "spiking-fcn": (fcn.spiking_fcn, dict(**fcn.PAPER, weight_scale=8.0)),
+    "spiking-fcn-tiny": (fcn.spiking_fcn, dict(**fcn.TINY, weight_scale=8.0)),
+}
+
+DESCRIBE_INPUT = dict(in_channels=2, num_classes=6, input_hw=(64, 64))
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def build(name: str, in_channels: int, num_classes: int, input_hw: tuple[int, int],
+          neuron: NeuronParams | None = None, *, ann: bool = False, **kw):
+    """Build a registered network. `kw` overrides preset arguments
+    (width, weight_scale, weight_norm, quantized, layers/blocks/head)."""
+    if name.endswith("-ann"):
+        name, ann = name[: -len("-ann")], True
+    if name not in _REGISTRY:
+        from toolchain.errors import ToolchainError
+
+        raise ToolchainError(f"model {name!r} is not registered; known: {', '.join(names())}")
+    builder, preset = _REGISTRY[name]
+    args = {**preset, **kw}
+    graph = builder(in_channels, num_classes, tuple(input_hw), neuron or NeuronParams(), **args)
+    graph.name = name
+    return AnnGraph(graph) if ann else graph
+
+
+def describe(name: str) -> int:
+    """Parameter count of a preset for DDD17 (2 input channels, 6 classes)."""
+    return parameter_count(build(name, **DESCRIBE_INPUT, weight_norm=False))
+
+
+def predict(model: torch.nn.Module, x: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, dict]:
+    """Class scores (N, K, H, W) at label size, and spikes per node.
+
+    The network's readout is at feature resolution; the bilinear upsampling
+    to `size` runs on the host after the spiking network (it is not part of
+    the exported `.net`)."""
+    readout, spikes = model(x)
+    if tuple(readout.shape[-2:]) != tuple(size):
+        readout = F.interpolate(readout, size=tuple(size), mode="bilinear", align_corners=False)
+    return readout, spikes
+
+
+def from_config(cfg, in_channels: int, num_classes: int, quantized: bool | None = None):
+    """Build the model a `Config` describes (neuron parameters from cfg.model)."""
+    m = cfg.model
+    neuron = NeuronParams(threshold=m.threshold, current_decay=m.current_decay, voltage_decay=m.voltage_decay,
+                          tau_grad=m.tau_grad, scale_grad=m.scale_grad)
+    q = cfg.train.qat if quantized is None else quantized
+    return build(m.name, in_channels, num_classes, (cfg.data.height, cfg.data.width), neuron,
+                 ann=cfg.train.ann, quantized=q)
+
+
+def load_checkpoint(path: str | Path, quantized: bool | None = None):
+    """Rebuild the model stored in a training checkpoint: (model, Config).
+
+    The model comes back in eval mode with its weight normalisation intact
+    (call `fold_for_export` for plain weights) and quantized as trained
+    unless `quantized` says otherwise."""
+    from toolchain.config import config_from_dict
+    from toolchain.errors import ToolchainError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ToolchainError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many kinds on a damaged file
+        raise ToolchainError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})".splitlines()[0]) from e
+    if not isinstance(ckpt, dict) or not {"model", "config", "dataset"} <= set(ckpt):
+        raise ToolchainError(f"{path}: not a toolchain training checkpoint (needs model, config, dataset entries)")
+    cfg = config_from_dict(ckpt["config"])
+    ds = ckpt["dataset"]
+    model = from_config(cfg, ds["in_channels"], ds["num_classes"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise ToolchainError(f"{path}: weights do not fit model {cfg.model.name!r}: {e}".splitlines()[0]) from e
+    if quantized is not None and isinstance(model, SpikingGraph):
+        set_quantized(model, quantized)
+    model.class_names = list(ds.get("class_names", []))
+    return model.eval(), cfg
+
+
+__all__ = ["build", "names", "describe", "predict", "from_config", "load_checkpoint", "set_quantized",
+           "fold_for_export", "firing_rates", "parameter_count", "NeuronParams", "SpikingGraph", "AnnGraph"]
