@@ -48,9 +48,15 @@ MODES = ("step", "ann")
 
 # --- synapses, one time step (N, C, H, W) --------------------------------------------------
 
-def _weight(synapse: torch.nn.Module) -> torch.Tensor:
-    """The weight slayer's forward pass uses: quantized by `pre_hook_fx` when set."""
-    w = synapse.weight.detach()
+def synapse_weight(synapse: torch.nn.Module) -> torch.Tensor:
+    """The weight slayer's forward pass uses: recomputed from weight
+    normalisation (the stored `weight` is stale after loading g and v), then
+    quantized by `pre_hook_fx` when set."""
+    w = synapse.weight
+    for hook in synapse._forward_pre_hooks.values():
+        if isinstance(hook, torch.nn.utils.weight_norm.WeightNorm):
+            w = hook.compute_weight(synapse)
+    w = w.detach()
     hook = getattr(synapse, "_pre_hook_fx", None)
     return (hook(w) if hook is not None else w).detach().clone().float()
 
@@ -60,7 +66,7 @@ class _ConvStep(torch.nn.Module):
 
     def __init__(self, synapse: torch.nn.Conv3d):
         super().__init__()
-        self.register_buffer("weight", _weight(synapse)[..., 0])
+        self.register_buffer("weight", synapse_weight(synapse)[..., 0])
         self.stride, self.padding = tuple(synapse.stride[:2]), tuple(synapse.padding[:2])
         self.dilation, self.groups = tuple(synapse.dilation[:2]), synapse.groups
 
@@ -75,7 +81,7 @@ class _ConvStep(torch.nn.Module):
 class _ConvTransposeStep(torch.nn.Module):
     def __init__(self, synapse: torch.nn.ConvTranspose3d):
         super().__init__()
-        self.register_buffer("weight", _weight(synapse)[..., 0])
+        self.register_buffer("weight", synapse_weight(synapse)[..., 0])
         self.stride, self.padding = tuple(synapse.stride[:2]), tuple(synapse.padding[:2])
         self.output_padding = tuple(synapse.output_padding[:2])
         self.dilation, self.groups = tuple(synapse.dilation[:2]), synapse.groups
@@ -93,7 +99,7 @@ class _PoolStep(torch.nn.Module):
 
     def __init__(self, synapse: torch.nn.Conv3d):
         super().__init__()
-        self.register_buffer("weight", _weight(synapse)[..., 0])
+        self.register_buffer("weight", synapse_weight(synapse)[..., 0])
         self.stride, self.padding = tuple(synapse.stride[:2]), tuple(synapse.padding[:2])
         self.dilation = tuple(synapse.dilation[:2])
 
@@ -112,7 +118,7 @@ class _PoolStep(torch.nn.Module):
 class _UnpoolStep(torch.nn.Module):
     def __init__(self, synapse: torch.nn.ConvTranspose3d):
         super().__init__()
-        self.register_buffer("weight", _weight(synapse)[..., 0])
+        self.register_buffer("weight", synapse_weight(synapse)[..., 0])
         self.stride, self.padding = tuple(synapse.stride[:2]), tuple(synapse.padding[:2])
         self.output_padding = tuple(synapse.output_padding[:2])
         self.dilation = tuple(synapse.dilation[:2])
@@ -241,6 +247,18 @@ class AnnTwin(torch.nn.Module):
         return self.nodes[-1].current(acts)
 
 
+class _ScoresOnly(torch.nn.Module):
+    """Twins such as `models.AnnGraph` return (scores, activations); ONNX gets the scores."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        out = self.model(x)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def state_shapes(graph: SpikingGraph) -> dict[str, tuple[int, ...]]:
     """Per-sample shape of every state tensor, found by running one step."""
     with torch.no_grad():
@@ -298,7 +316,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, *, mode: str = 
     meta = {"toolchain.mode": mode, "toolchain.input_shape": json.dumps(list(input_shape))}
 
     if mode == "ann":
-        module = AnnTwin(model) if isinstance(model, SpikingGraph) else model
+        module = AnnTwin(model) if isinstance(model, SpikingGraph) else _ScoresOnly(model)
         args, inputs, outputs = (x,), [INPUT], ["readout"]
     else:
         module = SpikingStep(model)
