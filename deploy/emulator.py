@@ -1,0 +1,169 @@
+"""Bit-exact emulator of Lava's fixed-point execution of a `.net` file.
+
+It reproduces, integer for integer, what `Loihi2SimCfg(select_tag="fixed_pt")`
+computes (`lava.proc.lif.models.PyLifModelBitAcc`, the Conv, Dense and Sparse
+fixed-point models), but vectorised: a network is feed-forward, so each
+layer's synaptic input for all T+1 steps and all frames is one batched torch
+convolution; only the neuron state runs step by step.
+
+Lava facts it follows:
+- every connection process sends at step t what it accumulated at step t-1;
+- Conv clamps its output to signed 24 bits, Dense and Sparse do not;
+- LIF: u = trunc(u*(4096-iDecay)/4096) + (a_in << 6), wrapped to 24 bits the
+  way Lava wraps it (once, asymmetrically); v = trunc(v*(4096-vDecay)/4096) + u,
+  clipped to +-(2^23-1); spike when v > vThMant << 6; v = 0 after a spike;
+- the run lasts T+1 steps: input at steps 0..T-1, zeros at step T.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .netfile import NetFile, Synapse
+
+U_MAX = 1 << 23  # Lava's max_uv_val
+
+
+@dataclass
+class EmulatorOutput:
+    """`spikes[name]`: (N, C, H, W, T) bool, Lava steps 0..T-1 (absent when not kept);
+    `counts[name]`: spikes per frame over those steps, (N,); `voltage`: the readout
+    integrator's final voltage, (N, K, H, W) int64."""
+
+    spikes: dict[str, torch.Tensor]
+    counts: dict[str, torch.Tensor]
+    voltage: torch.Tensor
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _float_dtype(syn: Synapse) -> torch.dtype:
+    """float32 holds every partial sum exactly while the worst case stays below 2^24;
+    keep a margin and fall back to float64 beyond."""
+    w = syn.weight
+    fan_in = abs(w).reshape(w.shape[0], -1).sum(axis=1).max() if w.ndim > 1 else abs(w).sum()
+    if syn.type == "convT":
+        fan_in = abs(w).sum()
+    return torch.float32 if fan_in < (1 << 22) else torch.float64
+
+
+def synapse_op(syn: Synapse, x: torch.Tensor, out_shape: tuple[int, int, int],
+               weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The integer linear map of one synapse on (B, C, H, W) spikes -> (B, C', H', W').
+
+    Float arithmetic on integers, exact by the dtype rule above; the result is
+    rounded back to integers (int64).
+    """
+    dtype = _float_dtype(syn)
+    w = torch.as_tensor(syn.weight, device=x.device) if weight is None else weight
+    w = w.to(dtype)
+    x = x.to(dtype)
+    co, ho, wo = out_shape
+    if syn.type == "conv":
+        y = F.conv2d(x, w, stride=syn.stride, padding=syn.padding, dilation=syn.dilation,
+                     groups=syn.groups)
+    elif syn.type == "dense":
+        y = (x.reshape(x.shape[0], -1) @ w.T).reshape(x.shape[0], co, 1, 1)
+    elif syn.type == "pool":
+        b, c, h, wi = x.shape
+        # windows reaching past the bottom/right edge read zeros
+        need_h = (ho - 1) * syn.stride[0] + syn.dilation[0] * (syn.kernel[0] - 1) + 1
+        need_w = (wo - 1) * syn.stride[1] + syn.dilation[1] * (syn.kernel[1] - 1) + 1
+        extra_h = max(0, need_h - (h + 2 * syn.padding[0]))
+        extra_w = max(0, need_w - (wi + 2 * syn.padding[1]))
+        x = F.pad(x.reshape(b * c, 1, h, wi), (0, extra_w, 0, extra_h))
+        y = F.conv2d(x, w[None, None], stride=syn.stride, padding=syn.padding,
+                     dilation=syn.dilation)[..., :ho, :wo].reshape(b, c, ho, wo)
+    elif syn.type == "convT":
+        base = [(n - 1) * s - 2 * p + d * (k - 1) + 1 for n, s, p, d, k in
+                zip(x.shape[2:], syn.stride, syn.padding, syn.dilation, syn.kernel)]
+        y = F.conv_transpose2d(x, w, stride=syn.stride, padding=syn.padding,
+                               output_padding=(ho - base[0], wo - base[1]), groups=syn.groups,
+                               dilation=syn.dilation)
+    else:
+        raise ValueError(f"unknown synapse type {syn.type}")
+    return torch.round(y).to(torch.int64)
+
+
+def _wrap_int32(x: torch.Tensor) -> torch.Tensor:
+    return (x + (1 << 31)) % (1 << 32) - (1 << 31)
+
+
+def _decay(x: torch.Tensor, keep: int) -> torch.Tensor:
+    """Lava's sign(x) * (|x * keep| >> 12), i.e. a shift rounding towards zero."""
+    return torch.div(x * keep, 4096, rounding_mode="trunc")
+
+
+def lif_steps(a: torch.Tensor, i_decay: int, v_decay: int, v_th_mant: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run Lava's fixed-point LIF over (S, ...) int64 input -> (spikes bool (S, ...), final v)."""
+    u = torch.zeros_like(a[0])
+    v = torch.zeros_like(a[0])
+    spikes = torch.empty(a.shape, dtype=torch.bool, device=a.device)
+    keep_u, keep_v, vth = 4096 - i_decay, 4096 - v_decay, v_th_mant << 6
+    for t in range(a.shape[0]):
+        u = _wrap_int32(_decay(u, keep_u) + _wrap_int32(a[t] << 6))
+        u = torch.where(u > U_MAX, u - 2 * U_MAX, u)
+        u = torch.where(u <= -U_MAX, u + 2 * U_MAX, u)
+        v = torch.clamp(_decay(v, keep_v) + u, -U_MAX + 1, U_MAX - 1)
+        s = v > vth
+        v = torch.where(s, torch.zeros_like(v), v)
+        spikes[t] = s
+    return spikes, v
+
+
+def run(net: NetFile, frames: torch.Tensor, *, device: torch.device | str | None = None,
+        keep_spikes: bool = True) -> EmulatorOutput:
+    """Run frames (N, C, H, W, T) of 0/1 spikes exactly as Lava would."""
+    device = torch.device(device) if device is not None else default_device()
+    n, t_steps = frames.shape[0], frames.shape[-1]
+    if tuple(frames.shape[1:4]) != tuple(net.input_shape):
+        raise ValueError(f"frames of shape {tuple(frames.shape[1:4])}, the net takes {net.input_shape}")
+    steps = t_steps + 1
+    # time-major (S, N, C, H, W): one step is contiguous, all steps batch into one conv
+    x = frames.to(device=device, dtype=torch.bool).permute(4, 0, 1, 2, 3)
+    outputs = {0: torch.cat([x, torch.zeros_like(x[:1])])}
+    last_use = {}
+    for i, layer in enumerate(net.layers, start=1):
+        for s in layer.sources:
+            last_use[s] = i
+    spikes, counts, voltage = {}, {}, None
+    with _exact_cuda():
+        for i, layer in enumerate(net.layers, start=1):
+            c, h, w = layer.shape
+            a = torch.zeros((steps, n, c, h, w), dtype=torch.int64, device=device)
+            for src, syn in zip(layer.sources, layer.synapses):
+                inp = outputs[src][:-1]  # what step t-1 sent arrives at step t
+                z = synapse_op(syn, inp.reshape(-1, *inp.shape[2:]), layer.shape)
+                if syn.type == "conv":
+                    z = z.clamp(-U_MAX, U_MAX - 1)  # Lava Conv: signed 24-bit clamp
+                a[1:] += z.reshape(steps - 1, n, c, h, w)
+            a = _wrap_int32(a)
+            s, v = lif_steps(a, layer.neuron.iDecay, layer.neuron.vDecay, layer.neuron.vThMant)
+            del a
+            if i == len(net.layers):
+                voltage = v
+            else:
+                outputs[i] = s
+                counts[layer.name] = s[:t_steps].sum(dim=(0, 2, 3, 4))
+                if keep_spikes:
+                    spikes[layer.name] = s[:t_steps].permute(1, 2, 3, 4, 0)
+            for src in [k for k, last in last_use.items() if last == i and k in outputs]:
+                del outputs[src]
+    return EmulatorOutput(spikes=spikes, counts=counts, voltage=voltage)
+
+
+class _exact_cuda:
+    """TF32 would round integer sums on GPUs; switch it off for the run."""
+
+    def __enter__(self):
+        self.saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+    def __exit__(self, *exc):
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self.saved

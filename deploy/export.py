@@ -1,0 +1,190 @@
+"""Quantize a trained `SpikingGraph` to Loihi fixed point and write it as `.net`.
+
+Quantization is slayer's own: weights (weight norm folded first) rounded to
+steps of 2/64 and clamped to [-256, 254]/64, stored x64 as 8-bit synapse
+integers; thresholds int(theta*64); decays round(4096*decay). `quantized_copy`
+gives the torch model that computes with exactly those numbers, i.e. the
+"quantized torch" execution that Lava must reproduce.
+
+Every synapse is checked numerically at export: its own torch forward on random
+spikes must equal the integer map that the `.net` file describes. A synapse
+with no exact Lava counterpart stops the export with an error naming the layer,
+and nothing is written.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from lava.lib.dl import slayer
+
+from models.graph import INPUT, SpikingGraph
+from toolchain.errors import ToolchainError
+
+from . import netfile
+from .emulator import synapse_op
+from .netfile import Layer, NetFile, Neuron, Synapse
+
+W_SCALE = 64  # slayer's CUBA weight scale: a weight of 1.0 is 64 on Loihi
+
+
+def quantize_weight(w: torch.Tensor, descale: bool = False) -> torch.Tensor:
+    """slayer's `quantize_8bit` at weight scale 64 (round half to even, as slayer)."""
+    q = torch.round(w * (W_SCALE / 2)) * (2 / W_SCALE)
+    q = q.clamp(-256 / W_SCALE, 254 / W_SCALE)
+    return q * W_SCALE if descale else q
+
+
+def effective_weight(syn: torch.nn.Module) -> torch.Tensor:
+    """The float weight the synapse computes with, weight norm folded in."""
+    if hasattr(syn, "weight_g") and hasattr(syn, "weight_v"):
+        return torch._weight_norm(syn.weight_v, syn.weight_g, 0).detach()
+    return syn.weight.detach()
+
+
+def quantized_copy(model: SpikingGraph) -> SpikingGraph:
+    """A copy whose synapses compute with the 8-bit weights (slayer's pre_hook_fx)."""
+    q = copy.deepcopy(model).eval()
+    for node in q.nodes:
+        for syn in node.synapses:
+            syn._pre_hook_fx = quantize_weight
+    return q
+
+
+def _pair(v) -> tuple[int, int]:
+    return int(v[0]), int(v[1])
+
+
+def _synapse_record(syn: torch.nn.Module, src_shape: tuple, where: str) -> Synapse:
+    """Translate one slayer synapse into its integer `.net` record."""
+    w = quantize_weight(effective_weight(syn).float(), descale=True).round().to(torch.int64).cpu().numpy()
+    if getattr(syn, "bias", None) is not None:
+        raise ToolchainError(f"{where}: synapse bias has no counterpart in the exported LIF layers")
+    if isinstance(syn, (slayer.synapse.Pool, slayer.synapse.Unpool)):
+        kernel = w.reshape(w.shape[2:4])
+        if isinstance(syn, slayer.synapse.Pool):
+            return Synapse("pool", kernel, _pair(syn.stride), _pair(syn.padding), _pair(syn.dilation))
+        c = src_shape[0]  # slayer Unpool: one kernel shared by all channels
+        return Synapse("convT", np.repeat(kernel[None, None], c, axis=0), _pair(syn.stride),
+                       _pair(syn.padding), _pair(syn.dilation), groups=c)
+    if isinstance(syn, slayer.synapse.Dense):
+        return Synapse("dense", w.reshape(w.shape[0], -1))
+    if isinstance(syn, slayer.synapse.ConvTranspose):
+        return Synapse("convT", w.reshape(w.shape[:4]), _pair(syn.stride), _pair(syn.padding),
+                       _pair(syn.dilation), groups=int(syn.groups))
+    if isinstance(syn, slayer.synapse.Conv):
+        return Synapse("conv", w.reshape(w.shape[:4]), _pair(syn.stride), _pair(syn.padding),
+                       _pair(syn.dilation), groups=int(syn.groups))
+    raise ToolchainError(f"{where}: synapse {type(syn).__name__} has no Lava counterpart "
+                         f"(supported: slayer Conv, Dense, Pool, ConvTranspose, Unpool)")
+
+
+def _check_synapse(syn: torch.nn.Module, rec: Synapse, src_shape, out_shape, where: str) -> None:
+    """The torch synapse with quantized weights must equal the record's integer map."""
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand((2, *src_shape, 2), generator=gen) < 0.5).float()
+    saved = getattr(syn, "_pre_hook_fx", None)
+    syn._pre_hook_fx = quantize_weight
+    try:
+        with torch.no_grad():
+            ref = syn(x) * W_SCALE
+    finally:
+        syn._pre_hook_fx = saved
+    if tuple(ref.shape[1:4]) != tuple(out_shape):
+        raise ToolchainError(f"{where}: synapse output {tuple(ref.shape[1:4])} is not the layer's {out_shape}")
+    try:
+        netfile.check_synapse_shape(rec, src_shape, out_shape, where)
+    except ToolchainError as e:
+        raise ToolchainError(f"{e}; no exact Lava counterpart") from e
+    ours = synapse_op(rec, x.permute(0, 4, 1, 2, 3).reshape(-1, *src_shape), out_shape)
+    ours = ours.reshape(2, 2, *out_shape).permute(0, 2, 3, 4, 1).to(ref.dtype)
+    if not torch.equal(ref.round(), ours):
+        raise ToolchainError(f"{where}: {type(syn).__name__} synapse does not act per channel as a "
+                             f"{rec.type} layer (e.g. slayer Pool with padding mixes channels); "
+                             f"it has no exact Lava counterpart")
+
+
+def _neuron_record(neuron, where: str) -> Neuron:
+    if neuron is None:
+        return Neuron(**netfile.READOUT_NEURON)
+    if getattr(neuron, "norm", None) is not None:
+        raise ToolchainError(f"{where}: neuron normalization ({type(neuron.norm).__name__}) has no Loihi counterpart")
+    if getattr(neuron, "graded_spike", False):
+        raise ToolchainError(f"{where}: graded spikes are not supported")
+    if int(neuron.w_scale) != W_SCALE or int(neuron.s_scale) != 4096:
+        raise ToolchainError(f"{where}: neuron scale {neuron.w_scale} is not Loihi's 64")
+    p = neuron.device_params
+    i_decay, v_decay = np.asarray(p["iDecay"]), np.asarray(p["vDecay"])
+    if i_decay.size != 1 or v_decay.size != 1:
+        raise ToolchainError(f"{where}: per-channel decays are not supported (use shared_param=True)")
+    rec = Neuron(iDecay=int(i_decay), vDecay=int(v_decay), vThMant=int(p["vThMant"]))
+    if rec.iDecay < 1:
+        raise ToolchainError(f"{where}: current_decay 0 (iDecay 0) has no Lava LIF equivalent")
+    if not 0 < rec.vThMant <= netfile.VTH_MAX:
+        raise ToolchainError(f"{where}: threshold mantissa {rec.vThMant} outside Loihi's 1..{netfile.VTH_MAX}")
+    return rec
+
+
+def build_netfile(model: SpikingGraph, *, time_steps: int, encoding: str = "poisson",
+                  class_names: list[str] | tuple[str, ...] = ()) -> NetFile:
+    """Quantize `model` into a validated NetFile (nothing written)."""
+    model = model.eval()
+    index = {INPUT: 0}
+    shapes = {0: tuple(model.input_shape)}
+    layers = []
+    with torch.no_grad():
+        x = torch.zeros((1, *model.input_shape, 1))
+        outs = {INPUT: x}
+        for i, node in enumerate(model.nodes, start=1):
+            where = f"layer {i} ({node.name})"
+            z = node.current([outs[s] for s in node.sources])
+            out_shape = tuple(int(d) for d in z.shape[1:4])
+            outs[node.name] = z
+            synapses = []
+            for src, syn in zip(node.sources, node.synapses):
+                rec = _synapse_record(syn, shapes[index[src]], where)
+                _check_synapse(syn, rec, shapes[index[src]], out_shape, where)
+                synapses.append(rec)
+            kind = synapses[0].type if len(synapses) == 1 else "add"
+            layers.append(Layer(node.name, kind, out_shape, [index[s] for s in node.sources],
+                                synapses, _neuron_record(node.neuron, where)))
+            index[node.name] = i
+            shapes[i] = out_shape
+    net = NetFile(input_shape=tuple(model.input_shape), time_steps=int(time_steps), layers=layers,
+                  encoding=encoding, class_names=list(class_names))
+    netfile.validate(net, "export")
+    _warn_overflow(net)
+    return net
+
+
+def readout_bound(net: NetFile) -> int:
+    """Worst-case |readout voltage|: every input spike on every step."""
+    layer = net.layers[-1]
+    per_step = 0
+    for syn in layer.synapses:
+        w = np.abs(syn.weight.astype(np.int64))
+        per_step += int(w.sum() if syn.type == "convT" else
+                        (w.reshape(w.shape[0], -1).sum(axis=1).max() if w.ndim > 1 else w.sum()))
+    return per_step * 64 * net.time_steps
+
+
+def _warn_overflow(net: NetFile) -> None:
+    """Lava's readout voltage is 24-bit and the integrator fires above vThMant<<6;
+    a bound past that means rare inputs could clip the readout (emulator and Lava
+    still agree; torch, which has no limit, would not)."""
+    bound, limit = readout_bound(net), netfile.VTH_MAX << 6
+    if bound > limit:
+        warnings.warn(f"layer {len(net.layers)} ({net.layers[-1].name}): worst-case readout "
+                      f"voltage {bound} exceeds Loihi's 24-bit limit {limit}; inputs that drive "
+                      f"every synapse at once would saturate it", stacklevel=3)
+
+
+def export(model: SpikingGraph, path: str | Path, *, time_steps: int, encoding: str = "poisson",
+           class_names: list[str] | tuple[str, ...] = ()) -> NetFile:
+    """Quantize `model` and write it atomically to `path` as a `.net` file."""
+    net = build_netfile(model, time_steps=time_steps, encoding=encoding, class_names=class_names)
+    netfile.write(path, net)
+    return net

@@ -1,0 +1,423 @@
+"""The `.net` file: typed records, one writer, one validating reader.
+
+HDF5 in netx's own layout. `layer/0` is the input (`type`, `shape` only, so
+netx feeds the first synapse directly); every later `layer/<i>` is one group
+of CUBA neurons with the synapse(s) feeding it:
+
+    type                 conv | dense | pool | convT | add
+    shape                output shape (C, H, W)
+    sources              indices of the layers it reads (netx ignores it)
+    neuron/{type, iDecay, vDecay, vThMant, refDelay, gradedSpike}
+    conv:  weight (out, in/groups, kh, kw), inChannels, outChannels,
+           kernelSize, stride, padding, dilation, groups   (slayer's fields)
+    dense: weight (out, C*H*W of the source in C, H, W order), inFeatures,
+           outFeatures
+    pool:  weight (kh, kw): per-channel sum pool, kernelSize, stride, padding,
+           dilation; windows past the input edge read zeros
+    convT: weight (in, out/groups, kh, kw), inChannels, outChannels,
+           kernelSize, stride, padding, dilation, groups
+    add:   synapse/<k>/{type, ...the fields above}, one per entry of sources
+
+Spatial pairs are (y, x), as slayer writes them. Weights are Loihi's 8-bit
+synapse integers (slayer's weight x 64: even, -256..254). The last layer is the
+readout: a CUBA group whose neuron is the non-spiking integrator
+(iDecay 4096, vDecay 0, vThMant at its 17-bit maximum), so a chain of
+conv/dense layers is a network netx loads unchanged.
+
+Root attributes: format, version, inputShape (C, H, W), encoding, timeSteps,
+classNames, readoutRule.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from toolchain.errors import ToolchainError
+from toolchain.files import atomic_path
+
+FORMAT = "toolchain-net"
+VERSION = 1
+SYNAPSE_TYPES = ("conv", "dense", "pool", "convT")
+LAYER_TYPES = SYNAPSE_TYPES + ("add",)
+# The readout neuron: u is the step's input alone (iDecay 4096), v sums u without
+# leak (vDecay 0), and the threshold is Lava's largest, so it never fires while
+# |v| < VTH_MAX << 6.
+VTH_MAX = (1 << 17) - 1
+READOUT_NEURON = dict(iDecay=4096, vDecay=0, vThMant=VTH_MAX)
+READOUT_RULE = ("final voltage of the readout integrator after T+1 steps / (4096*T), "
+                "then bilinear upsampling to the input size; class = argmax")
+WEIGHT_MIN, WEIGHT_MAX = -256, 254
+MAX_NEURONS = 200_000_000  # far above paper size (about 10 M): anything larger is a corrupt file
+MAX_WEIGHTS = 500_000_000
+
+
+@dataclass
+class Neuron:
+    """Loihi CUBA parameters as integers (netx's names)."""
+
+    iDecay: int
+    vDecay: int
+    vThMant: int
+    refDelay: int = 1
+    gradedSpike: bool = False
+
+    @property
+    def is_readout(self) -> bool:
+        return (self.iDecay, self.vDecay, self.vThMant) == tuple(READOUT_NEURON.values())
+
+
+@dataclass
+class Synapse:
+    """One connection: an integer linear map from a source layer's spikes."""
+
+    type: str
+    weight: np.ndarray
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return tuple(int(k) for k in self.weight.shape[-2:])
+
+
+@dataclass
+class Layer:
+    name: str
+    type: str
+    shape: tuple[int, int, int]
+    sources: list[int]
+    synapses: list[Synapse]
+    neuron: Neuron
+
+
+@dataclass
+class NetFile:
+    input_shape: tuple[int, int, int]
+    time_steps: int
+    layers: list[Layer]  # layer i of this list is `layer/<i+1>` in the file
+    encoding: str = "poisson"
+    class_names: list[str] = field(default_factory=list)
+    readout_rule: str = READOUT_RULE
+
+    def shape_of(self, index: int) -> tuple[int, int, int]:
+        """Output shape of file layer `index` (0 is the input)."""
+        return self.input_shape if index == 0 else self.layers[index - 1].shape
+
+    @property
+    def num_neurons(self) -> int:
+        return int(sum(np.prod(l.shape) for l in self.layers))
+
+    @property
+    def num_synapses(self) -> int:
+        """Synapses as Loihi stores them: shared conv kernels count once per position."""
+        total = 0
+        for layer in self.layers:
+            c, h, w = layer.shape
+            for src, syn in zip(layer.sources, layer.synapses):
+                nz = int(np.count_nonzero(syn.weight))
+                _, hi, wi = self.shape_of(src)
+                total += nz * {"conv": h * w, "pool": c * h * w, "convT": hi * wi}.get(syn.type, 1)
+        return total
+
+
+# ---------------------------------------------------------------- shapes
+def conv_out(n: int, k: int, s: int, p: int, d: int) -> int:
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def convT_out(n: int, k: int, s: int, p: int, d: int) -> int:
+    """Smallest transposed-conv output; up to s-1 more rows are allowed."""
+    return (n - 1) * s - 2 * p + d * (k - 1) + 1
+
+
+def check_synapse_shape(syn: Synapse, src: tuple, out: tuple, where: str) -> None:
+    """The synapse maps a `src` (C, H, W) array onto `out`; raise if it cannot."""
+    w = syn.weight
+    (ci, hi, wi), (co, ho, wo) = src, out
+
+    def bad(msg):
+        raise ToolchainError(f"{where}: {msg} (input {tuple(src)}, output {tuple(out)})")
+
+    if syn.type == "dense":
+        if w.ndim != 2 or w.shape != (co, ci * hi * wi) or (ho, wo) != (1, 1):
+            bad(f"dense weight shape {w.shape} does not fit")
+        return
+    if w.ndim != (2 if syn.type == "pool" else 4):
+        bad(f"{syn.type} weight has {w.ndim} dimensions")
+    for name in ("stride", "dilation"):
+        if min(getattr(syn, name)) < 1:
+            bad(f"{name} {getattr(syn, name)} must be >= 1")
+    if min(syn.padding) < 0:
+        bad(f"padding {syn.padding} must be >= 0")
+    g = syn.groups
+    if g < 1 or ci % g or co % g:
+        bad(f"groups {g} does not divide the channels")
+    spatial = list(zip((hi, wi), (ho, wo), syn.kernel, syn.stride, syn.padding, syn.dilation))
+    if syn.type == "conv":
+        if w.shape[:2] != (co, ci // g):
+            bad(f"conv weight shape {w.shape} does not fit")
+        if any(o != conv_out(i, k, s, p, d) for i, o, k, s, p, d in spatial):
+            bad("conv output size does not follow from kernel, stride, padding and dilation")
+    elif syn.type == "pool":
+        if ci != co:
+            bad("pooling keeps the channel count")
+        if any(not conv_out(i, k, s, p, d) <= o <= conv_out(i + k - 1, k, s, p, d)
+               for i, o, k, s, p, d in spatial):
+            bad("pool output size does not follow from kernel, stride and padding")
+    elif syn.type == "convT":
+        if w.shape[:2] != (ci, co // g):
+            bad(f"convT weight shape {w.shape} does not fit")
+        if any(not convT_out(i, k, s, p, d) <= o < convT_out(i, k, s, p, d) + s
+               for i, o, k, s, p, d in spatial):
+            bad("convT output size does not follow from kernel, stride and padding")
+
+
+# ---------------------------------------------------------------- writing
+def _put_str(g: h5py.Group, key: str, value: str) -> None:
+    # netx reads `type` as a fixed-length byte string array, as slayer writes it
+    g.create_dataset(key, (1,), f"S{max(10, len(value))}", [value.encode("ascii")])
+
+
+def _write_synapse(g: h5py.Group, syn: Synapse) -> None:
+    w = np.asarray(syn.weight)
+    g.create_dataset("weight", data=w.astype(np.int16))
+    if syn.type == "dense":
+        g.create_dataset("inFeatures", data=w.shape[1])
+        g.create_dataset("outFeatures", data=w.shape[0])
+        return
+    if syn.type in ("conv", "convT"):
+        cin, cout = (w.shape[1] * syn.groups, w.shape[0]) if syn.type == "conv" else \
+            (w.shape[0], w.shape[1] * syn.groups)
+        g.create_dataset("inChannels", data=cin)
+        g.create_dataset("outChannels", data=cout)
+        g.create_dataset("groups", data=syn.groups)
+    g.create_dataset("kernelSize", data=np.array(syn.kernel))
+    g.create_dataset("stride", data=np.array(syn.stride))
+    g.create_dataset("padding", data=np.array(syn.padding))
+    g.create_dataset("dilation", data=np.array(syn.dilation))
+
+
+def write(path: str | Path, net: NetFile) -> Path:
+    """Write `net` atomically to `path` (validated first: a bad net is never written)."""
+    path = Path(path)
+    validate(net, str(path))
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["version"] = VERSION
+            f.attrs["inputShape"] = np.array(net.input_shape)
+            f.attrs["encoding"] = net.encoding
+            f.attrs["timeSteps"] = net.time_steps
+            f.attrs["classNames"] = json.dumps(list(net.class_names))
+            f.attrs["readoutRule"] = net.readout_rule
+            g0 = f.create_group("layer/0")
+            _put_str(g0, "type", "input")
+            g0.create_dataset("shape", data=np.array(net.input_shape))
+            for i, layer in enumerate(net.layers, start=1):
+                g = f.create_group(f"layer/{i}")
+                _put_str(g, "type", layer.type)
+                _put_str(g, "name", layer.name)
+                g.create_dataset("shape", data=np.array(layer.shape))
+                g.create_dataset("sources", data=np.array(layer.sources))
+                n = layer.neuron
+                _put_str(g, "neuron/type", "CUBA")
+                for key in ("iDecay", "vDecay", "vThMant", "refDelay"):
+                    g.create_dataset(f"neuron/{key}", data=int(getattr(n, key)))
+                g.create_dataset("neuron/gradedSpike", data=bool(n.gradedSpike))
+                if layer.type == "add":
+                    for k, syn in enumerate(layer.synapses):
+                        sg = g.create_group(f"synapse/{k}")
+                        _put_str(sg, "type", syn.type)
+                        _write_synapse(sg, syn)
+                else:
+                    _write_synapse(g, layer.synapses[0])
+    return path
+
+
+# ---------------------------------------------------------------- reading
+def _str(g: h5py.Group, key: str, where: str) -> str:
+    v = _get(g, key, where)
+    v = v[0] if np.ndim(v) else v
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _get(g: h5py.Group, key: str, where: str):
+    if key not in g:
+        raise ToolchainError(f"{where}: missing field '{key}'")
+    try:
+        return g[key][()]
+    except (OSError, KeyError, ValueError) as e:
+        raise ToolchainError(f"{where}: field '{key}' is unreadable ({e})") from e
+
+
+def _int(g, key, where, lo=None, hi=None) -> int:
+    v = np.asarray(_get(g, key, where))
+    if v.size != 1 or not np.issubdtype(v.dtype, np.integer) and v.dtype != bool:
+        raise ToolchainError(f"{where}: field '{key}' must be one integer, found {v!r}")
+    v = int(v.reshape(-1)[0])
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ToolchainError(f"{where}: field '{key}' = {v} is outside [{lo}, {hi}]")
+    return v
+
+
+def _pair(g, key, where) -> tuple[int, int]:
+    v = np.asarray(_get(g, key, where)).reshape(-1)
+    if v.size == 1:
+        v = np.repeat(v, 2)
+    if v.size != 2 or not np.issubdtype(v.dtype, np.integer):
+        raise ToolchainError(f"{where}: field '{key}' must be one or two integers, found {v!r}")
+    return int(v[0]), int(v[1])
+
+
+def _read_synapse(g: h5py.Group, typ: str, where: str) -> Synapse:
+    w = np.asarray(_get(g, "weight", where))
+    if not np.issubdtype(w.dtype, np.integer):
+        raise ToolchainError(f"{where}: weight must be integers, found {w.dtype}")
+    if w.size > MAX_WEIGHTS:
+        raise ToolchainError(f"{where}: weight has an absurd size {w.shape}")
+    if w.size and (w.min() < WEIGHT_MIN or w.max() > WEIGHT_MAX or np.any(w % 2)):
+        raise ToolchainError(f"{where}: weight must be even integers in [{WEIGHT_MIN}, {WEIGHT_MAX}] "
+                             f"(Loihi 8-bit synapses), found range [{w.min()}, {w.max()}]")
+    w = w.astype(np.int32)
+    if typ == "dense":
+        return Synapse("dense", w)
+    syn = Synapse(typ, w, stride=_pair(g, "stride", where), padding=_pair(g, "padding", where),
+                  dilation=_pair(g, "dilation", where),
+                  groups=_int(g, "groups", where, 1) if typ != "pool" else 1)
+    if _pair(g, "kernelSize", where) != syn.kernel and w.ndim >= 2:
+        raise ToolchainError(f"{where}: kernelSize {_pair(g, 'kernelSize', where)} disagrees "
+                             f"with weight shape {w.shape}")
+    return syn
+
+
+def read(path: str | Path) -> NetFile:
+    """Read and fully validate a `.net` file; one ToolchainError names what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise ToolchainError(f"{path}: no such .net file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise ToolchainError(f"{path}: not a readable HDF5 .net file (truncated or corrupt: {e})") from e
+    try:
+        with f:
+            net = _read_open(f, str(path))
+    except OSError as e:  # a truncated file often opens, then fails on a dataset
+        raise ToolchainError(f"{path}: truncated or corrupt ({e})") from e
+    validate(net, str(path))
+    return net
+
+
+def _read_open(f: h5py.File, where: str) -> NetFile:
+    if f.attrs.get("format") != FORMAT:
+        raise ToolchainError(f"{where}: not a toolchain .net file (root attribute 'format' is "
+                             f"{f.attrs.get('format')!r}, expected {FORMAT!r})")
+    version = f.attrs.get("version")
+    if version != VERSION:
+        raise ToolchainError(f"{where}: format version {version} is not supported (this reader "
+                             f"reads version {VERSION}); re-export the model")
+    for key in ("inputShape", "timeSteps", "encoding", "classNames", "readoutRule"):
+        if key not in f.attrs:
+            raise ToolchainError(f"{where}: missing root attribute '{key}'")
+    try:
+        class_names = json.loads(f.attrs["classNames"])
+    except (TypeError, ValueError) as e:
+        raise ToolchainError(f"{where}: root attribute 'classNames' is not a JSON list") from e
+    if "layer" not in f:
+        raise ToolchainError(f"{where}: missing group 'layer'")
+    count = len(f["layer"])
+    if sorted(f["layer"].keys(), key=lambda k: int(k) if k.isdigit() else -1) != [str(i) for i in range(count)]:
+        raise ToolchainError(f"{where}: layers must be numbered 0..{count - 1}")
+    g0 = f["layer/0"]
+    if _str(g0, "type", f"{where}: layer 0") != "input":
+        raise ToolchainError(f"{where}: layer 0 must be the input layer")
+    layers = []
+    for i in range(1, count):
+        g = f[f"layer/{i}"]
+        lw = f"{where}: layer {i}"
+        typ = _str(g, "type", lw)
+        if typ not in LAYER_TYPES:
+            raise ToolchainError(f"{lw}: unknown layer type {typ!r} (known: {', '.join(LAYER_TYPES)})")
+        name = _str(g, "name", lw) if "name" in g else f"layer{i}"
+        lw = f"{where}: layer {i} ({name})"
+        shape = tuple(int(s) for s in np.asarray(_get(g, "shape", lw)).reshape(-1))
+        if len(shape) == 1:
+            shape = (shape[0], 1, 1)
+        sources = [int(s) for s in np.asarray(_get(g, "sources", lw) if "sources" in g else [i - 1]).reshape(-1)]
+        if "neuron" not in g:
+            raise ToolchainError(f"{lw}: missing group 'neuron'")
+        ng = g["neuron"]
+        if _str(ng, "type", lw + " neuron") not in ("CUBA", "LOIHI"):
+            raise ToolchainError(f"{lw}: neuron type {_str(ng, 'type', lw)!r} is not CUBA")
+        neuron = Neuron(iDecay=_int(ng, "iDecay", lw + " neuron", 0, 4096),
+                        vDecay=_int(ng, "vDecay", lw + " neuron", 0, 4096),
+                        vThMant=_int(ng, "vThMant", lw + " neuron", 0, VTH_MAX),
+                        refDelay=_int(ng, "refDelay", lw + " neuron", 0),
+                        gradedSpike=bool(_int(ng, "gradedSpike", lw + " neuron", 0, 1)))
+        if typ == "add":
+            if "synapse" not in g or len(g["synapse"]) != len(sources):
+                raise ToolchainError(f"{lw}: an add layer needs one synapse/<k> group per source")
+            synapses = []
+            for k in range(len(sources)):
+                sw = f"{lw} synapse {k}"
+                if str(k) not in g["synapse"]:
+                    raise ToolchainError(f"{sw}: missing")
+                st = _str(g[f"synapse/{k}"], "type", sw)
+                if st not in SYNAPSE_TYPES:
+                    raise ToolchainError(f"{sw}: unknown synapse type {st!r}")
+                synapses.append(_read_synapse(g[f"synapse/{k}"], st, sw))
+        else:
+            synapses = [_read_synapse(g, typ, lw)]
+        layers.append(Layer(name, typ, shape, sources, synapses, neuron))
+    shape_in = tuple(int(s) for s in np.asarray(f.attrs["inputShape"]).reshape(-1))
+    return NetFile(input_shape=shape_in, time_steps=int(f.attrs["timeSteps"]), layers=layers,
+                   encoding=str(f.attrs["encoding"]), class_names=list(class_names),
+                   readout_rule=str(f.attrs["readoutRule"]))
+
+
+def validate(net: NetFile, where: str = "net") -> None:
+    """Everything the runners rely on, checked before anything runs."""
+    if len(net.input_shape) != 3 or min(net.input_shape) < 1:
+        raise ToolchainError(f"{where}: input shape {net.input_shape} must be (C, H, W), all >= 1")
+    if not 1 <= net.time_steps <= 100_000:
+        raise ToolchainError(f"{where}: time steps {net.time_steps} out of range")
+    if not net.layers:
+        raise ToolchainError(f"{where}: no layers")
+    total = int(np.prod(net.input_shape))
+    for i, layer in enumerate(net.layers, start=1):
+        lw = f"{where}: layer {i} ({layer.name})"
+        if layer.type not in LAYER_TYPES:
+            raise ToolchainError(f"{lw}: unknown layer type {layer.type!r}")
+        if len(layer.shape) != 3 or min(layer.shape) < 1:
+            raise ToolchainError(f"{lw}: shape {layer.shape} must be (C, H, W), all >= 1")
+        total += int(np.prod(layer.shape))
+        if total > MAX_NEURONS:
+            raise ToolchainError(f"{lw}: absurd size, more than {MAX_NEURONS} neurons in all")
+        if not layer.sources or len(layer.sources) != len(layer.synapses):
+            raise ToolchainError(f"{lw}: needs one synapse per source")
+        if layer.type != "add" and (len(layer.synapses) != 1 or layer.synapses[0].type != layer.type):
+            raise ToolchainError(f"{lw}: a {layer.type} layer holds exactly one {layer.type} synapse")
+        for k, (src, syn) in enumerate(zip(layer.sources, layer.synapses)):
+            if not 0 <= src < i:
+                raise ToolchainError(f"{lw}: source {src} is not an earlier layer")
+            if syn.type not in SYNAPSE_TYPES:
+                raise ToolchainError(f"{lw}: unknown synapse type {syn.type!r}")
+            check_synapse_shape(syn, net.shape_of(src), layer.shape, f"{lw} synapse {k}")
+        n = layer.neuron
+        if n.gradedSpike:
+            raise ToolchainError(f"{lw}: graded spikes are not supported")
+        if n.iDecay < 1:
+            # Lava's du = iDecay - 1 is an unsigned 12-bit register
+            raise ToolchainError(f"{lw}: neuron iDecay 0 (no current decay) has no Lava LIF equivalent")
+        last = i == len(net.layers)
+        if last and not n.is_readout:
+            raise ToolchainError(f"{lw}: the last layer must be the readout integrator {READOUT_NEURON}")
+    if len(net.class_names) not in (0, net.layers[-1].shape[0]):
+        raise ToolchainError(f"{where}: {len(net.class_names)} class names for "
+                             f"{net.layers[-1].shape[0]} readout channels")
