@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.weight_norm import WeightNorm
 from lava.lib.dl import slayer
 
 from models.graph import INPUT, Node, SpikingGraph
@@ -54,7 +55,7 @@ def synapse_weight(synapse: torch.nn.Module) -> torch.Tensor:
     quantized by `pre_hook_fx` when set."""
     w = synapse.weight
     for hook in synapse._forward_pre_hooks.values():
-        if isinstance(hook, torch.nn.utils.weight_norm.WeightNorm):
+        if isinstance(hook, WeightNorm):
             w = hook.compute_weight(synapse)
     w = w.detach()
     hook = getattr(synapse, "_pre_hook_fx", None)
