@@ -71,7 +71,10 @@ def _synapse_record(syn: torch.nn.Module, src_shape: tuple, where: str) -> Synap
         return Synapse("convT", np.repeat(kernel[None, None], c, axis=0), _pair(syn.stride),
                        _pair(syn.padding), _pair(syn.dilation), groups=c)
     if isinstance(syn, slayer.synapse.Dense):
-        return Synapse("dense", w.reshape(w.shape[0], -1))
+        if tuple(w.shape[2:4]) == tuple(src_shape[1:]):
+            return Synapse("dense", w.reshape(w.shape[0], -1))
+        # slayer Dense on a spatial input with a smaller kernel acts per pixel: a conv
+        return Synapse("conv", w.reshape(w.shape[:4]))
     if isinstance(syn, slayer.synapse.ConvTranspose):
         return Synapse("convT", w.reshape(w.shape[:4]), _pair(syn.stride), _pair(syn.padding),
                        _pair(syn.dilation), groups=int(syn.groups))

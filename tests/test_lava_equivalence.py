@@ -1,0 +1,128 @@
+"""Quantized slayer (torch), the emulator and Lava agree spike for spike.
+
+One small network per layer type, weights spanning the whole 8-bit range,
+random input spikes. Pipeline alignment (documented in `deploy.emulator`):
+Lava's spikes at step t equal the torch node's output at step t (slayer's
+one-step axon delay matches Lava's one-step connection delay), and the readout
+needs one extra Lava step, so Lava runs T+1 steps.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from lava.lib.dl import slayer
+
+from deploy import emulator, lava_graph
+from deploy.export import build_netfile, quantized_copy
+from models.graph import INPUT, NeuronParams, Node, SpikingGraph
+
+T = 5
+NEURON = NeuronParams(threshold=1.25, current_decay=0.25, voltage_decay=0.03)
+
+
+def full_range(syn, gen):
+    """Weights drawn over every 8-bit synapse value, -256..254 (x 1/64)."""
+    w = torch.randint(-128, 128, syn.weight.shape, generator=gen) * 2 / 64
+    syn.weight.data = w.float()
+    return syn
+
+
+def graph(spec, input_shape, seed=0, neuron=NEURON):
+    """spec: [(name, [sources], [synapse factories], spiking)]."""
+    gen = torch.Generator().manual_seed(seed)
+    nodes = []
+    for name, sources, makers, spiking in spec:
+        syns = [full_range(m(), gen) if not isinstance(m(), slayer.synapse.Pool) else m()
+                for m in makers]
+        nodes.append(Node(name, sources, syns, neuron.make() if spiking else None))
+    return SpikingGraph(nodes, input_shape, neuron)
+
+
+def spikes(shape, rate=0.4, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=gen) < rate).float()
+
+
+def torch_vs_emulator(model, x):
+    """Returns the NetFile after asserting quantized torch == emulator on every layer."""
+    net = build_netfile(model, time_steps=x.shape[-1])
+    with torch.no_grad():
+        readout, torch_spikes = quantized_copy(model)(x)
+    out = emulator.run(net, x, device="cpu")
+    for name, s in torch_spikes.items():
+        assert torch.equal(s.bool(), out.spikes[name]), f"layer {name}: torch and emulator differ"
+    # torch's readout is the mean synaptic input; Lava holds 4096*T times it as an integer
+    assert torch.equal((readout.double() * 4096 * x.shape[-1]).round().long(), out.voltage)
+    return net, out
+
+
+def emulator_vs_lava(net, x, out):
+    lava_spikes, lava_v = lava_graph.run_frame(net, x[0].numpy())
+    for name, s in lava_spikes.items():
+        np.testing.assert_array_equal(s, out.spikes[name][0].numpy(), err_msg=f"layer {name}")
+    np.testing.assert_array_equal(lava_v, out.voltage[0].numpy())
+
+
+def three_way(model, x):
+    net, out = torch_vs_emulator(model, x)
+    assert sum(int(c.sum()) for c in out.counts.values()) > 0, "test network never spikes"
+    emulator_vs_lava(net, x, out)
+
+
+def conv(cin, cout, k=3, **kw):
+    return lambda: slayer.synapse.Conv(cin, cout, k, **kw)
+
+
+CASES = {
+    "conv": ([("c1", [INPUT], [conv(2, 4, 3, padding=1)], True),
+              ("out", ["c1"], [conv(4, 3, 1)], False)], (2, 8, 8)),
+    "strided_conv": ([("c1", [INPUT], [conv(2, 4, 3, stride=2, padding=1)], True),
+                      ("out", ["c1"], [conv(4, 3, 3, stride=(2, 1))], False)], (2, 9, 8)),
+    "dilated_conv": ([("c1", [INPUT], [conv(2, 4, 3, padding=2, dilation=2)], True),
+                      ("c2", ["c1"], [conv(4, 4, 3, padding=3, dilation=3)], True),
+                      ("out", ["c2"], [conv(4, 3, 1)], False)], (2, 8, 8)),
+    "pooling": ([("c1", [INPUT], [conv(2, 4, 3, padding=1)], True),
+                 ("p1", ["c1"], [lambda: slayer.synapse.Pool(2, stride=2, weight_scale=0.75)], True),
+                 ("out", ["p1"], [conv(4, 3, 1)], False)], (2, 8, 8)),
+    "transposed_conv": ([("c1", [INPUT], [conv(2, 4, 3, stride=2, padding=1)], True),
+                         ("up", ["c1"], [lambda: slayer.synapse.ConvTranspose(4, 3, 4, stride=2, padding=1)], True),
+                         ("out", ["up"], [conv(3, 3, 1)], False)], (2, 8, 8)),
+    "skip_add": ([("c1", [INPUT], [conv(2, 4, 3, padding=1)], True),
+                  ("c2", ["c1"], [conv(4, 4, 3, padding=1)], True),
+                  ("sum", ["c2", "c1", INPUT], [conv(4, 4, 3, padding=1), conv(4, 4, 1), conv(2, 4, 1)], True),
+                  ("out", ["sum"], [conv(4, 3, 1)], False)], (2, 6, 6)),
+    "dense": ([("c1", [INPUT], [conv(2, 4, 3, padding=1)], True),
+               ("d1", ["c1"], [lambda: slayer.synapse.Dense((4, 4, 4), 6)], True),
+               ("out", ["d1"], [lambda: slayer.synapse.Dense(6, 3)], False)], (2, 4, 4)),
+    "readout_from_two_layers": ([("c1", [INPUT], [conv(2, 4, 3, padding=1)], True),
+                                 ("c2", ["c1"], [conv(4, 4, 3, padding=1)], True),
+                                 ("out", ["c2", "c1"], [conv(4, 3, 3, padding=1), conv(4, 3, 1)], False)],
+                                (2, 6, 6)),
+}
+
+
+@pytest.mark.lava
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_torch_emulator_and_lava_agree_per_layer_type(case):
+    spec, shape = CASES[case]
+    model = graph(spec, shape)
+    three_way(model, spikes((2, *shape, T)))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_emulator_equals_quantized_torch_on_many_inputs(case):
+    spec, shape = CASES[case]
+    for seed in range(4):
+        model = graph(spec, shape, seed=seed)
+        torch_vs_emulator(model, spikes((3, *shape, 8), rate=0.2 + 0.15 * seed, seed=seed))
+
+
+def test_lava_spikes_align_with_torch_node_outputs():
+    """The first layer cannot spike at step 0 in either execution (one-step delay)."""
+    spec, shape = CASES["conv"]
+    x = torch.ones((1, *shape, T))
+    net, out = torch_vs_emulator(graph(spec, shape), x)
+    assert not out.spikes["c1"][..., 0].any()
+    assert out.spikes["c1"][..., 1:].any()
