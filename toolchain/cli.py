@@ -39,6 +39,9 @@ def config_options(f):
 def _register() -> None:
     from .data.cli import data
     cli.add_command(data)
+    from deploy.cli import export_cmd, run_cmd
+    cli.add_command(export_cmd)
+    cli.add_command(run_cmd)
 
 
 _register()

@@ -1,0 +1,146 @@
+"""Evaluate a `.net` over a data split on the emulator or in Lava.
+
+Frames are read with the project's data layer, run through `deploy.load(...)`
+and scored with `SegmentationMetric`. Lava runs are sharded across K worker
+processes (plain, non-daemonic processes: Lava starts its own children).
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from toolchain.errors import ToolchainError
+from toolchain.files import atomic_path, write_text
+
+from . import Deployed, load
+
+# a fixed palette: class k gets PALETTE[k]; ignore (255) is black
+PALETTE = np.array([[128, 64, 128], [70, 70, 70], [220, 220, 0], [107, 142, 35], [220, 20, 60],
+                    [0, 0, 142], [119, 11, 32], [0, 60, 100], [250, 170, 30], [152, 251, 152]],
+                   dtype=np.uint8)
+
+
+def data_config_for(net: Deployed, data_cfg, root: str | None):
+    """The data configuration that feeds this net: its shape, encoding and T win."""
+    c, h, w = net.net.input_shape
+    cfg = replace(data_cfg, height=h, width=w, time_steps=net.time_steps, encoding=net.net.encoding)
+    if root is not None:
+        cfg = replace(cfg, root=str(root))
+    return cfg
+
+
+def _frames(dataset, indices):
+    xs, ys = zip(*(dataset[i] for i in indices))
+    return torch.stack([torch.as_tensor(x) for x in xs]), torch.stack([torch.as_tensor(y) for y in ys])
+
+
+def _lava_worker(net_path, data_cfg, split, indices, out_file):
+    from toolchain.data import build_dataset
+    deployed = load(net_path)
+    dataset = build_dataset(data_cfg, split)
+    x, _ = _frames(dataset, indices)
+    r = deployed.run(x, backend="lava", keep_spikes=False)
+    np.savez(out_file, voltage=r.voltage, **{f"count_{k}": v for k, v in r.counts.items()})
+
+
+def evaluate(net_path, data_cfg, *, split: str = "test", frames: int | None = None,
+             backend: str = "emulator", workers: int = 1, batch_size: int = 16,
+             out_dir: str | Path | None = None, json_path: str | Path | None = None,
+             progress: bool = True) -> dict:
+    """Run the net over a split: (report dict, Result with the readout and class maps).
+
+    The report is also written to `json_path`, the class maps as PNGs to `out_dir`."""
+    from toolchain.data import build_dataset
+    from toolchain.metrics import SegmentationMetric
+
+    deployed = load(net_path)
+    cfg = data_config_for(deployed, data_cfg, None)
+    dataset = build_dataset(cfg, split)
+    n = len(dataset) if frames is None else min(frames, len(dataset))
+    if n == 0:
+        raise ToolchainError(f"{split}: the split has no frames")
+    indices = list(range(n))
+    num_classes = deployed.net.layers[-1].shape[0]
+    metric = SegmentationMetric(num_classes)
+    layer_names = [l.name for l in deployed.net.layers[:-1]]
+    counts = {k: 0 for k in layer_names}
+    t0 = time.perf_counter()
+    voltages = []
+    if backend == "lava" and workers > 1:
+        shards = [indices[k::workers] for k in range(workers) if indices[k::workers]]
+        with tempfile.TemporaryDirectory() as tmp:
+            ctx = mp.get_context("spawn")
+            procs = []
+            for k, shard in enumerate(shards):
+                p = ctx.Process(target=_lava_worker, args=(str(net_path), cfg, split, shard, f"{tmp}/{k}.npz"))
+                p.start()
+                procs.append(p)
+            for p in procs:
+                p.join()
+            if any(p.exitcode != 0 for p in procs):
+                raise ToolchainError(f"{net_path}: a Lava worker failed (exit codes {[p.exitcode for p in procs]})")
+            order = np.concatenate([np.array(s) for s in shards])
+            parts = [np.load(f"{tmp}/{k}.npz") for k in range(len(shards))]
+            v = np.concatenate([p["voltage"] for p in parts])
+            voltages = [v[np.argsort(order)]]
+            for name in layer_names:
+                counts[name] = int(sum(p[f"count_{name}"].sum() for p in parts))
+    else:
+        step = batch_size if backend == "emulator" else 1
+        for start in tqdm(range(0, n, step), desc=f"run ({backend})", disable=not progress, unit="batch"):
+            x, _ = _frames(dataset, indices[start:start + step])
+            r = deployed.run(x, backend=backend, keep_spikes=False)
+            voltages.append(r.voltage)
+            for name in layer_names:
+                counts[name] += int(r.counts[name].sum())
+    wall = time.perf_counter() - t0
+    voltage = np.concatenate(voltages)
+    result = deployed._result({}, {}, voltage, deployed.time_steps)
+    labels = torch.stack([torch.as_tensor(dataset[i][1]) for i in indices])
+    pred = torch.as_tensor(result.class_map.astype(np.int64))
+    if tuple(labels.shape[1:]) != tuple(pred.shape[1:]):
+        raise ToolchainError(f"{split}: labels {tuple(labels.shape[1:])} differ from the net's input size")
+    metric.update(pred, labels)
+    scores = metric.compute()
+    steps = n * (deployed.time_steps + 1)
+    names = deployed.net.class_names or [str(k) for k in range(num_classes)]
+    report = dict(net=str(net_path), backend=backend, split=split, frames=n, time_steps=deployed.time_steps,
+                  miou=scores["miou"], pixel_acc=scores["pixel_acc"],
+                  iou_per_class=dict(zip(names, scores["iou_per_class"])),
+                  wall_s=wall, steps_per_s=steps / wall, frames_per_s=n / wall,
+                  spikes_per_frame={k: v / n for k, v in counts.items()})
+    if out_dir is not None:
+        write_predictions(out_dir, result.class_map)
+    if json_path is not None:
+        write_text(json_path, json.dumps(report, indent=2))
+    return report, result
+
+
+def write_predictions(out_dir, class_map: np.ndarray) -> list[Path]:
+    paths = []
+    for i, cm in enumerate(class_map):
+        path = Path(out_dir) / f"pred_{i:04d}.png"
+        with atomic_path(path) as tmp:
+            Image.fromarray(PALETTE[cm % len(PALETTE)]).save(tmp, format="PNG")
+        paths.append(path)
+    return paths
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{report['net']}  backend={report['backend']}  split={report['split']}  "
+             f"frames={report['frames']}  T={report['time_steps']}",
+             f"mIoU {100 * report['miou']:.2f}%   pixel acc {100 * report['pixel_acc']:.2f}%",
+             "per-class IoU: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in report["iou_per_class"].items()),
+             f"wall {report['wall_s']:.2f} s   {report['steps_per_s']:.1f} steps/s   "
+             f"{report['frames_per_s']:.2f} frames/s",
+             "spikes per frame: " + ", ".join(f"{k} {v:.0f}" for k, v in report["spikes_per_frame"].items())]
+    return "\n".join(lines)
