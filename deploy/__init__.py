@@ -55,6 +55,9 @@ class Deployed:
         if frames.ndim != 5 or tuple(frames.shape[1:4]) != tuple(self.net.input_shape):
             raise ToolchainError(f"{self.path or 'net'}: frames of shape {tuple(frames.shape)}; "
                                  f"expected (N, {', '.join(map(str, self.net.input_shape))}, T)")
+        if not bool(((frames == 0) | (frames == 1)).all()):
+            raise ToolchainError(f"{self.path or 'net'}: input must be 0/1 spikes (Loihi inputs are binary); "
+                                 f"encoding {self.net.encoding!r} gave other values")
         if backend == "emulator":
             from . import emulator
             out = emulator.run(self.net, frames, device=device, keep_spikes=keep_spikes)
