@@ -8,7 +8,7 @@ from toolchain.cli import config_options
 from toolchain.errors import ToolchainError
 from toolchain.files import write_text
 
-TARGETS = ("loihi-sim",)
+TARGETS = ("loihi-sim", "onnx", "nir")
 
 
 def _miou(model, dataset, indices, batch_size=8) -> float:
@@ -31,7 +31,8 @@ def _miou(model, dataset, indices, batch_size=8) -> float:
 @click.command("export")
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Training checkpoint.")
 @click.option("--target", type=click.Choice(TARGETS), default="loihi-sim", show_default=True)
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="The .net file to write.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="The file to write: .net (loihi-sim), .onnx or .nir.")
 @click.option("--frames", type=int, default=32, show_default=True,
               help="Test frames for the float vs quantized mIoU check (0 skips it).")
 @click.option("--data", "data_root", default=None, help="Data root (default: the config's).")
@@ -45,10 +46,19 @@ def export_cmd(checkpoint, target, out, frames, data_root, config_path, override
     from .netfile import write
 
     model, cfg = models.load_checkpoint(checkpoint, quantized=False)
-    if not isinstance(model, models.SpikingGraph):
-        raise ToolchainError(f"{checkpoint}: holds a non-spiking model; only spiking graphs export to Loihi")
     if config_path or overrides:
         cfg.data = load_config(config_path, overrides).data
+    if target in ("onnx", "nir"):
+        from .nir_export import export_nir
+        from .onnx_export import export_onnx_files
+        if isinstance(model, models.SpikingGraph):
+            models.set_quantized(model, True)  # the 8-bit weights the .net file carries
+        paths = export_onnx_files(model, out) if target == "onnx" else \
+            [export_nir(model, out, time_steps=cfg.data.time_steps)]
+        click.echo("wrote " + ", ".join(map(str, paths)))
+        return
+    if not isinstance(model, models.SpikingGraph):
+        raise ToolchainError(f"{checkpoint}: holds a non-spiking model; only spiking graphs export to Loihi")
     net = build_netfile(model, time_steps=cfg.data.time_steps, encoding=cfg.data.encoding,
                         class_names=getattr(model, "class_names", []))
     report = dict(net=str(out), target=target, layers=len(net.layers), neurons=net.num_neurons,

@@ -333,6 +333,17 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, *, mode: str = 
     return path
 
 
+def export_onnx_files(model: torch.nn.Module, path: str | os.PathLike) -> list[Path]:
+    """What `toolchain export --target onnx` writes: for a SpikingGraph its
+    step graph at `path` and its non-spiking twin beside it (`NAME.ann.onnx`);
+    for a non-spiking model its plain graph at `path`."""
+    path = Path(path)
+    if not isinstance(model, SpikingGraph):
+        return [export_onnx(model, path, mode="ann")]
+    twin = path.with_name(f"{path.stem}.ann{path.suffix or '.onnx'}")
+    return [export_onnx(model, path, mode="step"), export_onnx(model, twin, mode="ann")]
+
+
 def run_onnx_step(path: str | os.PathLike, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Step an exported step graph over x (N, C, H, W, T) with onnxruntime.
 
