@@ -82,7 +82,7 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0] >> 1)
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0]) >> 1
 
 
 class SegmentationDataset(Dataset):
