@@ -20,7 +20,7 @@ def data() -> None:
 @click.option("--width", default=346, show_default=True, type=int, help="Frame width (DDD17: 346).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same files.")
 @click.option("--raw-events", is_flag=True, help="Also write each window's events as raw/{split}/<name>.npz "
-              "(x, y, t [us], p).")
+              "(x, y, t [us], p, width, height, t_start, t_end).")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 def synth(out, n_train, n_test, height, width, seed, raw_events, force) -> None:
     """Simulate driving scenes and write them in the DDD17 (Ev-SegNet) format.

@@ -414,7 +414,8 @@ def _write_sequence(root: Path, split, seq, frames, height, width, seed, raw_eve
         if raw_events:
             np.savez_compressed(root / "raw" / split / f"{name}.npz", x=ev.x.astype(np.uint16),
                                 y=ev.y.astype(np.uint16), t=ev.t, p=ev.p.astype(np.uint8),
-                                width=np.int32(width), height=np.int32(height))
+                                width=np.int32(width), height=np.int32(height),
+                                t_start=np.int64(t_start), t_end=np.int64(t_start + WINDOW_US))
     return len(frames)
 
 
