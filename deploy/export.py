@@ -60,6 +60,11 @@ def _pair(v) -> tuple[int, int]:
 
 def _synapse_record(syn: torch.nn.Module, src_shape: tuple, where: str) -> Synapse:
     """Translate one slayer synapse into its integer `.net` record."""
+    kinds = (slayer.synapse.Pool, slayer.synapse.Unpool, slayer.synapse.Dense,
+             slayer.synapse.ConvTranspose, slayer.synapse.Conv)
+    if not isinstance(syn, kinds):
+        raise ToolchainError(f"{where}: synapse {type(syn).__name__} has no Lava counterpart "
+                             f"(supported: slayer Conv, Dense, Pool, ConvTranspose, Unpool)")
     w = quantize_weight(effective_weight(syn).float(), descale=True).round().to(torch.int64).cpu().numpy()
     if getattr(syn, "bias", None) is not None:
         raise ToolchainError(f"{where}: synapse bias has no counterpart in the exported LIF layers")
@@ -78,11 +83,8 @@ def _synapse_record(syn: torch.nn.Module, src_shape: tuple, where: str) -> Synap
     if isinstance(syn, slayer.synapse.ConvTranspose):
         return Synapse("convT", w.reshape(w.shape[:4]), _pair(syn.stride), _pair(syn.padding),
                        _pair(syn.dilation), groups=int(syn.groups))
-    if isinstance(syn, slayer.synapse.Conv):
-        return Synapse("conv", w.reshape(w.shape[:4]), _pair(syn.stride), _pair(syn.padding),
-                       _pair(syn.dilation), groups=int(syn.groups))
-    raise ToolchainError(f"{where}: synapse {type(syn).__name__} has no Lava counterpart "
-                         f"(supported: slayer Conv, Dense, Pool, ConvTranspose, Unpool)")
+    return Synapse("conv", w.reshape(w.shape[:4]), _pair(syn.stride), _pair(syn.padding),
+                   _pair(syn.dilation), groups=int(syn.groups))
 
 
 def _check_synapse(syn: torch.nn.Module, rec: Synapse, src_shape, out_shape, where: str) -> None:
