@@ -13,6 +13,7 @@ bins are the network's time steps (`to_voxel`).
 """
 from __future__ import annotations
 
+import contextlib
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,11 +71,13 @@ def make_events(x, y, t, p, *, where: str = "events") -> Events:
             raise ToolchainError(f"{where}: field {name!r} contains NaN or inf")
     for name in ("x", "y"):
         a = arrays[name]
-        if n and (a.min() < 0 or np.any(a != np.round(a))):
+        if n and (a.min() < 0 or a.max() > 65535 or np.any(a != np.round(a))):
             raise ToolchainError(f"{where}: field {name!r} must hold non-negative integer pixel coordinates")
     p = arrays["p"]
     if n and not np.isin(p, (-1, 0, 1)).all():
         raise ToolchainError(f"{where}: field 'p' must be 0/1 (or -1/1), found {np.unique(p)[:5].tolist()}")
+    if n and np.abs(arrays["t"]).max() > 2 ** 62:
+        raise ToolchainError(f"{where}: timestamps 't' out of range")
     t = arrays["t"].astype(np.int64)
     if n > 1 and np.any(np.diff(t) < 0):
         raise ToolchainError(f"{where}: timestamps 't' are not in time order")
@@ -103,6 +106,8 @@ class Recording:
         if size is None:
             size = self._reader.size_from_data()
         self.width, self.height = int(size[0]), int(size[1])
+        if not (0 < self.width <= 65536 and 0 < self.height <= 65536):
+            raise ToolchainError(f"{self.path}: implausible sensor size {self.width}x{self.height}")
 
     def chunks(self) -> Iterator[Events]:
         """Consecutive event chunks in time order, each checked."""
@@ -195,26 +200,25 @@ class _Npz:
     def __init__(self, path: Path):
         self.path = path
         try:
-            self._z = np.load(path, allow_pickle=False)
-            keys = set(self._z.files)
-        except Exception as e:  # zipfile, zlib, ValueError: all mean a broken file
+            with np.load(path, allow_pickle=False) as z:
+                keys = set(z.files)
+                missing = [f for f in FIELDS if f not in keys]
+                if missing:
+                    raise ToolchainError(f"{path}: missing event field(s) {missing}; an event file needs x, y, t, p")
+                arrays = {k: z[k] for k in (*FIELDS, "width", "height") if k in keys}
+        except ToolchainError:
+            raise
+        except Exception as e:  # zipfile, zlib, ValueError, OSError: all mean a broken file
             raise ToolchainError(f"{path}: not a readable .npz event file ({type(e).__name__}: {e})") from e
-        missing = [f for f in FIELDS if f not in keys]
-        if missing:
-            raise ToolchainError(f"{path}: missing event field(s) {missing}; an event file needs x, y, t, p")
         self.size = None
-        if "width" in keys and "height" in keys:
-            self.size = (int(self._load("width")), int(self._load("height")))
-
-    def _load(self, key):
-        try:
-            return self._z[key]
-        except Exception as e:
-            raise ToolchainError(f"{self.path}: field {key!r} is corrupt ({type(e).__name__}: {e})") from e
+        if "width" in arrays and "height" in arrays:
+            try:
+                self.size = (int(arrays["width"]), int(arrays["height"]))
+            except (TypeError, ValueError) as e:
+                raise ToolchainError(f"{path}: width/height must be single integers") from e
+        self._events = make_events(*(arrays[f] for f in FIELDS), where=str(path))
 
     def _all(self) -> Events:
-        if not hasattr(self, "_events"):
-            self._events = make_events(*(self._load(f) for f in FIELDS), where=str(self.path))
         return self._events
 
     def size_from_data(self):
@@ -231,31 +235,40 @@ class _Npz:
 
 class _Hdf5:
     def __init__(self, path: Path):
+        self.path = path
+        with self._open() as (f, d):
+            lengths = {k: v.shape for k, v in d.items()}
+            if len(set(lengths.values())) != 1 or len(lengths["t"]) != 1:
+                raise ToolchainError(f"{path}: event datasets must be 1-D of equal length, found {lengths}")
+            self.n = lengths["t"][0]
+            try:
+                a = f.attrs
+                self.size = (int(a["width"]), int(a["height"])) if "width" in a and "height" in a else None
+            except Exception as e:
+                raise ToolchainError(f"{path}: unreadable width/height attributes ({type(e).__name__})") from e
+
+    @contextlib.contextmanager
+    def _open(self):
         import h5py
 
-        self.path = path
         try:
-            self._f = h5py.File(path, "r")
-            group = self._f["events"] if "events" in self._f else self._f
-            self._d = {f: group[f] for f in FIELDS if f in group}
+            f = h5py.File(self.path, "r")
         except Exception as e:
-            raise ToolchainError(f"{path}: not a readable HDF5 event file ({type(e).__name__}: {e})") from e
-        missing = [f for f in FIELDS if f not in self._d]
-        if missing:
-            raise ToolchainError(f"{path}: missing event dataset(s) {missing}; an event file needs x, y, t, p")
-        lengths = {f: d.shape for f, d in self._d.items()}
-        if len({s for s in lengths.values()}) != 1 or len(lengths["t"]) != 1:
-            raise ToolchainError(f"{path}: event datasets must be 1-D of equal length, found {lengths}")
-        self.n = lengths["t"][0]
-        attrs = self._f.attrs
-        self.size = (int(attrs["width"]), int(attrs["height"])) if "width" in attrs and "height" in attrs else None
-
-    def _slice(self, a, b) -> Events:
-        try:
-            cols = [self._d[f][a:b] for f in FIELDS]
-        except Exception as e:
-            raise ToolchainError(f"{self.path}: event data unreadable at [{a}:{b}] ({type(e).__name__}: {e})") from e
-        return make_events(*cols, where=f"{self.path}[{a}:{b}]")
+            raise ToolchainError(f"{self.path}: not a readable HDF5 event file ({type(e).__name__}: {e})") from e
+        with f:
+            try:
+                group = f["events"] if "events" in f else f
+                d = {k: group[k] for k in FIELDS if k in group}
+            except Exception as e:
+                raise ToolchainError(f"{self.path}: corrupt HDF5 event file ({type(e).__name__}: {e})") from e
+            missing = [k for k in FIELDS if k not in d]
+            if missing:
+                raise ToolchainError(f"{self.path}: missing event dataset(s) {missing}; "
+                                     f"an event file needs x, y, t, p")
+            bad = [k for k, v in d.items() if not isinstance(v, h5py.Dataset)]
+            if bad:
+                raise ToolchainError(f"{self.path}: {bad[0]!r} is not a dataset")
+            yield f, d
 
     def size_from_data(self):
         if self.n == 0:
@@ -266,8 +279,15 @@ class _Hdf5:
         return w, h
 
     def chunks(self):
-        for i in range(0, self.n, CHUNK):
-            yield self._slice(i, min(i + CHUNK, self.n))
+        with self._open() as (_, d):
+            for a in range(0, self.n, CHUNK):
+                b = min(a + CHUNK, self.n)
+                try:
+                    cols = [d[k][a:b] for k in FIELDS]
+                except Exception as e:
+                    raise ToolchainError(f"{self.path}: event data unreadable at [{a}:{b}] "
+                                         f"({type(e).__name__}: {e})") from e
+                yield make_events(*cols, where=f"{self.path}[{a}:{b}]")
 
 
 class _Aedat4:
