@@ -105,8 +105,11 @@ def lif_steps(a: torch.Tensor, i_decay: int, v_decay: int, v_th_mant: int
     v = torch.zeros_like(a[0])
     spikes = torch.empty(a.shape, dtype=torch.bool, device=a.device)
     keep_u, keep_v, vth = 4096 - i_decay, 4096 - v_decay, v_th_mant << 6
+    # int32 wrap-around can only happen for inputs of 2^24 and more; skip the
+    # (slow) wrap emulation when none is that large
+    wrap = _wrap_int32 if bool((a.abs() >= (1 << 24)).any()) else (lambda z: z)
     for t in range(a.shape[0]):
-        u = _wrap_int32(_decay(u, keep_u) + _wrap_int32(a[t] << 6))
+        u = wrap(_decay(u, keep_u) + wrap(a[t] << 6))
         u = torch.where(u > U_MAX, u - 2 * U_MAX, u)
         u = torch.where(u <= -U_MAX, u + 2 * U_MAX, u)
         v = torch.clamp(_decay(v, keep_v) + u, -U_MAX + 1, U_MAX - 1)
@@ -142,7 +145,8 @@ def run(net: NetFile, frames: torch.Tensor, *, device: torch.device | str | None
                 if syn.type == "conv":
                     z = z.clamp(-U_MAX, U_MAX - 1)  # Lava Conv: signed 24-bit clamp
                 a[1:] += z.reshape(steps - 1, n, c, h, w)
-            a = _wrap_int32(a)
+            if bool((a.abs() >= (1 << 31)).any()):
+                a = _wrap_int32(a)
             s, v = lif_steps(a, layer.neuron.iDecay, layer.neuron.vDecay, layer.neuron.vThMant)
             del a
             if i == len(net.layers):

@@ -78,7 +78,7 @@ def evaluate(net_path, data_cfg, *, split: str = "test", frames: int | None = No
     if backend == "lava" and workers > 1:
         shards = [indices[k::workers] for k in range(workers) if indices[k::workers]]
         with tempfile.TemporaryDirectory() as tmp:
-            ctx = mp.get_context("spawn")
+            ctx = mp.get_context("fork")  # Lava sets the start method itself in a spawned child
             procs = []
             for k, shard in enumerate(shards):
                 p = ctx.Process(target=_lava_worker, args=(str(net_path), cfg, split, shard, f"{tmp}/{k}.npz"))
