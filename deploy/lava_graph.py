@@ -113,12 +113,25 @@ def _lif(layer: Layer):
                bias_mant=0, bias_exp=0, name=layer.name)
 
 
+def import_lava_runtime() -> None:
+    """Import Lava's runtime safely: its module calls `set_start_method('fork')`
+    on import and fails if anything in this process chose a start method first."""
+    import multiprocessing as mp
+    import sys
+
+    name = "lava.magma.runtime.message_infrastructure.multiprocessing"
+    if name not in sys.modules and mp.get_start_method(allow_none=True) is not None:
+        mp.set_start_method(None, force=True)
+    __import__(name)
+
+
 def run_frame(net: NetFile, frame: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Run one frame (C, H, W, T) of 0/1 spikes in Lava's fixed-point simulator.
 
     Returns hidden spikes {name: (C, H, W, T) bool, Lava steps 0..T-1} and the
     readout integrator's final voltage (K, H', W') int64.
     """
+    import_lava_runtime()
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc.io.sink import RingBuffer as Sink

@@ -45,8 +45,9 @@ def _frames(dataset, indices):
 
 def _lava_worker(net_path, data_cfg, split, indices, out_file):
     from toolchain.data import build_dataset
-    # Lava's runtime sets the start method itself and fails if the worker already has one
-    mp.set_start_method(None, force=True)
+
+    from .lava_graph import import_lava_runtime
+    import_lava_runtime()  # the forked worker inherits the parent's start method
     deployed = load(net_path)
     dataset = build_dataset(data_cfg, split)
     x, _ = _frames(dataset, indices)

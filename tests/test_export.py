@@ -18,6 +18,7 @@ from toolchain.errors import ToolchainError
 @pytest.mark.lava
 @pytest.mark.slow
 def test_conv_chain_loads_unchanged_in_netx_and_gives_the_same_answers(tmp_path):
+    lava_graph.import_lava_runtime()
     from lava.lib.dl.netx.hdf5 import Network
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
