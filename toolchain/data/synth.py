@@ -41,7 +41,7 @@ from .events import WINDOW_US, Events, to_ddd17
 # Bump when the generator changes, so cached default sets are remade.
 GENERATOR_VERSION = 1
 FRAMES_PER_SEQUENCE = 16
-SUBSTEPS = 6  # brightness renders per 50 ms window
+SUBSTEPS = 4  # brightness renders per 50 ms window
 FRAME_SPACING_S = 1.0  # time between exported frames of a sequence
 Z_MAX = 250.0  # metres; beyond this everything is haze
 CAM_HEIGHT = 1.4
@@ -59,9 +59,9 @@ def _noise(a: np.ndarray, b: np.ndarray, seed: int) -> np.ndarray:
     ia, ib = ia.astype(np.int64), ib.astype(np.int64)
 
     def h(i, j):
-        n = (i * 374761393 + j * 668265263 + seed * 2147483647) & 0xFFFFFFFF
-        n = ((n ^ (n >> 13)) * 1274126177) & 0xFFFFFFFF
-        return ((n ^ (n >> 16)) & 0xFFFF) / 65535.0
+        n = (i * 374761393 + j * 668265263 + seed * 1442695041).astype(np.uint32)
+        n = (n ^ (n >> np.uint32(13))) * np.uint32(1274126177)
+        return (n >> np.uint32(16)).astype(np.float32) * (1.0 / 65535.0)
 
     top = h(ia, ib) * (1 - fa) + h(ia + 1, ib) * fa
     bot = h(ia, ib + 1) * (1 - fa) + h(ia + 1, ib + 1) * fa
@@ -260,13 +260,13 @@ class Street:
 
     def _draw_objects(self, img, lab, t, camz, hy):
         f, h = self.f, CAM_HEIGHT
-        visible = []
-        for o in self.objects:
-            zc = o.z + o.vz * t - camz
-            if 1.5 < zc < Z_MAX * 0.6:
-                visible.append((zc, o))
-        visible.sort(key=lambda p: -p[0])  # painter's order, far first
-        for zc, o in visible:
+        if not hasattr(self, "_oz"):
+            self._oz = np.array([o.z for o in self.objects])
+            self._ovz = np.array([o.vz for o in self.objects])
+        zcs = self._oz + self._ovz * t - camz
+        near = np.flatnonzero((zcs > 1.5) & (zcs < Z_MAX * 0.6))
+        for i in near[np.argsort(-zcs[near], kind="stable")]:  # painter's order, far first
+            zc, o = float(zcs[i]), self.objects[i]
             x = o.x + o.vx * t
             swing = o.gait * np.sin(2 * np.pi * 1.8 * t + o.z)
             shade = 1 - np.clip(zc / Z_MAX, 0, 1) ** 2

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The main job end to end on the embedded default: generated DDD17-format data.
+# Usage: examples/demo.sh DIR   (DIR receives every output; default: demo)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-demo}
+TC=.venv/bin/toolchain
+mkdir -p "$OUT"
+
+echo "== 1. data: generate the default DDD17-format set and check it"
+# The same set the default configuration uses (data.synth_*): 256 + 64 frames at 100x173.
+$TC data synth --out "$OUT/data" --n-train 256 --n-test 64 --height 100 --width 173 --seed 0 --force
+$TC data check "$OUT/data" --out "$OUT/data-check.png"
+echo "   picture: $OUT/data-check.png"
