@@ -39,7 +39,7 @@ from ..errors import ToolchainError
 from .events import WINDOW_US, Events, to_ddd17
 
 # Bump when the generator changes, so cached default sets are remade.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 FRAMES_PER_SEQUENCE = 16
 SUBSTEPS = 4  # brightness renders per 50 ms window
 FRAME_SPACING_S = 1.0  # time between exported frames of a sequence
