@@ -39,6 +39,10 @@ def config_options(f):
 def _register() -> None:
     from .data.cli import data
     cli.add_command(data)
+    from .train.cli import evaluate, models_cmd, train
+    cli.add_command(train)
+    cli.add_command(evaluate)
+    cli.add_command(models_cmd)
     from deploy.cli import export_cmd, run_cmd
     cli.add_command(export_cmd)
     cli.add_command(run_cmd)

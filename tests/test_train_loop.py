@@ -1,0 +1,129 @@
+"""The training loop: loss and readout shapes, ignore index, reproducible
+resume after an interruption, run-folder outputs."""
+import json
+import signal
+
+import pytest
+import torch
+
+import models
+from toolchain.config import Config
+from toolchain.train import augment, loss_fn, train
+from toolchain.train.loop import IGNORE
+
+
+class StripesDataset(torch.utils.data.Dataset):
+    """Left half class 0 with sparse ON spikes, right half class 1 with dense
+    OFF spikes; a column of ignore pixels. Poisson draw depends on
+    (epoch, index) only, like the real data sets."""
+
+    class_names = ["left", "right"]
+    num_classes = 2
+    in_channels = 2
+
+    def __init__(self, n, hw=16, t=12, seed=0):
+        self.n, self.hw, self.t, self.seed, self.epoch = n, hw, t, seed, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(self.seed * 10007 + self.epoch * 101 + i)
+        h = w = self.hw
+        y = torch.zeros(h, w, dtype=torch.int64)
+        y[:, w // 2:] = 1
+        y[:, w // 2 - 1] = IGNORE
+        x = torch.zeros(2, h, w, self.t)
+        x[0, :, : w // 2] = (torch.rand(h, w // 2, self.t, generator=g) < 0.2).float()
+        x[1, :, w // 2:] = (torch.rand(h, w - w // 2, self.t, generator=g) < 0.6).float()
+        return x, y
+
+
+@pytest.fixture
+def cfg():
+    c = Config()
+    c.data.height = c.data.width = 16
+    c.data.time_steps = 12
+    c.model.name = "spiking-deeplab-tiny"
+    c.train.epochs = 2
+    c.train.batch_size = 4
+    c.train.optimizer = "adamw"
+    c.train.lr = 0.01
+    c.train.qat = True
+    return c
+
+
+@pytest.fixture
+def data():
+    return StripesDataset(12), StripesDataset(4, seed=1)
+
+
+def test_readout_and_loss_shapes(cfg, data):
+    model = models.from_config(cfg, 2, 2)
+    x, y = next(iter(torch.utils.data.DataLoader(data[0], batch_size=3)))
+    readout, spikes = model(x)
+    assert readout.shape == (3, 2, 4, 4)  # two 2x2 pools
+    scores, _ = models.predict(model, x, y.shape[-2:])
+    assert scores.shape == (3, 2, 16, 16)
+    loss = loss_fn(scores, y)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_loss_ignores_label_255():
+    scores = torch.randn(1, 3, 2, 2)
+    target = torch.tensor([[[0, 1], [2, 1]]])
+    masked = target.clone()
+    masked[0, 0, 0] = IGNORE
+    expected = torch.nn.functional.cross_entropy(scores[0].permute(1, 2, 0).reshape(-1, 3)[1:],
+                                                 target.reshape(-1)[1:])
+    assert torch.allclose(loss_fn(scores, masked), expected)
+
+
+def test_augment_keeps_shapes_and_pads_labels_with_ignore():
+    x = torch.ones(8, 2, 16, 16, 3)
+    y = torch.zeros(8, 16, 16, dtype=torch.int64)
+    xa, ya = augment(x, y, torch.Generator().manual_seed(0))
+    assert xa.shape == x.shape and ya.shape == y.shape
+    # shifted crops bring padding in: label 255 exactly where input is zero padding
+    assert ((ya == IGNORE) == (xa[:, 0, :, :, 0] == 0)).all()
+    assert (ya == IGNORE).any()
+
+
+def test_training_writes_run_folder_and_beats_untrained(cfg, data, tmp_path):
+    cfg.train.epochs = 3
+    r = train(cfg, tmp_path, datasets=data, log=lambda s: None)
+    for name in ("checkpoint.pt", "metrics.json", "log.csv", "curves.png", "gallery.png", "config.yaml"):
+        assert (tmp_path / name).is_file(), name
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["miou"] == pytest.approx(r["miou"])
+    assert len(saved["history"]) == 4 and set(saved["firing"]) == {"conv1", "pool1", "conv2", "pool2", "conv3", "conv4"}
+    assert r["miou"] > r["untrained_miou"] and r["miou"] > 0.6
+    assert list((tmp_path / "tensorboard").iterdir())
+
+
+def _interrupt_at(epoch, step):
+    def cb(e, s):
+        if (e, s) == (epoch, step):
+            signal.raise_signal(signal.SIGINT)
+    return cb
+
+
+@pytest.mark.parametrize("where", [(0, 1), (0, 2)], ids=["mid-epoch", "epoch-end"])
+def test_resume_after_interrupt_equals_uninterrupted_run(cfg, data, tmp_path, where):
+    straight = train(cfg, tmp_path / "a", datasets=data, log=lambda s: None)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "b", datasets=data, callback=_interrupt_at(*where), log=lambda s: None)
+    resumed = train(cfg, tmp_path / "b", resume=True, datasets=data, log=lambda s: None)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for key in ("miou", "pixel_acc", "loss"):
+        assert resumed[key] == straight[key]
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in straight["history"]]

@@ -1,0 +1,95 @@
+"""`toolchain train`, `toolchain eval` and `toolchain models`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..cli import config_options
+from ..config import load_config
+from ..errors import ToolchainError
+from ..files import write_text
+
+
+@click.command()
+@config_options
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+              help="Data set root (default: the generated DDD17-format set).")
+@click.option("--model", "model_name", default=None, help="Registered model name (see `toolchain models`).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Number of epochs.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Run folder (default: runs/MODEL).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+def train(config_path, overrides, data_dir, model_name, epochs, out_dir, resume):
+    """Train a spiking segmenter; write checkpoint, logs, plots and metrics.json."""
+    from .loop import train as run
+
+    cfg = load_config(config_path, overrides)
+    if data_dir is not None:
+        cfg.data.root = data_dir
+    if model_name is not None:
+        cfg.model.name = model_name
+    out = Path(out_dir or Path("runs") / cfg.model.name)
+    result = run(cfg, out, resume=resume, epochs=epochs, log=click.echo)
+    if result is not None:
+        click.echo(summary_table(result))
+        click.echo(f"run folder: {out}")
+
+
+def summary_table(r: dict) -> str:
+    rows = [("majority class (" + r["majority_class"] + ")", r["majority_miou"]),
+            ("untrained " + r["model"], r["untrained_miou"]),
+            (f"trained {r['model']} ({r['epochs']} epochs" + (", quantized)" if r["quantized"] else ", float)"),
+             r["miou"])]
+    w = max(len(n) for n, _ in rows)
+    lines = [f"{'model':<{w}}  test mIoU", f"{'-' * w}  ---------"]
+    lines += [f"{n:<{w}}  {v * 100:8.2f}%" for n, v in rows]
+    return "\n".join(lines)
+
+
+@click.command("eval")
+@click.option("--checkpoint", "ckpt", type=click.Path(dir_okay=False), required=True, help="Training checkpoint.")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None, help="Data set root.")
+@click.option("--split", default="test", show_default=True, help="Split to evaluate.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write metrics here.")
+@click.option("--quantized/--float", "quantized", default=None,
+              help="Loihi 8-bit weights or float weights (default: as trained).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+def evaluate(ckpt, data_dir, split, json_out, quantized, batch_size):
+    """Evaluate a training checkpoint: mIoU, per-class IoU, pixel accuracy, firing rates."""
+    import models
+    from toolchain.data import build_dataset, ensure_default_data
+
+    from .loop import evaluate as run, pick_device
+
+    model, cfg = models.load_checkpoint(ckpt, quantized=quantized)
+    if data_dir is not None:
+        cfg.data.root = data_dir
+    ensure_default_data(cfg.data)
+    ds = build_dataset(cfg.data, split)
+    if ds.num_classes != len(model.class_names):
+        raise ToolchainError(f"{ckpt}: model has {len(model.class_names)} classes, data set {ds.num_classes}")
+    device = pick_device(cfg.train.device)
+    r = run(model.to(device), ds, device, batch_size=batch_size, progress=True)
+    r = dict(checkpoint=str(ckpt), split=split, model=cfg.model.name,
+             quantized=bool(getattr(model, "quantized", False)), samples=len(ds),
+             miou=r["miou"], pixel_acc=r["pixel_acc"], loss=r["loss"],
+             iou_per_class=dict(zip(model.class_names, r["iou_per_class"])), firing=r["firing"])
+    click.echo(f"{cfg.model.name} ({'quantized' if r['quantized'] else 'float'}) on {split} ({len(ds)} samples): "
+               f"mIoU {r['miou'] * 100:.2f}%  pixel acc {r['pixel_acc'] * 100:.2f}%")
+    for name, v in r["iou_per_class"].items():
+        click.echo(f"  {name:<14} IoU {v * 100:6.2f}%")
+    if json_out:
+        write_text(json_out, json.dumps(r, indent=1))
+
+
+@click.command("models")
+def models_cmd():
+    """List the registered networks with their parameter counts."""
+    import models
+
+    click.echo(f"{'name':<24} {'parameters':>12}   (2 input channels, 6 classes)")
+    for name in models.names():
+        click.echo(f"{name:<24} {models.describe(name):>12,}")
+    click.echo("append -ann to any name for its non-spiking twin")

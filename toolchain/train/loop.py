@@ -1,0 +1,410 @@
+"""The training loop, read top to bottom (torchvision's reference shape).
+
+set-up -> data -> model -> optimiser and schedule -> (resume) -> baselines
+-> for each epoch: train, evaluate, log, checkpoint -> gallery and summary.
+
+Reproducibility: every random draw is seeded from (train.seed, epoch): the
+sampler's order (DistributedSampler.set_epoch), the augmentation generator
+and the data set's Poisson draw (`set_epoch`). A checkpoint also records the
+position inside an interrupted epoch and the augmentation generator's state,
+so that `--resume` reproduces the uninterrupted run exactly on the CPU.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler
+
+import models
+from models.blocks import firing_rates, set_quantized
+
+from ..config import Config, config_from_dict, save_config, to_dict
+from ..errors import ToolchainError
+from ..files import write_text
+from ..metrics import SegmentationMetric
+from . import checkpoint, distributed, plots
+
+IGNORE = 255
+CHECKPOINT = "checkpoint.pt"
+GALLERY_SIZE = 4
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ToolchainError("train.device=cuda but no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise ToolchainError(f"train.device: {name!r} is not one of auto, cpu, cuda")
+    return torch.device(name)
+
+
+def build_datasets(cfg: Config, d: distributed.Dist):
+    from toolchain.data import build_dataset, ensure_default_data
+
+    # Only one process generates the default data; the others wait for it.
+    if d.main:
+        ensure_default_data(cfg.data)
+    distributed.barrier(d)
+    ensure_default_data(cfg.data)
+    return build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
+
+
+def make_optimizer(cfg: Config, params):
+    t = cfg.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    raise ToolchainError(f"train.optimizer: {t.optimizer!r} is not one of sgd, adamw")
+
+
+def make_scheduler(cfg: Config, optimizer):
+    t = cfg.train
+    if t.schedule == "step":  # the paper: x0.1 at 50% and 80% of the epochs
+        milestones = sorted({max(1, int(t.epochs * 0.5)), max(1, int(t.epochs * 0.8))})
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+    if t.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, t.epochs))
+    raise ToolchainError(f"train.schedule: {t.schedule!r} is not one of step, cosine")
+
+
+def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random horizontal flip and random crop (pad by 1/8 of the size, crop
+    back), per sample, drawn from `gen`. x: (N, C, H, W, T), y: (N, H, W)."""
+    n, _, h, w, _ = x.shape
+    ph, pw = max(1, h // 8), max(1, w // 8)
+    flips = torch.rand(n, generator=gen) < 0.5
+    dy = torch.randint(0, 2 * ph + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pw + 1, (n,), generator=gen)
+    xp = F.pad(x, (0, 0, pw, pw, ph, ph))
+    yp = F.pad(y, (pw, pw, ph, ph), value=IGNORE)
+    xs, ys = [], []
+    for i in range(n):
+        xi = xp[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+        yi = yp[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+        if flips[i]:
+            xi, yi = xi.flip(-2), yi.flip(-1)
+        xs.append(xi)
+        ys.append(yi)
+    return torch.stack(xs), torch.stack(ys)
+
+
+def loss_fn(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(scores, target, ignore_index=IGNORE)
+
+
+@torch.no_grad()
+def evaluate(model, dataset, device, d: distributed.Dist = distributed.Dist(), batch_size: int = 16,
+             amp: bool = False, progress: bool = False) -> dict:
+    """mIoU, per-class IoU, pixel accuracy, loss and firing rate per layer
+    over `dataset` (the ranks split it; results are reduced over all)."""
+    model.eval()
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(0)  # the same Poisson draw at every evaluation
+    indices = list(range(d.rank, len(dataset), d.world))
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=indices)
+    metric = SegmentationMetric(dataset.num_classes, IGNORE)
+    loss_sum, pixels, fire_sum, fire_n = 0.0, 0.0, {}, 0
+    from tqdm import tqdm
+
+    for x, y in tqdm(loader, desc="eval", leave=False, disable=not (progress and d.main)):
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device.type, enabled=amp):
+            scores, spikes = models.predict(model, x, y.shape[-2:])
+        scores = scores.float()
+        valid = int((y != IGNORE).sum())
+        if valid:
+            loss_sum += float(F.cross_entropy(scores, y, ignore_index=IGNORE, reduction="sum"))
+            pixels += valid
+        metric.update(scores.argmax(1), y)
+        for k, v in firing_rates(spikes).items():
+            fire_sum[k] = fire_sum.get(k, 0.0) + v * len(x)
+        fire_n += len(x)
+    names = [n.name for n in model.nodes[:-1]]
+    totals = distributed.all_sum(d, [loss_sum, pixels, float(fire_n)] + [fire_sum.get(k, 0.0) for k in names])
+    metric.reduce()
+    out = metric.compute()
+    out["loss"] = totals[0] / max(totals[1], 1.0)
+    out["firing"] = {k: v / max(totals[2], 1.0) for k, v in zip(names, totals[3:])}
+    return out
+
+
+def majority_baseline(cfg: Config, train_labels, test_labels, num_classes: int) -> tuple[int, dict]:
+    """The most frequent training class predicted everywhere, scored on test."""
+    counts = torch.zeros(num_classes, dtype=torch.int64)
+    for y in train_labels:
+        y = y[y != IGNORE]
+        counts += torch.bincount(y.reshape(-1), minlength=num_classes)[:num_classes]
+    cls = int(counts.argmax())
+    metric = SegmentationMetric(num_classes, IGNORE)
+    for y in test_labels:
+        metric.update(torch.full_like(y, cls), y)
+    return cls, metric.compute()
+
+
+def _labels(cfg: Config, split: str):
+    from toolchain.data import build_dataset
+
+    ds = build_dataset(cfg.data, split, encode_input=False)
+    for i in range(len(ds)):
+        yield ds[i][1]
+
+
+def _write_csv(history: list[dict], class_names: list[str], path: Path) -> None:
+    layers = list(history[-1].get("firing", {}))
+    cols = ["epoch", "lr", "train_loss", "test_loss", "miou", "pixel_acc", "seconds"]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(cols + [f"iou_{c}" for c in class_names] + [f"fire_{n}" for n in layers])
+    for h in history:
+        w.writerow([h.get(c if c != "test_loss" else "loss") for c in cols] + h["iou_per_class"]
+                   + [h.get("firing", {}).get(n) for n in layers])
+    write_text(path, buf.getvalue())
+
+
+class _Interrupt:
+    """Turns SIGINT into a flag checked between steps, so the loop can save a
+    checkpoint at a clean point before it stops."""
+
+    def __init__(self):
+        self.flag = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: no signal handling
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.flag = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _all_flag(d: distributed.Dist, flag: bool) -> bool:
+    return bool(distributed.all_sum(d, [float(flag)])[0]) if d.enabled else flag
+
+
+def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, epochs: Optional[int] = None,
+          datasets=None, callback: Optional[Callable[[int, int], None]] = None,
+          log: Callable[[str], None] = print) -> Optional[dict]:
+    """Train `cfg.model.name` on `cfg.data`; write checkpoints, logs, plots
+    and `metrics.json` to `run_dir`; return the final metrics (None on
+    ranks other than 0).
+
+    With `resume`, the configuration stored in the run's checkpoint wins
+    over `cfg` (only `epochs` may extend it; the schedule stays the one the
+    run started with). `datasets` (train, test) replaces the configured data;
+    `callback(epoch, step)` runs after every optimiser step."""
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / CHECKPOINT
+    state = None
+    if resume:
+        state = checkpoint.load(ckpt_path)
+        cfg = config_from_dict(state["config"])
+    if epochs is not None:
+        cfg.train.epochs = int(epochs)
+    t = cfg.train
+
+    device = pick_device(t.device)
+    d = distributed.setup(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(d.local_rank)
+        device = torch.device("cuda", d.local_rank)
+        torch.backends.cudnn.benchmark = True
+    elif d.enabled:
+        import os
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // d.world))
+    amp = bool(t.amp and device.type == "cuda")
+    torch.manual_seed(t.seed)
+
+    train_ds, test_ds = datasets if datasets is not None else build_datasets(cfg, d)
+    if len(train_ds) == 0 or len(test_ds) == 0:
+        raise ToolchainError(f"data: empty split (train {len(train_ds)}, test {len(test_ds)} samples)")
+    class_names = list(train_ds.class_names)
+    in_channels, num_classes = int(train_ds.in_channels), int(train_ds.num_classes)
+
+    model = models.from_config(cfg, in_channels, num_classes).to(device)
+    if not t.ann:
+        set_quantized(model, t.qat)
+    net = torch.nn.parallel.DistributedDataParallel(model) if d.enabled else model
+    optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    scheduler = make_scheduler(cfg, optimizer)
+    scaler = torch.cuda.amp.GradScaler(enabled=amp)
+
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir)
+    start_epoch, start_step, history, extra = 0, 0, [], {}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["lr_scheduler"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_state(state["rng"])
+        start_epoch, start_step = state["epoch"], state["step"]
+        history, extra = state["history"], state["extra"]
+        log(f"resumed from {ckpt_path}: epoch {start_epoch + 1}, step {start_step}")
+
+    dataset_facts = dict(in_channels=in_channels, num_classes=num_classes, class_names=class_names)
+
+    def save(epoch, step, aug_state=None, partial=None):
+        if d.main:
+            checkpoint.save(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                            lr_scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), epoch=epoch,
+                            step=step, aug_rng=aug_state, partial=partial, history=history, extra=extra,
+                            config=to_dict(cfg), dataset=dataset_facts)
+        distributed.barrier(d)
+
+    writer = None
+    if d.main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    if not history:  # epoch 0: the untrained model and the majority-class baseline
+        t0 = time.time()
+        ev = evaluate(model, test_ds, device, d, t.batch_size, amp)
+        history.append(dict(epoch=0, lr=None, train_loss=None, seconds=time.time() - t0, **ev))
+        if datasets is None:
+            cls, base = majority_baseline(cfg, _labels(cfg, "train"), _labels(cfg, "test"), num_classes)
+        else:
+            cls, base = majority_baseline(cfg, (train_ds[i][1] for i in range(len(train_ds))),
+                                          (test_ds[i][1] for i in range(len(test_ds))), num_classes)
+        extra = dict(untrained=ev, majority_class=cls, majority=base, train_seconds=0.0, samples=0)
+        log(f"untrained: mIoU {ev['miou']:.4f}   majority class ({class_names[cls]}): mIoU {base['miou']:.4f}")
+
+    per_rank = max(1, t.batch_size // d.world)
+    sampler = DistributedSampler(train_ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=t.seed,
+                                 drop_last=False)
+    from tqdm import tqdm
+
+    with _Interrupt() as interrupt:
+        for epoch in range(start_epoch, t.epochs):
+            t0 = time.time()
+            model.train()
+            sampler.set_epoch(epoch)
+            train_ds.set_epoch(epoch)
+            torch.manual_seed(t.seed * 1_000_003 + epoch)
+            gen = torch.Generator().manual_seed(t.seed * 7919 + epoch)
+            order = list(sampler)
+            n_steps = math.ceil(len(order) / per_rank)
+            loss_sum, seen = 0.0, 0
+            if state is not None and epoch == start_epoch and start_step > 0:
+                gen.set_state(state["aug_rng"])
+                loss_sum, seen = state["partial"]
+            step0 = start_step if epoch == start_epoch else 0
+            loader = DataLoader(train_ds, batch_size=per_rank, sampler=order[step0 * per_rank:],
+                                num_workers=t.workers)
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", initial=step0, total=n_steps,
+                       disable=not d.main, leave=False, unit="batch")
+            for step, (x, y) in enumerate(bar, start=step0):
+                if t.augment:
+                    x, y = augment(x, y, gen)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with torch.autocast(device.type, enabled=amp):
+                    scores, _ = models.predict(net, x, y.shape[-2:])
+                    loss = loss_fn(scores.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                loss_sum += float(loss) * len(x)
+                seen += len(x)
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+                if callback is not None:
+                    callback(epoch, step)
+                if _all_flag(d, interrupt.flag) and step + 1 < n_steps:
+                    save(epoch, step + 1, gen.get_state(), (loss_sum, seen))
+                    log(f"interrupted: checkpoint saved to {ckpt_path}; continue with --resume")
+                    raise KeyboardInterrupt
+            bar.close()
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            train_loss, samples = distributed.all_sum(d, [loss_sum, float(seen)])
+            train_seconds = time.time() - t0
+            ev = evaluate(model, test_ds, device, d, t.batch_size, amp)
+            history.append(dict(epoch=epoch + 1, lr=lr, train_loss=train_loss / max(samples, 1.0),
+                                seconds=time.time() - t0, **ev))
+            extra["train_seconds"] += train_seconds
+            extra["samples"] += samples
+            save(epoch + 1, 0)
+            if d.main:
+                h = history[-1]
+                log(f"epoch {epoch + 1}/{t.epochs}  loss {h['train_loss']:.4f}  test mIoU {h['miou']:.4f}  "
+                    f"pixel acc {h['pixel_acc']:.4f}  {samples / train_seconds:.1f} samples/s")
+                _log_epoch(writer, h, class_names)
+                _write_csv(history, class_names, run_dir / "log.csv")
+                plots.curves(history, run_dir / "curves.png")
+                _write_metrics(run_dir, cfg, history, extra, class_names, final=False)
+            if _all_flag(d, interrupt.flag):
+                log(f"interrupted: checkpoint saved to {ckpt_path}; continue with --resume")
+                raise KeyboardInterrupt
+
+    result = None
+    if d.main:
+        writer.close()
+        if len(history) == 1:  # nothing trained in this run (epochs already done)
+            plots.curves(history, run_dir / "curves.png")
+        _gallery(model, test_ds, device, class_names, run_dir / "gallery.png", amp)
+        result = _write_metrics(run_dir, cfg, history, extra, class_names, final=True)
+    distributed.barrier(d)
+    distributed.teardown(d)
+    return result
+
+
+def _log_epoch(writer, h: dict, class_names: list[str]) -> None:
+    e = h["epoch"]
+    writer.add_scalar("loss/train", h["train_loss"], e)
+    writer.add_scalar("loss/test", h["loss"], e)
+    writer.add_scalar("miou", h["miou"], e)
+    writer.add_scalar("pixel_acc", h["pixel_acc"], e)
+    writer.add_scalar("lr", h["lr"], e)
+    for c, v in zip(class_names, h["iou_per_class"]):
+        writer.add_scalar(f"iou/{c}", v, e)
+    for k, v in h["firing"].items():
+        writer.add_scalar(f"firing/{k}", v, e)
+    writer.flush()
+
+
+def _gallery(model, dataset, device, class_names, path, amp):
+    model.eval()
+    dataset.set_epoch(0)
+    n = min(GALLERY_SIZE, len(dataset))
+    xs, ys = zip(*(dataset[i] for i in range(n)))
+    x, y = torch.stack(xs), torch.stack(ys)
+    with torch.no_grad(), torch.autocast(device.type, enabled=amp):
+        scores, _ = models.predict(model, x.to(device), y.shape[-2:])
+    plots.gallery(x, y, scores.argmax(1).cpu(), class_names, path)
+
+
+def _write_metrics(run_dir: Path, cfg: Config, history, extra, class_names, final: bool) -> dict:
+    last = history[-1]
+    result = dict(
+        model=cfg.model.name, quantized=bool(cfg.train.qat), epochs=last["epoch"], final=final,
+        miou=last["miou"], pixel_acc=last["pixel_acc"], loss=last["loss"],
+        iou_per_class=dict(zip(class_names, last["iou_per_class"])), firing=last["firing"],
+        untrained_miou=extra["untrained"]["miou"], majority_miou=extra["majority"]["miou"],
+        majority_class=class_names[extra["majority_class"]], train_seconds=extra["train_seconds"],
+        train_samples_per_s=extra["samples"] / extra["train_seconds"] if extra["train_seconds"] else None,
+        class_names=class_names,
+        history=[{k: v for k, v in h.items()} for h in history],
+    )
+    write_text(run_dir / "metrics.json", json.dumps(result, indent=1, allow_nan=True))
+    return result
