@@ -47,6 +47,12 @@ def effective_weight(syn: torch.nn.Module) -> torch.Tensor:
 
 def quantized_copy(model: SpikingGraph) -> SpikingGraph:
     """A copy whose synapses compute with the 8-bit weights (slayer's pre_hook_fx)."""
+    # Weight norm keeps `weight` as a tensor computed in the last forward pass;
+    # deepcopy refuses non-leaf tensors, and the hook recomputes it anyway.
+    for m in model.modules():
+        w = m.__dict__.get("weight")
+        if isinstance(w, torch.Tensor) and w.grad_fn is not None:
+            m.weight = w.detach()
     q = copy.deepcopy(model).eval()
     for node in q.nodes:
         for syn in node.synapses:

@@ -149,3 +149,19 @@ def test_emulator_equals_lava_on_random_nets(case, rate):
     x = spikes((1, *shape, 5), rate=rate, seed=seed)
     net = build_netfile(graph(spec, shape, seed=seed, neuron=neuron), time_steps=5)
     emulator_vs_lava(net, x, emulator.run(net, x, device="cpu"))
+
+
+def test_quantized_copy_of_a_weight_norm_preset_after_a_forward_pass():
+    import models
+    from deploy.export import quantized_copy
+    from models.graph import NeuronParams
+
+    model = models.build("spiking-deeplab-tiny", 2, 6, (16, 16), NeuronParams())
+    x = (torch.rand(1, 2, 16, 16, 4) < 0.3).float()
+    model(x)  # weight norm leaves a computed weight tensor behind
+    q = quantized_copy(model)
+    with torch.no_grad():
+        a, _ = q(x)
+        models.set_quantized(model, True)
+        b, _ = model.eval()(x)
+    assert torch.equal(a, b)
