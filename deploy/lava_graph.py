@@ -1,21 +1,23 @@
 """Build and run a `.net` as a Lava process graph (the reference execution).
 
-Every layer is a `lava.proc.lif.process.LIF` fed by one connection process per
+Every layer is a `lava.proc.lif.process.LIF` (as `lava_procs.FrameLIF`, which
+restarts it at each frame) fed by one connection process per
 synapse, the same processes netx builds for the layers it knows:
 - conv -> `lava.proc.conv.process.Conv` (weights laid out as netx lays them);
 - dense -> `lava.proc.dense.process.Dense`;
 - pool, convT -> `lava.proc.sparse.process.Sparse`: a fixed linear map from the
   flattened source to the flattened layer, exact and shape-agnostic.
 Several connections into one LIF are summed at its `a_in` (additive skips).
-Input spikes come from a `RingBuffer` source, hidden spikes go to `RingBuffer`
-sinks, and the readout integrator's voltage is read after T+1 steps.
+Input spikes come from a file-backed source, hidden spikes go to file-backed
+sinks, and the readout integrator's voltage is written after each frame's T+1
+steps (`lava_procs`: Lava's own RingBuffer I/O is far too slow to read back).
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy.sparse import csr_matrix
 
-from .netfile import Layer, NetFile, Synapse
+from .netfile import NetFile, Synapse
 
 
 # ------------------------------------------------------------ data order
@@ -106,13 +108,6 @@ def to_lava_shape(shape: tuple) -> tuple:
     return (w, h, c)
 
 
-def _lif(layer: Layer):
-    from lava.proc.lif.process import LIF
-    n = layer.neuron
-    return LIF(shape=to_lava_shape(layer.shape), du=n.iDecay - 1, dv=n.vDecay, vth=n.vThMant,
-               bias_mant=0, bias_exp=0, name=layer.name)
-
-
 def import_lava_runtime() -> None:
     """Import Lava's runtime safely: its module calls `set_start_method('fork')`
     on import and fails if anything in this process chose a start method first."""
@@ -125,42 +120,144 @@ def import_lava_runtime() -> None:
     __import__(name)
 
 
+class LavaNetwork:
+    """A `.net` built once as a Lava process graph that runs any number of frames.
+
+    Frames run back to back, T+1 steps each, in one Lava runtime; every LIF
+    restarts at a frame's first step (`lava_procs.FrameLIF`), so frame k gives
+    what a freshly built network gives for frame k alone. Inputs and outputs
+    travel through memory-mapped files in a private temporary folder.
+
+        with LavaNetwork(net, time_steps=T) as lava:
+            spikes, counts, voltage = lava.run(frames)   # frames (N, C, H, W, T)
+    """
+
+    def __init__(self, net: NetFile, time_steps: int | None = None, *, capacity: int = 8,
+                 keep_spikes: bool = True):
+        import tempfile
+
+        import_lava_runtime()
+        from . import lava_procs
+        self.net = net
+        self.time_steps = int(time_steps or net.time_steps)
+        self.steps = self.time_steps + 1
+        self.capacity = int(capacity)
+        self.keep_spikes = keep_spikes
+        self._tmp = tempfile.TemporaryDirectory(prefix="lava-net-")
+        self._frames_done = 0
+        self._runtime_started = False
+        common = dict(frame_steps=self.steps, capacity=self.capacity)
+        in_shape = to_lava_shape(net.input_shape)
+        self._in_path = self._file("input.u8", np.uint8, (self.capacity,) + in_shape + (self.time_steps,))
+        source = lava_procs.FileSource(shape=in_shape, time_steps=self.time_steps, path=self._in_path, **common)
+        procs = [source]
+        outs = {0: source.s_out}
+        self._sinks = {}  # name -> (spike file or None, count file, Lava shape)
+        lifs = []
+        for i, layer in enumerate(net.layers, start=1):
+            last = i == len(net.layers)
+            shape = to_lava_shape(layer.shape)
+            n = layer.neuron
+            v_file = self._file("readout.i32", np.int32, (self.capacity,) + shape) if last else None
+            lif = lava_procs.FrameLIF(shape=shape, du=n.iDecay - 1, dv=n.vDecay, vth=n.vThMant, bias_mant=0,
+                                      bias_exp=0, name=layer.name, v_file=v_file, **common)
+            lifs.append(lif)
+            for src, syn in zip(layer.sources, layer.synapses):
+                proc, flat = _connection(syn, net.shape_of(src), layer.shape)
+                (outs[src].flatten() if flat else outs[src]).connect(proc.s_in)
+                (proc.a_out.reshape(shape) if flat else proc.a_out).connect(lif.a_in)
+            outs[i] = lif.s_out
+            if not last:
+                spike_file = self._file(f"spikes{i}.b", np.bool_, (self.capacity,) + shape + (self.time_steps,)) \
+                    if keep_spikes else None
+                count_file = self._file(f"counts{i}.i64", np.int64, (self.capacity,))
+                sink = lava_procs.FileSink(shape=shape, time_steps=self.time_steps, path=spike_file,
+                                           count_path=count_file, **common)
+                lif.s_out.connect(sink.a_in)
+                procs.append(sink)
+                self._sinks[layer.name] = (spike_file, count_file, shape)
+        procs += lifs
+        self._readout = lifs[-1]
+        self._v_path = self._readout.proc_params["v_file"]
+        # keyed by instance: the compiler then takes the model as given and does
+        # not search this package's folder for process models
+        self._models = {p: lava_procs.MODELS[type(p)] for p in procs}
+
+    def _file(self, name: str, dtype, shape: tuple) -> str:
+        from .lava_procs import open_memmap
+        path = f"{self._tmp.name}/{name}"
+        open_memmap(path, dtype, shape, mode="w+").flush()
+        return path
+
+    def run(self, frames: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+        """Run frames (N, C, H, W, T) of 0/1 spikes.
+
+        Returns hidden spikes {name: (N, C, H, W, T) bool} (empty unless
+        keep_spikes), spike counts {name: (N,)} and the readout's final voltage
+        (N, K, H', W') int64, all in slayer order."""
+        from .lava_procs import open_memmap
+
+        frames = np.asarray(frames)
+        if frames.ndim != 5 or tuple(frames.shape[1:4]) != tuple(self.net.input_shape) \
+                or frames.shape[-1] != self.time_steps:
+            raise ValueError(f"frames of shape {frames.shape}; this network takes "
+                             f"(N, {', '.join(map(str, self.net.input_shape))}, {self.time_steps})")
+        spikes = {k: [] for k in self._sinks} if self.keep_spikes else {}
+        counts = {k: [] for k in self._sinks}
+        voltage = []
+        for start in range(0, len(frames), self.capacity):
+            chunk = frames[start:start + self.capacity]
+            slots = [(self._frames_done + j) % self.capacity for j in range(len(chunk))]
+            data = open_memmap(self._in_path, np.uint8, (self.capacity,) + to_lava_shape(self.net.input_shape)
+                               + (self.time_steps,))
+            for slot, frame in zip(slots, chunk):
+                data[slot] = to_lava(frame.astype(np.uint8))
+            data.flush()
+            del data
+            self._run_steps(len(chunk) * self.steps)
+            self._frames_done += len(chunk)
+            for name, (spike_file, count_file, shape) in self._sinks.items():
+                c = open_memmap(count_file, np.int64, (self.capacity,), mode="r")
+                counts[name].append(np.array(c[slots]))
+                if self.keep_spikes:
+                    s = open_memmap(spike_file, np.bool_, (self.capacity,) + shape + (self.time_steps,), mode="r")
+                    spikes[name].append(np.stack([from_lava(np.array(s[k])) for k in slots]))
+            v = open_memmap(self._v_path, np.int32, (self.capacity,) + to_lava_shape(self.net.layers[-1].shape),
+                            mode="r")
+            voltage.append(np.stack([from_lava(np.array(v[k])) for k in slots]).astype(np.int64))
+        return ({k: np.concatenate(v) for k, v in spikes.items()},
+                {k: np.concatenate(v) for k, v in counts.items()}, np.concatenate(voltage))
+
+    def _run_steps(self, steps: int) -> None:
+        from lava.magma.core.run_conditions import RunSteps
+        from lava.magma.core.run_configs import Loihi2SimCfg
+
+        if not self._runtime_started:
+            import_lava_runtime()
+        self._readout.run(condition=RunSteps(num_steps=steps),
+                          run_cfg=Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=self._models))
+        self._runtime_started = True
+
+    def close(self) -> None:
+        if self._runtime_started:
+            self._readout.stop()
+            self._runtime_started = False
+        self._tmp.cleanup()
+
+    def __enter__(self) -> "LavaNetwork":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def run_frame(net: NetFile, frame: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Run one frame (C, H, W, T) of 0/1 spikes in Lava's fixed-point simulator.
 
     Returns hidden spikes {name: (C, H, W, T) bool, Lava steps 0..T-1} and the
     readout integrator's final voltage (K, H', W') int64.
     """
-    import_lava_runtime()
-    from lava.magma.core.run_conditions import RunSteps
-    from lava.magma.core.run_configs import Loihi2SimCfg
-    from lava.proc.io.sink import RingBuffer as Sink
-    from lava.proc.io.source import RingBuffer as Source
-
-    t_steps = frame.shape[-1]
-    steps = t_steps + 1
-    data = np.zeros(to_lava_shape(net.input_shape) + (steps,), dtype=np.int32)
-    data[..., :t_steps] = to_lava(np.asarray(frame, dtype=np.int32))
-    source = Source(data=data)
-    outs = {0: source.s_out}
-    sinks, lifs = {}, []
-    for i, layer in enumerate(net.layers, start=1):
-        lif = _lif(layer)
-        lifs.append(lif)
-        for src, syn in zip(layer.sources, layer.synapses):
-            proc, flat = _connection(syn, net.shape_of(src), layer.shape)
-            (outs[src].flatten() if flat else outs[src]).connect(proc.s_in)
-            (proc.a_out.reshape(to_lava_shape(layer.shape)) if flat else proc.a_out).connect(lif.a_in)
-        outs[i] = lif.s_out
-        if i < len(net.layers):
-            sinks[layer.name] = Sink(shape=lif.s_out.shape, buffer=steps)
-            lif.s_out.connect(sinks[layer.name].a_in)
-    readout = lifs[-1]
-    try:
-        readout.run(condition=RunSteps(num_steps=steps), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
-        spikes = {name: from_lava(sink.data.get()[..., :t_steps]).astype(bool)
-                  for name, sink in sinks.items()}
-        voltage = from_lava(readout.v.get().astype(np.int64))
-    finally:
-        readout.stop()
-    return spikes, voltage
+    frame = np.asarray(frame)
+    with LavaNetwork(net, frame.shape[-1], capacity=1) as lava:
+        spikes, _, voltage = lava.run(frame[None])
+    return {k: v[0] for k, v in spikes.items()}, voltage[0]

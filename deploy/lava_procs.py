@@ -1,0 +1,154 @@
+"""Lava processes that let one built process graph run many frames.
+
+Lava's own I/O processes move data through the runtime one number at a time
+(`Var.get` of a sink's buffer costs one channel message per element: about two
+minutes for one frame of the tiny preset), and a fresh LIF state needs a
+rebuild. These three processes make a graph reusable and its I/O cheap:
+
+- `FrameLIF`: Lava's LIF, bit-accurate model (`PyLifModelBitAcc`) unchanged,
+  except that at the first step of every frame of `frame_steps` steps it
+  starts from u = v = 0 and ignores the synaptic input in flight (what the
+  connections carried over from the previous frame's last step). That is
+  exactly the state of a freshly built network at step 0, where every
+  connection buffer is 0, so frame k of a long run equals a fresh run of
+  frame k alone (tests/test_bench.py checks it). With `v_file` it also writes
+  its voltage at the last step of each frame (the readout).
+- `FileSource`: sends frame f's input spikes from a memory-mapped file, zeros
+  in the steps past the frame's T.
+- `FileSink`: writes the spikes it receives to a memory-mapped file, and
+  their count per frame.
+
+The files are plain `np.memmap`s shared with Lava's worker processes: the host
+writes the inputs before a run and reads the outputs after it.
+"""
+from __future__ import annotations
+
+import numpy as np
+from lava.magma.core.decorator import implements, requires, tag
+from lava.magma.core.model.py.model import PyLoihiProcessModel
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort
+from lava.magma.core.model.py.type import LavaPyType
+from lava.magma.core.process.ports.ports import InPort, OutPort
+from lava.magma.core.process.process import AbstractProcess
+from lava.magma.core.resources import CPU
+from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+from lava.proc.lif.models import PyLifModelBitAcc
+from lava.proc.lif.process import LIF
+
+
+def open_memmap(path: str, dtype, shape: tuple, mode: str = "r+") -> np.memmap:
+    return np.memmap(path, dtype=dtype, mode=mode, shape=tuple(int(s) for s in shape))
+
+
+# ------------------------------------------------------------ processes
+class FrameLIF(LIF):
+    """LIF whose state restarts every `frame_steps` steps (see the module docstring)."""
+
+    def __init__(self, *, frame_steps: int, capacity: int, v_file: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.proc_params["frame_steps"] = int(frame_steps)
+        self.proc_params["capacity"] = int(capacity)
+        self.proc_params["v_file"] = v_file
+
+
+class FileSource(AbstractProcess):
+    """Input spikes (capacity, *shape, T) uint8 from `path`; frame f at steps f*P .. f*P+T-1."""
+
+    def __init__(self, *, shape: tuple, time_steps: int, frame_steps: int, capacity: int, path: str):
+        super().__init__(shape=shape, time_steps=time_steps, frame_steps=frame_steps, capacity=capacity,
+                         path=path)
+        self.s_out = OutPort(shape=shape)
+
+
+class FileSink(AbstractProcess):
+    """Writes received spikes to `path` as (capacity, *shape, T) bool (when given) and
+    their count per frame to `count_path` as (capacity,) int64."""
+
+    def __init__(self, *, shape: tuple, time_steps: int, frame_steps: int, capacity: int,
+                 path: str | None, count_path: str):
+        super().__init__(shape=shape, time_steps=time_steps, frame_steps=frame_steps, capacity=capacity,
+                         path=path, count_path=count_path)
+        self.a_in = InPort(shape=shape)
+
+
+# ------------------------------------------------------------ models
+def _frame_step(model) -> tuple[int, int]:
+    """(frame slot, step inside the frame) of the step now running."""
+    p = model.proc_params
+    t = model.time_step - 1
+    return (t // p["frame_steps"]) % p["capacity"], t % p["frame_steps"]
+
+
+class PyFrameLifModel(PyLifModelBitAcc):  # inherits Lava's LIF binding; chosen per instance
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self._v_out = None
+
+    def run_spk(self):
+        a_in = self.a_in.recv()
+        slot, step = _frame_step(self)
+        if step == 0:
+            self.u[...] = 0
+            self.v[...] = 0
+            a_in = np.zeros_like(a_in)
+        self.scale_bias()
+        if not self.isthrscaled:
+            self.scale_threshold()
+        self.subthr_dynamics(activation_in=a_in)
+        self.s_out_buff = self.spiking_activation()
+        self.reset_voltage(spike_vector=self.s_out_buff)
+        self.s_out.send(self.s_out_buff)
+        path = self.proc_params["v_file"]
+        if path is not None and step == self.proc_params["frame_steps"] - 1:
+            if self._v_out is None:
+                self._v_out = open_memmap(path, np.int32, (self.proc_params["capacity"],) + self.v.shape)
+            self._v_out[slot] = self.v
+
+
+@implements(proc=FileSource, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyFileSourceModel(PyLoihiProcessModel):
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        p = proc_params
+        self._data = open_memmap(p["path"], np.uint8, (p["capacity"],) + tuple(p["shape"]) + (p["time_steps"],),
+                                 mode="r")
+        self._zeros = np.zeros(p["shape"], dtype=np.int32)
+
+    def run_spk(self):
+        slot, step = _frame_step(self)
+        if step < self.proc_params["time_steps"]:
+            self.s_out.send(self._data[slot, ..., step].astype(np.int32))
+        else:
+            self.s_out.send(self._zeros)
+
+
+@implements(proc=FileSink, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyFileSinkModel(PyLoihiProcessModel):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        p = proc_params
+        self._spikes = None if p["path"] is None else open_memmap(
+            p["path"], np.bool_, (p["capacity"],) + tuple(p["shape"]) + (p["time_steps"],))
+        self._counts = open_memmap(p["count_path"], np.int64, (p["capacity"],))
+
+    def run_spk(self):
+        s = self.a_in.recv()
+        slot, step = _frame_step(self)
+        if step >= self.proc_params["time_steps"]:
+            return  # the extra readout step: not part of the frame's spikes
+        if step == 0:
+            self._counts[slot] = 0
+        self._counts[slot] += int(np.count_nonzero(s))
+        if self._spikes is not None:
+            self._spikes[slot, ..., step] = s != 0
+
+
+MODELS = {FrameLIF: PyFrameLifModel, FileSource: PyFileSourceModel, FileSink: PyFileSinkModel}
