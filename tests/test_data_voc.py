@@ -57,3 +57,11 @@ def test_voc_bad_inputs_name_the_file(voc):
         build_dataset(cfg, "train")
     with pytest.raises(ToolchainError, match="no VOC2012 folder"):
         build_dataset(DataConfig(dataset="voc", root=str(voc / "VOCdevkit" / "VOC2012" / "JPEGImages")), "train")
+
+
+def test_voc_skip_bad_drops_missing_and_broken_images(voc, caplog):
+    base = voc / "VOCdevkit" / "VOC2012"
+    (base / "JPEGImages" / "2007_000032.jpg").unlink()
+    cfg = DataConfig(dataset="voc", root=str(voc), height=15, width=20, skip_bad=True)
+    ds = build_dataset(cfg, "train")
+    assert ds.files == ["2007_000039"] and "skipped 1 bad sample(s), 1 left" in caplog.text

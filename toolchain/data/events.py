@@ -345,18 +345,19 @@ class _Aedat4:
         raise ToolchainError(f"{self.path}: AEDAT4 event stream has no sensor size; pass one")
 
     def chunks(self):
-        try:
-            for packet in self._decoder:
-                if packet.get("stream_id") != self._id or "events" not in packet:
-                    continue
-                e = packet["events"]
-                yield make_events(e["x"], e["y"], e["t"], e["on"], where=str(self.path))
-        except ToolchainError:
-            raise
-        except BaseException as e:
-            if isinstance(e, (KeyboardInterrupt, SystemExit)):
-                raise
-            raise ToolchainError(f"{self.path}: corrupt AEDAT4 packet ({e})") from e
+        while True:
+            try:
+                packet = next(self._decoder)
+            except StopIteration:
+                return
+            except BaseException as e:  # pyo3 panics derive from BaseException
+                if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                    raise
+                raise ToolchainError(f"{self.path}: corrupt AEDAT4 packet ({e})") from e
+            if packet.get("stream_id") != self._id or "events" not in packet:
+                continue
+            e = packet["events"]
+            yield make_events(e["x"], e["y"], e["t"], e["on"], where=str(self.path))
 
 
 def _check_ioheader(buf: bytes, path: Path) -> int:

@@ -48,19 +48,23 @@ class VOC(SegmentationDataset):
         self.files = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
         if not self.files:
             raise ToolchainError(f"{listing}: the split lists no images")
-        for name in self.files:
-            img, lab = self.paths(name)
-            for p in (img, lab):
-                if not p.is_file():
-                    raise ToolchainError(f"{p}: listed in {listing.name} but missing")
         if cfg.skip_bad:
             self._drop_bad(self.read)
+        else:
+            for name in self.files:
+                for p in self.paths(name):
+                    if not p.is_file():
+                        raise BadSampleError(f"{p}: listed in {listing.name} but missing")
+
 
     def paths(self, name: str) -> tuple[Path, Path]:
         return self.root / "JPEGImages" / f"{name}.jpg", self.root / "SegmentationClass" / f"{name}.png"
 
     def read(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         img_path, lab_path = self.paths(self.files[index])
+        for p in (img_path, lab_path):
+            if not p.is_file():
+                raise BadSampleError(f"{p}: listed in the {self.split} split but missing")
         try:
             with Image.open(img_path) as im:
                 rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
