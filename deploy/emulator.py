@@ -4,7 +4,9 @@ It reproduces, integer for integer, what `Loihi2SimCfg(select_tag="fixed_pt")`
 computes (`lava.proc.lif.models.PyLifModelBitAcc`, the Conv, Dense and Sparse
 fixed-point models), but vectorised: a network is feed-forward, so each
 layer's synaptic input for all T+1 steps and all frames is one batched torch
-convolution; only the neuron state runs step by step.
+convolution; only the neuron state runs step by step (on the CPU in a
+compiled numba kernel that keeps each neuron's state in registers over all
+steps, elsewhere as a torch loop over steps).
 
 Lava facts it follows:
 - every connection process sends at step t what it accumulated at step t-1;
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -98,16 +102,57 @@ def _decay(x: torch.Tensor, keep: int) -> torch.Tensor:
     return torch.div(x * keep, 4096, rounding_mode="trunc")
 
 
-def lif_steps(a: torch.Tensor, i_decay: int, v_decay: int, v_th_mant: int
+@numba.njit(parallel=True, cache=True)
+def _lif_kernel(a, keep_u, keep_v, vth, wrap, spikes, v_out):  # pragma: no cover (compiled)
+    """The same arithmetic as `lif_steps`' torch loop, one neuron at a time: state
+    stays in registers for all steps instead of a pass over memory per operation."""
+    steps, m = a.shape
+    for i in numba.prange(m):
+        u = np.int64(0)
+        v = np.int64(0)
+        for t in range(steps):
+            x = a[t, i] << 6
+            if wrap:
+                x = (x + (1 << 31)) % (1 << 32) - (1 << 31)
+            du = u * keep_u
+            u = ((-du) >> 12) * -1 if du < 0 else du >> 12
+            u += x
+            if wrap:
+                u = (u + (1 << 31)) % (1 << 32) - (1 << 31)
+            if u > U_MAX:
+                u -= 2 * U_MAX
+            elif u <= -U_MAX:
+                u += 2 * U_MAX
+            dv = v * keep_v
+            v = (((-dv) >> 12) * -1 if dv < 0 else dv >> 12) + u
+            v = min(max(v, -U_MAX + 1), U_MAX - 1)
+            s = v > vth
+            spikes[t, i] = s
+            if s:
+                v = 0
+        v_out[i] = v
+
+
+def lif_steps(a: torch.Tensor, i_decay: int, v_decay: int, v_th_mant: int, *, bound: int | None = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run Lava's fixed-point LIF over (S, ...) int64 input -> (spikes bool (S, ...), final v)."""
+    """Run Lava's fixed-point LIF over (S, ...) int64 input -> (spikes bool (S, ...), final v).
+
+    `bound`, when known, is an upper bound of |a| (it saves a pass over `a`)."""
+    # int32 wrap-around can only happen for inputs of 2^24 and more; skip the
+    # wrap emulation when none is that large
+    big = bool((a.abs() >= (1 << 24)).any()) if bound is None else bound >= (1 << 24)
+    if a.device.type == "cpu":
+        wrap = big
+        flat = a.reshape(a.shape[0], -1).contiguous().numpy()
+        spikes = np.empty(flat.shape, dtype=np.bool_)
+        v = np.empty(flat.shape[1], dtype=np.int64)
+        _lif_kernel(flat, 4096 - i_decay, 4096 - v_decay, v_th_mant << 6, wrap, spikes, v)
+        return torch.from_numpy(spikes).reshape(a.shape), torch.from_numpy(v).reshape(a.shape[1:])
     u = torch.zeros_like(a[0])
     v = torch.zeros_like(a[0])
     spikes = torch.empty(a.shape, dtype=torch.bool, device=a.device)
     keep_u, keep_v, vth = 4096 - i_decay, 4096 - v_decay, v_th_mant << 6
-    # int32 wrap-around can only happen for inputs of 2^24 and more; skip the
-    # (slow) wrap emulation when none is that large
-    wrap = _wrap_int32 if bool((a.abs() >= (1 << 24)).any()) else (lambda z: z)
+    wrap = _wrap_int32 if big else (lambda z: z)
     for t in range(a.shape[0]):
         u = wrap(_decay(u, keep_u) + wrap(a[t] << 6))
         u = torch.where(u > U_MAX, u - 2 * U_MAX, u)
@@ -138,16 +183,20 @@ def run(net: NetFile, frames: torch.Tensor, *, device: torch.device | str | None
     with _exact_cuda():
         for i, layer in enumerate(net.layers, start=1):
             c, h, w = layer.shape
-            a = torch.zeros((steps, n, c, h, w), dtype=torch.int64, device=device)
+            a, bound = None, 0  # bound: the largest |input| the layer can see
             for src, syn in zip(layer.sources, layer.synapses):
                 inp = outputs[src][:-1]  # what step t-1 sent arrives at step t
                 z = synapse_op(syn, inp.reshape(-1, *inp.shape[2:]), layer.shape)
                 if syn.type == "conv":
-                    z = z.clamp(-U_MAX, U_MAX - 1)  # Lava Conv: signed 24-bit clamp
-                a[1:] += z.reshape(steps - 1, n, c, h, w)
-            if bool((a.abs() >= (1 << 31)).any()):
+                    z.clamp_(-U_MAX, U_MAX - 1)  # Lava Conv: signed 24-bit clamp
+                lo, hi = torch.aminmax(z)
+                bound += max(-int(lo), int(hi))
+                a = z if a is None else a.add_(z)
+            # nothing arrives at step 0
+            a = torch.cat([torch.zeros_like(a[:n]), a]).reshape(steps, n, c, h, w)
+            if bound >= (1 << 31):
                 a = _wrap_int32(a)
-            s, v = lif_steps(a, layer.neuron.iDecay, layer.neuron.vDecay, layer.neuron.vThMant)
+            s, v = lif_steps(a, layer.neuron.iDecay, layer.neuron.vDecay, layer.neuron.vThMant, bound=bound)
             del a
             if i == len(net.layers):
                 voltage = v

@@ -46,6 +46,8 @@ def _register() -> None:
     from deploy.cli import export_cmd, run_cmd
     cli.add_command(export_cmd)
     cli.add_command(run_cmd)
+    from deploy.bench import bench_cmd
+    cli.add_command(bench_cmd)
 
 
 _register()

@@ -1,0 +1,413 @@
+"""`toolchain bench`: Lava against the emulator on the same `.net` and frames,
+training throughput, and the time to evaluate a whole test split.
+
+Everything is measured in one run, so the ratios compare like with like on a
+machine shared with other jobs. Each measurement runs in its own child
+process (`python -m deploy.bench SPEC.json`) so that its peak memory is its
+own: the child samples the proportional set size (PSS: resident memory,
+shared pages split between their sharers) of itself and all its descendants
+(Lava runs every process of a graph in a worker process of its own).
+
+Steps are frame-steps: one frame of T time steps is T+1 Lava steps (the
+readout needs one more), for both backends.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import click
+import numpy as np
+
+from toolchain.errors import ToolchainError
+from toolchain.files import write_text
+
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "ddd17-tiny.yaml"
+
+
+# ------------------------------------------------------------ memory
+def _pss(pid: str) -> int:
+    """Proportional set size in bytes: shared pages (Lava's forked workers share
+    the parent's libraries) count once in total, not once per process."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _tree_memory(root: int) -> int:
+    """Memory in bytes of process `root` and all its descendants (PSS, from /proc)."""
+    parent = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue  # gone meanwhile
+    total = 0
+    for pid in parent:
+        p = pid
+        while p not in (root, 0, 1) and p in parent:
+            p = parent[p]
+        if p == root:
+            try:
+                total += _pss(str(pid))
+            except OSError:
+                continue
+    return total
+
+
+class PeakMemory:
+    """Samples the memory (PSS) of this process tree every `every` seconds."""
+
+    def __init__(self, every: float = 0.2):
+        self.every, self.peak = every, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _tree_memory(os.getpid()))
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _tree_memory(os.getpid()))
+
+
+# ------------------------------------------------------------ measurements (child side)
+def _measure_lava(spec: dict) -> dict:
+    from . import load
+    from .lava_graph import LavaNetwork
+
+    net = load(spec["net"]).net
+    frames = np.load(spec["frames"])[: spec["n_frames"]]
+    t_steps = frames.shape[-1]
+    t0 = time.perf_counter()
+    with LavaNetwork(net, t_steps, keep_spikes=False, capacity=len(frames)) as lava:
+        build = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _, counts, first_v = lava.run(frames[:1])  # compiles and starts the runtime
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _, _, rest_v = lava.run(frames[1:])
+        steady = time.perf_counter() - t0
+    n_rest = len(frames) - 1
+    return dict(build_s=build, first_frame_s=first, frames=len(frames),
+                steps_per_s=n_rest * (t_steps + 1) / steady, voltage=np.concatenate([first_v, rest_v]).tolist())
+
+
+def _measure_emulator(spec: dict) -> dict:
+    import torch
+
+    from . import emulator, load
+
+    net = load(spec["net"]).net
+    frames = torch.as_tensor(np.load(spec["frames"]))
+    t_steps = frames.shape[-1]
+    batch = spec["batch"]
+    t0 = time.perf_counter()
+    emulator.run(net, frames[:1], device="cpu", keep_spikes=False)  # compiles the kernel (or loads its cache)
+    warm = time.perf_counter() - t0
+    n = min(len(frames), spec["n_frames"])
+    t0 = time.perf_counter()
+    voltages = [emulator.run(net, frames[i:i + batch], device="cpu", keep_spikes=False).voltage
+                for i in range(0, n, batch)]
+    wall = time.perf_counter() - t0
+    return dict(first_frame_s=warm, frames=n, batch=batch, steps_per_s=n * (t_steps + 1) / wall,
+                voltage=torch.cat(voltages).tolist())
+
+
+def _plain_reference(model_layers, in_channels: int, num_classes: int, neuron):
+    """The same architecture in plain PyTorch: nn.Conv2d / avg pooling and a LIF
+    written in torch (leak, threshold, reset to 0, the paper's triangular
+    surrogate gradient), the readout the mean synaptic input over T."""
+    import torch
+    import torch.nn.functional as F
+
+    class Spike(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, v):
+            ctx.save_for_backward(v)
+            return (v > 0).to(v.dtype)
+
+        @staticmethod
+        def backward(ctx, grad):
+            (v,) = ctx.saved_tensors
+            return grad * 0.3 * torch.clamp(1 - v.abs(), min=0)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList()
+            c = in_channels
+            for spec in model_layers:
+                if spec == "pool":
+                    self.layers.append(torch.nn.AvgPool2d(2))
+                else:
+                    ch, d = spec
+                    self.layers.append(torch.nn.Conv2d(c, ch, 3, padding=d, dilation=d, bias=False))
+                    c = ch
+            self.readout = torch.nn.Conv2d(c, num_classes, 1, bias=False)
+
+        def forward(self, x):  # x: (N, C, H, W, T)
+            n, t = x.shape[0], x.shape[-1]
+            s = x.permute(4, 0, 1, 2, 3).reshape(t * n, *x.shape[1:4])
+            for layer in self.layers:
+                z = layer(s)
+                z = z.reshape(t, n, *z.shape[1:])
+                v, out = torch.zeros_like(z[0]), []
+                for k in range(t):
+                    v = v * (1 - neuron.voltage_decay) + z[k]
+                    spk = Spike.apply(v / neuron.threshold - 1)
+                    v = v * (1 - spk)
+                    out.append(spk)
+                s = torch.stack(out).reshape(t * n, *z.shape[2:])
+            r = self.readout(s)
+            return r.reshape(t, n, *r.shape[1:]).mean(0)
+
+    return Net()
+
+
+def _measure_training(spec: dict) -> dict:
+    import torch
+
+    import models
+    from models import deeplab
+    from toolchain.config import load_config
+    from toolchain.train.loop import loss_fn, make_optimizer
+
+    cfg = load_config(spec["config"], spec.get("overrides", []))
+    torch.manual_seed(0)
+    n, (h, w), t = spec["batch"], (cfg.data.height, cfg.data.width), cfg.data.time_steps
+    x = (torch.rand(n, 2, h, w, t) < 0.2).float()
+    y = torch.randint(0, 6, (n, h, w))
+    toolchain_model = models.from_config(cfg, 2, 6).train()
+    plain = _plain_reference(deeplab.TINY, 2, 6, cfg.model).train()
+
+    def samples_per_s(model, forward):
+        opt = make_optimizer(cfg, model.parameters())
+
+        def step():
+            loss = loss_fn(forward(model, x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        step()  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(spec["steps"]):
+            step()
+        return spec["steps"] * n / (time.perf_counter() - t0)
+
+    def toolchain_forward(model, x):
+        return models.predict(model, x, (h, w))[0]
+
+    def plain_forward(model, x):
+        r = model(x)
+        return torch.nn.functional.interpolate(r, size=(h, w), mode="bilinear", align_corners=False)
+
+    ours = samples_per_s(toolchain_model, toolchain_forward)
+    ref = samples_per_s(plain, plain_forward)
+    return dict(model=cfg.model.name, batch=n, height=h, width=w, time_steps=t, qat=cfg.train.qat,
+                toolchain_samples_per_s=ours, plain_torch_samples_per_s=ref, ratio=ours / ref)
+
+
+def _measure_evaluation(spec: dict) -> dict:
+    from toolchain.config import load_config
+
+    from .runner import evaluate
+
+    cfg = load_config(None, spec.get("overrides", []))
+    report, _ = evaluate(spec["net"], cfg.data, split="test", backend="emulator", progress=False,
+                         frames=spec.get("frames"))
+    return dict(frames=report["frames"], wall_s=report["wall_s"], steps_per_s=report["steps_per_s"],
+                miou=report["miou"])
+
+
+MEASURES = {"lava": _measure_lava, "emulator": _measure_emulator, "training": _measure_training,
+            "evaluation": _measure_evaluation}
+
+
+def _child_main(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    with PeakMemory() as mem:
+        result = MEASURES[spec["kind"]](spec)
+    result["peak_pss_mb"] = mem.peak / 2**20
+    Path(spec["out"]).write_text(json.dumps(result))
+
+
+# ------------------------------------------------------------ orchestration (parent side)
+def _measure(kind: str, tmp: Path, timeout: float | None = None, **spec) -> dict:
+    """Run one measurement in a child process and return its result dict."""
+    k = len(list(tmp.glob("spec*.json")))
+    spec_path, out = tmp / f"spec{k}.json", tmp / f"out{k}.json"
+    spec_path.write_text(json.dumps(dict(kind=kind, out=str(out), **spec)))
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "deploy.bench", str(spec_path)], capture_output=True,
+                              text=True, timeout=timeout, env=env, cwd=Path(__file__).resolve().parents[1])
+    except subprocess.TimeoutExpired:
+        raise ToolchainError(f"bench: the {kind} measurement ran past {timeout:.0f} s") from None
+    if proc.returncode != 0 or not out.is_file():
+        tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
+        raise ToolchainError(f"bench: the {kind} measurement failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(out.read_text())
+
+
+def _case(name: str, net, frames: np.ndarray, tmp: Path, *, lava_frames: int, emu_frames: int,
+          batch: int, trained: bool, progress) -> dict:
+    from .netfile import write
+
+    net_path, frames_path = tmp / f"{name}.net", tmp / f"{name}-frames.npy"
+    write(net_path, net)
+    np.save(frames_path, frames.astype(np.uint8))
+    t_build = time.perf_counter()
+    progress(f"{name}: Lava, {lava_frames} frames of T={frames.shape[-1]}")
+    lava = _measure("lava", tmp, net=str(net_path), frames=str(frames_path), n_frames=lava_frames)
+    progress(f"{name}: emulator, batch 1 and {batch}")
+    emu1 = _measure("emulator", tmp, net=str(net_path), frames=str(frames_path), batch=1, n_frames=emu_frames)
+    emub = _measure("emulator", tmp, net=str(net_path), frames=str(frames_path), batch=batch,
+                    n_frames=max(batch, emu_frames))
+    # the same answers, or the speeds compare different computations
+    k = lava["frames"]
+    for e in (emu1, emub):
+        if np.asarray(e["voltage"])[:k].tolist() != lava["voltage"]:
+            raise ToolchainError(f"bench: {name}: emulator and Lava readouts differ")
+    rows = [dict(backend="lava", batch=1, steps_per_s=lava["steps_per_s"], ratio=1.0, build_s=lava["build_s"],
+                 first_frame_s=lava["first_frame_s"], peak_pss_mb=lava["peak_pss_mb"], frames=lava["frames"])]
+    for e in (emu1, emub):
+        rows.append(dict(backend="emulator", batch=e["batch"], steps_per_s=e["steps_per_s"],
+                         ratio=e["steps_per_s"] / lava["steps_per_s"], build_s=0.0,
+                         first_frame_s=e["first_frame_s"], peak_pss_mb=e["peak_pss_mb"], frames=e["frames"]))
+    c, h, w = net.input_shape
+    return dict(case=name, input=f"{c}x{h}x{w}", time_steps=int(frames.shape[-1]), neurons=net.num_neurons,
+                synapses=net.num_synapses, trained=trained, rows=rows,
+                wall_s=time.perf_counter() - t_build)
+
+
+def _frames_from_split(data_cfg, n: int, seed: int = 0) -> np.ndarray:
+    from toolchain.data import build_dataset
+
+    ds = build_dataset(data_cfg, "test")
+    if len(ds) == 0:
+        raise ToolchainError(f"{data_cfg.root or 'generated data'}: the test split has no frames")
+    return np.stack([np.asarray(ds[i % len(ds)][0]) for i in range(n)])
+
+
+def run_bench(*, quick: bool = False, checkpoint: str | None = None, paper_steps: int = 2,
+              progress=print) -> dict:
+    """Measure everything; returns the report dict (`format_table` prints it)."""
+    import models
+    from toolchain.config import load_config
+    from toolchain.data.synth import synthesize
+
+    from .export import build_netfile
+
+    report = dict(quick=quick, cpus=os.cpu_count(), load_avg_start=os.getloadavg()[0], cases=[])
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        overrides: list[str] = []
+        if quick:
+            # a small generated set, a tiny net at 16x16: the table's shape in seconds
+            synthesize(tmp / "data", 0, 4, 24, 40, 0, progress=False)
+            overrides = [f"data.root={tmp / 'data'}", "data.height=16", "data.width=16", "data.time_steps=4"]
+        if checkpoint is not None:
+            model, cfg = models.load_checkpoint(checkpoint, quantized=False)
+            cfg.data = load_config(None, overrides).data if quick else cfg.data
+        else:
+            cfg = load_config(TINY_CONFIG, overrides)
+            model = models.from_config(cfg, 2, 6, quantized=False)
+        trained = checkpoint is not None
+        t_steps = cfg.data.time_steps
+        net = build_netfile(model.eval(), time_steps=t_steps, encoding=cfg.data.encoding)
+        data_overrides = [f"data.{k}={v}" for k, v in
+                          dict(root=cfg.data.root, height=cfg.data.height, width=cfg.data.width,
+                               time_steps=t_steps, encoding=cfg.data.encoding).items() if v is not None]
+        eval_cfg = load_config(None, data_overrides)
+        n_emu = 4 if quick else 16
+        frames = _frames_from_split(eval_cfg.data, n_emu)
+        name = f"{cfg.model.name} {cfg.data.height}x{cfg.data.width}"
+        report["cases"].append(_case(name, net, frames, tmp, lava_frames=2 if quick else 3, emu_frames=n_emu,
+                                     batch=n_emu, trained=trained, progress=progress))
+        if not quick:
+            paper_cfg = replace(eval_cfg.data, height=200, width=346, time_steps=paper_steps)
+            paper = models.build("spiking-deeplab", 2, 6, (200, 346), quantized=False)
+            paper_net = build_netfile(paper.eval(), time_steps=paper_steps, encoding=paper_cfg.encoding)
+            paper_frames = _frames_from_split(paper_cfg, 4)
+            report["cases"].append(_case("spiking-deeplab 200x346", paper_net, paper_frames, tmp, lava_frames=2,
+                                         emu_frames=4, batch=4, trained=False, progress=progress))
+        progress("training throughput")
+        train_overrides = list(overrides) + (["train.batch_size=2"] if quick else [])
+        report["training"] = _measure("training", tmp, config=str(TINY_CONFIG), overrides=train_overrides,
+                                      batch=2 if quick else 8, steps=1 if quick else 3)
+        progress("evaluation of the test split (emulator)")
+        net_path = tmp / "eval.net"
+        from .netfile import write
+        write(net_path, net)
+        report["evaluation"] = _measure("evaluation", tmp, net=str(net_path), overrides=data_overrides)
+        report["evaluation"]["split"] = cfg.data.root or "generated default set"
+    report["load_avg_end"] = os.getloadavg()[0]
+    return report
+
+
+def format_table(report: dict) -> str:
+    lines = [f"{'case':<34}{'backend':<10}{'batch':>6}{'steps/s':>10}{'x Lava':>9}{'build s':>9}"
+             f"{'1st frame s':>12}{'peak PSS MB':>13}"]
+    for case in report["cases"]:
+        head = (f"{case['case']} T={case['time_steps']}" + ("" if case["trained"] else " (untrained)"))
+        lines.append(f"{head}: {case['neurons']:,} neurons, {case['synapses']:,} synapses")
+        for r in case["rows"]:
+            lines.append(f"{'':<34}{r['backend']:<10}{r['batch']:>6}{r['steps_per_s']:>10.2f}{r['ratio']:>9.1f}"
+                         f"{r['build_s']:>9.2f}{r['first_frame_s']:>12.2f}{r['peak_pss_mb']:>13.0f}")
+    t = report["training"]
+    lines.append(f"training step ({t['model']} {t['height']}x{t['width']} T={t['time_steps']}, batch {t['batch']}, "
+                 f"qat={t['qat']}): toolchain {t['toolchain_samples_per_s']:.2f} samples/s, plain PyTorch "
+                 f"{t['plain_torch_samples_per_s']:.2f} samples/s, ratio {t['ratio']:.2f}")
+    e = report["evaluation"]
+    lines.append(f"test split on the emulator: {e['frames']} frames in {e['wall_s']:.2f} s "
+                 f"({e['steps_per_s']:.1f} steps/s), mIoU {100 * e['miou']:.2f}%")
+    lines.append(f"load average {report['load_avg_start']:.1f} -> {report['load_avg_end']:.1f} "
+                 f"on {report['cpus']} CPUs")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, path: str | Path) -> None:
+    write_text(path, json.dumps(report, indent=2))
+
+
+@click.command("bench")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Write the report here.")
+@click.option("--quick", is_flag=True, help="A tiny net and a few frames: the table's shape in seconds.")
+@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
+              help="Bench this trained model instead of the untrained tiny preset.")
+@click.option("--paper-steps", type=int, default=2, show_default=True,
+              help="Time steps T of the paper-size Spiking DeepLab frames (Lava runs T+1 steps per frame).")
+def bench_cmd(json_path, quick, checkpoint, paper_steps):
+    """Lava vs the emulator (steps/s, ratios, build time, peak memory) on the tiny preset and on
+    paper-size Spiking DeepLab at 200x346, training throughput, and test-split evaluation time."""
+    if paper_steps < 1:
+        raise ToolchainError(f"--paper-steps: {paper_steps} is not a positive number of steps")
+    report = run_bench(quick=quick, checkpoint=checkpoint, paper_steps=paper_steps,
+                       progress=lambda m: click.echo(f"bench: {m}", err=True))
+    click.echo(format_table(report))
+    if json_path is not None:
+        write_report(report, json_path)
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1])
