@@ -94,6 +94,7 @@ def test_augment_keeps_shapes_and_pads_labels_with_ignore():
     assert (ya == IGNORE).any()
 
 
+@pytest.mark.slow
 def test_training_writes_run_folder_and_beats_untrained(cfg, data, tmp_path):
     cfg.train.epochs = 3
     r = train(cfg, tmp_path, datasets=data, log=lambda s: None)
@@ -113,6 +114,7 @@ def _interrupt_at(epoch, step):
     return cb
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", [(0, 1), (0, 2)], ids=["mid-epoch", "epoch-end"])
 def test_resume_after_interrupt_equals_uninterrupted_run(cfg, data, tmp_path, where):
     straight = train(cfg, tmp_path / "a", datasets=data, log=lambda s: None)

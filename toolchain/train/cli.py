@@ -59,14 +59,13 @@ def summary_table(r: dict) -> str:
 def evaluate(ckpt, data_dir, split, json_out, quantized, batch_size):
     """Evaluate a training checkpoint: mIoU, per-class IoU, pixel accuracy, firing rates."""
     import models
-    from toolchain.data import build_dataset, ensure_default_data
+    from toolchain.data import build_dataset
 
     from .loop import evaluate as run, pick_device
 
     model, cfg = models.load_checkpoint(ckpt, quantized=quantized)
     if data_dir is not None:
         cfg.data.root = data_dir
-    ensure_default_data(cfg.data)
     ds = build_dataset(cfg.data, split)
     if ds.num_classes != len(model.class_names):
         raise ToolchainError(f"{ckpt}: model has {len(model.class_names)} classes, data set {ds.num_classes}")

@@ -52,10 +52,10 @@ def build_datasets(cfg: Config, d: distributed.Dist):
     from toolchain.data import build_dataset, ensure_default_data
 
     # Only one process generates the default data; the others wait for it.
-    if d.main:
-        ensure_default_data(cfg.data)
-    distributed.barrier(d)
-    ensure_default_data(cfg.data)
+    if cfg.data.root is None and cfg.data.dataset == "ddd17":
+        if d.main:
+            ensure_default_data(cfg.data)
+        distributed.barrier(d)
     return build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
 
 

@@ -1,0 +1,136 @@
+"""Model registry, presets, firing at init, quantization switch, export folding, checkpoints."""
+import pytest
+import torch
+from lava.lib.dl import slayer
+
+import models
+from models import NeuronParams, build, describe, fold_for_export, set_quantized
+from toolchain.errors import ToolchainError
+
+
+def _spikes(n, c, h, w, t, rate=0.15, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, c, h, w, t, generator=g) < rate).float()
+
+
+def test_registry_names_and_paper_parameter_counts():
+    assert {"spiking-deeplab", "spiking-fcn", "spiking-deeplab-tiny", "spiking-fcn-tiny"} <= set(models.names())
+    assert describe("spiking-deeplab") == pytest.approx(4.1e6, rel=0.02)
+    assert describe("spiking-fcn") == pytest.approx(13.6e6, rel=0.02)
+    assert describe("spiking-deeplab-tiny") < 100_000
+
+
+def test_unknown_model_is_a_clean_error():
+    with pytest.raises(ToolchainError, match="not registered"):
+        build("no-such-net", 2, 6, (64, 64))
+
+
+@pytest.mark.parametrize("name", ["spiking-deeplab-tiny", "spiking-fcn-tiny"])
+def test_spikes_reach_every_layer_at_init(name):
+    torch.manual_seed(0)
+    model = build(name, 2, 6, (64, 64), quantized=True)
+    with torch.no_grad():
+        readout, spikes = model(_spikes(2, 2, 64, 64, 16))
+    rates = models.firing_rates(spikes)
+    print(name, {k: round(v, 4) for k, v in rates.items()})
+    assert all(r > 0 for r in rates.values()), rates
+    assert readout.abs().sum() > 0
+
+
+def test_deeplab_structure_matches_paper():
+    model = build("spiking-deeplab", 2, 6, (64, 64))
+    convs = [n.synapses[0] for n in model.nodes if isinstance(n.synapses[0], slayer.synapse.Conv)]
+    assert [c.out_channels for c in convs] == [64, 64, 128, 128, 256, 256, 256, 1024, 6]
+    assert [c.dilation[0] for c in convs] == [1, 1, 1, 1, 1, 2, 2, 12, 1]
+    assert sum(isinstance(n.synapses[0], slayer.synapse.Pool) for n in model.nodes) == 2
+    assert model.nodes[-1].is_readout
+    assert all(getattr(s, "bias", None) is None for n in model.nodes for s in n.synapses)
+
+
+def test_fcn_has_three_upsampling_stages_with_additive_skips():
+    model = build("spiking-fcn-tiny", 2, 6, (64, 64))
+    ups = [n for n in model.nodes if any(isinstance(s, slayer.synapse.ConvTranspose) for s in n.synapses)]
+    assert len(ups) == 3 and all(len(n.sources) == 2 for n in ups)
+    readout, _ = model(_spikes(1, 2, 64, 64, 4))
+    assert readout.shape == (1, 6, 64, 64)
+
+
+def test_odd_input_sizes_upsample_back_exactly():
+    model = build("spiking-fcn-tiny", 2, 6, (50, 87))
+    readout, _ = model(_spikes(1, 2, 50, 87, 3))
+    assert readout.shape == (1, 6, 50, 87)
+
+
+def test_quantized_weights_lie_on_loihi_grid_and_switch_off():
+    torch.manual_seed(0)
+    model = build("spiking-deeplab-tiny", 2, 6, (32, 32), quantized=True)
+    x = _spikes(1, 2, 32, 32, 12)
+    syn = model.nodes[0].synapses[0]
+    wq = syn._pre_hook_fx(syn.weight)
+    assert torch.allclose(wq * 32, torch.round(wq * 32))  # steps of 2/64
+    assert wq.max() <= 254 / 64 and wq.min() >= -256 / 64
+    q, _ = model(x)
+    set_quantized(model, False)
+    assert model.quantized is False and syn._pre_hook_fx is None
+    f, _ = model(x)
+    assert not torch.equal(q, f)
+    set_quantized(model, True)
+    assert torch.equal(model(x)[0], q)
+
+
+def test_fold_for_export_leaves_plain_weights_and_same_output():
+    torch.manual_seed(0)
+    model = build("spiking-fcn-tiny", 2, 6, (32, 32), quantized=True)
+    x = _spikes(1, 2, 32, 32, 10)
+    with torch.no_grad():
+        before, _ = model(x)
+        fold_for_export(model)
+        after, _ = model(x)
+    names = [k for k, _ in model.named_parameters()]
+    assert not any(k.endswith("weight_g") or k.endswith("weight_v") for k in names)
+    assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_ann_twin_mirrors_topology():
+    snn = build("spiking-fcn-tiny", 2, 6, (32, 32))
+    ann = build("spiking-fcn-tiny-ann", 2, 6, (32, 32))
+    assert [n.name for n in ann.nodes] == [n.name for n in snn.nodes]
+    for a, s in zip(ann.nodes, snn.nodes):
+        for sa, ss in zip(a.synapses, s.synapses):
+            if hasattr(sa, "weight"):
+                assert sa.weight.shape == ss.weight.shape[:-1]
+    out, acts = ann(torch.rand(2, 2, 32, 32))
+    assert out.shape == (2, 6, 32, 32) and (acts["conv1"] >= 0).all()
+
+
+def test_neuron_parameters_come_from_arguments():
+    model = build("spiking-deeplab-tiny", 2, 6, (32, 32), NeuronParams(threshold=1.5, voltage_decay=0.02))
+    neuron = model.nodes[0].neuron
+    assert neuron.threshold == pytest.approx(1.5)
+
+
+def test_load_checkpoint_rejects_corrupt_and_foreign_files(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ToolchainError, match="bad.pt"):
+        models.load_checkpoint(bad)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": 1}, foreign)
+    with pytest.raises(ToolchainError, match="not a toolchain training checkpoint"):
+        models.load_checkpoint(foreign)
+    with pytest.raises(ToolchainError, match="not found"):
+        models.load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["spiking-deeplab", "spiking-fcn"])
+def test_paper_size_forward_backward_at_ddd17_resolution(name):
+    torch.manual_seed(0)
+    model = build(name, 2, 6, (200, 346), quantized=True)
+    x = _spikes(1, 2, 200, 346, 3)
+    scores, spikes = models.predict(model, x, (200, 346))
+    assert scores.shape == (1, 6, 200, 346)
+    scores.sum().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads)
+    assert models.parameter_count(model) == pytest.approx(4.1e6 if name == "spiking-deeplab" else 13.6e6, rel=0.02)

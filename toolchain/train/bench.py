@@ -1,0 +1,108 @@
+"""Training throughput: slayer graphs against a plain-PyTorch LIF of the same network.
+
+`python -m toolchain.train.bench` (or `make bench`) times forward + backward
++ optimiser step on random Poisson input for each preset, and in the same
+run a plain-PyTorch LIF network written the way the paper's code is (a
+Python loop over time steps, `nn.Conv2d` per step, membrane with leak 0.99,
+soft reset, the linear surrogate 0.3 * max(0, 1 - |u/theta - 1|)), with the
+same layers and weights. It prints samples/s and the slayer/plain ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+import models
+from models.ann import AnnGraph
+from models.graph import INPUT
+
+from .loop import loss_fn
+
+
+class _LinearSpike(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, threshold):
+        ctx.save_for_backward(u)
+        ctx.threshold = threshold
+        return (u > threshold).float()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (u,) = ctx.saved_tensors
+        surrogate = 0.3 * torch.clamp(1.0 - torch.abs(u / ctx.threshold - 1.0), min=0.0)
+        return grad * surrogate, None
+
+
+class PlainLIF(torch.nn.Module):
+    """The paper's style of SNN: layers stepped in a Python loop over T."""
+
+    def __init__(self, graph, leak: float = 0.99, threshold: float = 1.0):
+        super().__init__()
+        self.net = AnnGraph(graph)
+        self.leak, self.threshold = leak, threshold
+
+    def forward(self, x):  # x (N, C, H, W, T)
+        mem, acc = {}, None
+        for t in range(x.shape[-1]):
+            out = {INPUT: x[..., t]}
+            for node in self.net.nodes:
+                z = sum(syn(out[s]) for syn, s in zip(node.synapses, node.sources))
+                if not node.relu:  # the readout accumulates, never spikes
+                    acc = z if acc is None else acc + z
+                    continue
+                m = self.leak * mem.get(node.name, 0.0) + z
+                s = _LinearSpike.apply(m, self.threshold)
+                mem[node.name] = m - s * self.threshold
+                out[node.name] = s
+        return acc / x.shape[-1], {}
+
+
+def throughput(model, x, y, steps: int) -> float:
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+
+    def one():
+        scores, _ = model(x)
+        scores = F.interpolate(scores, size=y.shape[-2:], mode="bilinear", align_corners=False)
+        loss = loss_fn(scores, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    one()  # warm-up: shape inference, allocator
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        one()
+    return steps * len(x) / (time.perf_counter() - t0)
+
+
+def run(presets, hw, time_steps, batch, steps, num_classes=6, in_channels=2):
+    torch.manual_seed(0)
+    rows = []
+    for name in presets:
+        graph = models.build(name, in_channels, num_classes, hw, quantized=True)
+        plain = PlainLIF(graph)
+        x = (torch.rand(batch, in_channels, *hw, time_steps) < 0.2).float()
+        y = torch.randint(0, num_classes, (batch, *hw))
+        a = throughput(graph, x, y, steps)
+        b = throughput(plain, x, y, steps)
+        rows.append((name, a, b))
+        print(f"{name:<22} {hw[0]}x{hw[1]} T={time_steps} batch {batch}:  slayer {a:7.2f} samples/s   "
+              f"plain-PyTorch LIF {b:7.2f} samples/s   ratio {a / b:5.2f}", flush=True)
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--time-steps", type=int, default=20)
+    a = p.parse_args(argv)
+    torch.set_num_threads(torch.get_num_threads())
+    run(["spiking-deeplab-tiny", "spiking-fcn-tiny"], (64, 64), a.time_steps, 8, a.steps)
+    run(["spiking-deeplab", "spiking-fcn"], (64, 64), a.time_steps, 2, max(1, a.steps // 2))
+
+
+if __name__ == "__main__":
+    main()
