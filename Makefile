@@ -20,5 +20,8 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -n 2 -m "not slow"
 
+bench: setup
+	$(PY) -m toolchain.train.bench
+
 clean:
 	rm -rf $(DEMO) .pytest_cache .hypothesis
