@@ -148,11 +148,17 @@ def lif_steps(a: torch.Tensor, i_decay: int, v_decay: int, v_th_mant: int, *, bo
         v = np.empty(flat.shape[1], dtype=np.int64)
         _lif_kernel(flat, 4096 - i_decay, 4096 - v_decay, v_th_mant << 6, wrap, spikes, v)
         return torch.from_numpy(spikes).reshape(a.shape), torch.from_numpy(v).reshape(a.shape[1:])
+    return lif_steps_torch(a, i_decay, v_decay, v_th_mant, wrap=big)
+
+
+def lif_steps_torch(a: torch.Tensor, i_decay: int, v_decay: int, v_th_mant: int, *, wrap: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`lif_steps` as a torch loop over steps (any device; `wrap=False` when |a| < 2^24)."""
     u = torch.zeros_like(a[0])
     v = torch.zeros_like(a[0])
     spikes = torch.empty(a.shape, dtype=torch.bool, device=a.device)
     keep_u, keep_v, vth = 4096 - i_decay, 4096 - v_decay, v_th_mant << 6
-    wrap = _wrap_int32 if big else (lambda z: z)
+    wrap = _wrap_int32 if wrap else (lambda z: z)
     for t in range(a.shape[0]):
         u = wrap(_decay(u, keep_u) + wrap(a[t] << 6))
         u = torch.where(u > U_MAX, u - 2 * U_MAX, u)
