@@ -1,0 +1,193 @@
+"""ANN-to-SNN conversion by threshold balancing (the paper's baseline).
+
+A spiking neuron with threshold theta fed I per step fires at about I/theta
+spikes per step, so it stands for its ANN twin's ReLU activation a if
+a / lambda = rate, where lambda is the activation that makes it fire every
+step. The paper sets lambda to 0.7 x the maximum activation seen on training
+data (layer- or channel-wise); `percentile` replaces the maximum by a robust
+percentile.
+
+The project's checkpoints hold one threshold for the whole net, so the balance
+goes into the weights instead (the same network, Rueckauer et al.'s weight
+normalisation):  W'[o, i] = theta * W[o, i] * lambda_src[i] / lambda_node[o].
+theta is chosen as large as the 8-bit Loihi weight range allows, so the
+quantized weights keep as many levels as possible. Pooling synapses have a
+fixed scalar weight; it is set to theta / k^2, which makes a pool a plain
+average of rates. The readout is scaled by lambda_src only (the class scores
+keep the ANN's units, up to one positive factor that fits the weight range).
+The converted neurons integrate without leak (voltage_decay 0): the IF neuron
+conversion assumes.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from lava.lib.dl import slayer
+
+import models
+from models.graph import INPUT
+
+from ..errors import ToolchainError
+
+W_MAX = 254 / 64  # slayer's largest 8-bit weight
+W_STEP = 2 / 64
+FIT = 0.98  # head-room under W_MAX against rounding
+
+
+@torch.no_grad()
+def activation_stats(ann, batches, norm: str = "layer", percentile: float = 100.0) -> dict[str, torch.Tensor]:
+    """lambda source: per hidden node, the maximum (or `percentile`) of its ReLU
+    activations over `batches` of input; a scalar for norm="layer", one value
+    per channel for norm="channel"."""
+    if norm not in ("layer", "channel"):
+        raise ToolchainError(f"--norm: {norm!r} is not one of layer, channel")
+    if not 0 < percentile <= 100:
+        raise ToolchainError(f"--percentile: {percentile} is outside (0, 100]")
+    ann.eval()
+    acts: dict[str, list[torch.Tensor]] = {}
+    for x in batches:
+        _, a = ann(x)
+        for name, v in a.items():
+            # (C, everything else): channel-major, so one row per channel
+            acts.setdefault(name, []).append(v.detach().transpose(0, 1).reshape(v.shape[1], -1))
+    if not acts:
+        raise ToolchainError("conversion: no training frames to measure activations on")
+    out = {}
+    for name, parts in acts.items():
+        a = torch.cat(parts, dim=1).double().numpy()
+        if norm == "layer":
+            a = a.reshape(1, -1)
+        stat = a.max(axis=1) if percentile >= 100 else np.percentile(a, percentile, axis=1)
+        out[name] = torch.as_tensor(stat, dtype=torch.float64)
+    return out
+
+
+def _effective(syn) -> torch.Tensor:
+    if hasattr(syn, "weight_g") and hasattr(syn, "weight_v"):
+        return torch._weight_norm(syn.weight_v, syn.weight_g, 0).detach()
+    return syn.weight.detach()
+
+
+def _set_weight(syn, w: torch.Tensor) -> None:
+    """Store `w` in a slayer synapse, through its weight norm when it has one."""
+    w = w.to(syn.weight.dtype if not hasattr(syn, "weight_v") else syn.weight_v.dtype).reshape(
+        (syn.weight_v if hasattr(syn, "weight_v") else syn.weight).shape)
+    if hasattr(syn, "weight_g") and hasattr(syn, "weight_v"):
+        syn.weight_v.data.copy_(w)
+        syn.weight_g.data.copy_(torch.norm_except_dim(w, 2, 0))
+        syn.weight = torch._weight_norm(syn.weight_v, syn.weight_g, 0).detach()
+    else:
+        syn.weight.data.copy_(w)
+
+
+def _scaled(ann_syn, snn_syn, lam_src: torch.Tensor, lam_dst: torch.Tensor) -> torch.Tensor:
+    """W * lambda_src[in] / lambda_dst[out] in the slayer synapse's layout (theta not applied)."""
+    w = ann_syn.weight.detach().double()
+    if isinstance(snn_syn, slayer.synapse.ConvTranspose):  # (in, out, kh, kw)
+        w = w * lam_src.view(-1, 1, 1, 1) / lam_dst.view(1, -1, 1, 1)
+    else:  # (out, in, kh, kw)
+        w = w * lam_src.view(1, -1, 1, 1) / lam_dst.view(-1, 1, 1, 1)
+    return w[..., None]
+
+
+def convert(ann, snn, stats: dict[str, torch.Tensor], scale: float = 0.7) -> dict:
+    """Write the balanced weights of `ann` (an AnnGraph) into `snn` (a fresh
+    SpikingGraph of the same topology); the network it makes needs neurons
+    built with the threshold returned in `info["threshold"]`."""
+    if not 0 < scale <= 10:
+        raise ToolchainError(f"--scale: {scale} must be in (0, 10]")
+    in_c = snn.input_shape[0]
+    lam = {INPUT: torch.ones(in_c, dtype=torch.float64)}
+    plan = []  # (snn synapse, unscaled weight or ("pool", k^2), node index)
+    for node, twin in zip(snn.nodes, ann.nodes):
+        pools = [isinstance(s, slayer.synapse.Pool) for s in node.synapses]
+        if any(pools):
+            if len(node.synapses) != 1:
+                raise ToolchainError(f"conversion: node {node.name} mixes pooling with other synapses")
+            # a pool at gain 1 passes the source's rates through: same lambda
+            lam[node.name] = lam[node.sources[0]].clone()
+            plan.append((node.synapses[0], None, node))
+            continue
+        if node.is_readout:
+            dst = torch.ones(node.synapses[0].out_channels, dtype=torch.float64)
+        else:
+            s = stats[node.name].double() * scale
+            c = node.synapses[0].out_channels
+            s = s.expand(c).clone() if s.numel() == 1 else s
+            # a channel that never fired on the training data: any lambda will
+            # do; keep it finite
+            floor = max(float(s.max()) * 1e-3, 1e-6)
+            dst = s.clamp(min=floor)
+        lam[node.name] = dst
+        for syn, asyn, src in zip(node.synapses, twin.synapses, node.sources):
+            plan.append((syn, _scaled(asyn, syn, lam[src], dst), node))
+    hidden = [abs(float(w.abs().max())) for syn, w, node in plan if w is not None and not node.is_readout]
+    w_max = max(hidden) if hidden else 1.0
+    threshold = FIT * W_MAX / w_max if w_max > 0 else 1.0
+    # the pool weight theta/4 must fit too; keep theta on Loihi's 1/64 grid
+    threshold = min(threshold, FIT * W_MAX * 4)
+    threshold = max(round(threshold * 64), 1) / 64
+    readout = [w for syn, w, node in plan if w is not None and node.is_readout]
+    r_max = max(float(w.abs().max()) for w in readout) if readout else 1.0
+    r_gain = FIT * W_MAX / r_max if r_max > 0 else 1.0
+    with torch.no_grad():
+        for syn, w, node in plan:
+            if w is None:
+                k2 = int(np.prod(syn.weight.shape[2:4]))
+                # a multiple of Loihi's 2/64 step, so the pool stays exact after export
+                pw = max(round(threshold / k2 / W_STEP), 1) * W_STEP
+                syn.weight.data.fill_(pw)
+            else:
+                _set_weight(syn, w * (r_gain if node.is_readout else threshold))
+    return dict(threshold=threshold, readout_gain=r_gain, scale=scale,
+                lambdas={k: [float(v) for v in t] for k, t in lam.items() if k != INPUT})
+
+
+def training_batches(cfg, frames: int, batch_size: int = 16):
+    """Encoded training frames, as the ANN saw them (without augmentation)."""
+    from toolchain.data import build_dataset, ensure_default_data
+
+    ensure_default_data(cfg.data)
+    ds = build_dataset(cfg.data, "train")
+    ds.set_epoch(0)
+    n = min(frames, len(ds))
+    for start in range(0, n, batch_size):
+        yield torch.stack([ds[i][0] for i in range(start, min(n, start + batch_size))])
+
+
+def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "layer", percentile: float = 100.0,
+                       scale: float = 0.7, frames: int = 64, data_root: Optional[str] = None,
+                       log: Callable[[str], None] = print) -> dict:
+    """Convert a trained ANN-twin checkpoint into a spiking checkpoint at `out`."""
+    from ..config import to_dict
+    from ..train import checkpoint
+
+    ann, cfg = models.load_checkpoint(ann_ckpt)
+    if isinstance(ann, models.SpikingGraph):
+        raise ToolchainError(f"{ann_ckpt}: holds a spiking model; convert takes a twin trained with --ann")
+    if data_root is not None:
+        cfg.data.root = data_root
+    ckpt = torch.load(ann_ckpt, map_location="cpu", weights_only=False)
+    stats = activation_stats(ann, training_batches(cfg, frames), norm, percentile)
+    snn_cfg = copy.deepcopy(cfg)
+    snn_cfg.train.ann = False
+    snn_cfg.train.qat = False
+    snn_cfg.model.voltage_decay = 0.0
+    ds = ckpt["dataset"]
+    snn = models.from_config(snn_cfg, ds["in_channels"], ds["num_classes"], quantized=False)
+    info = convert(ann, snn, stats, scale)
+    snn_cfg.model.threshold = info["threshold"]
+    # the threshold is fixed when a neuron is built: rebuild with the balanced one
+    balanced = models.from_config(snn_cfg, ds["in_channels"], ds["num_classes"], quantized=False)
+    balanced.load_state_dict(snn.state_dict())
+    snn = balanced
+    info.update(norm=norm, percentile=percentile, frames=min(frames, 10 ** 9), source=str(ann_ckpt))
+    checkpoint.save(out, model=snn.state_dict(), config=to_dict(snn_cfg), dataset=ds, conversion=info,
+                    epoch=ckpt.get("epoch", 0), history=ckpt.get("history", []))
+    log(f"converted {ann_ckpt} -> {out}: {norm}-wise, {'max' if percentile >= 100 else f'p{percentile:g}'} x {scale}, "
+        f"threshold {info['threshold']:.4f}")
+    return info
