@@ -46,6 +46,9 @@ def _register() -> None:
     from deploy.cli import export_cmd, run_cmd
     cli.add_command(export_cmd)
     cli.add_command(run_cmd)
+    from .studies.cli import convert_cmd, energy_cmd, report_cmd, robustness_cmd, sweep_cmd
+    for command in (convert_cmd, sweep_cmd, energy_cmd, robustness_cmd, report_cmd):
+        cli.add_command(command)
     from deploy.bench import bench_cmd
     cli.add_command(bench_cmd)
 

@@ -21,7 +21,8 @@ from ..files import write_text
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Run folder (default: runs/MODEL).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-def train(config_path, overrides, data_dir, model_name, epochs, out_dir, resume):
+@click.option("--ann", is_flag=True, help="Train the non-spiking twin (ReLU, average pooling) for conversion.")
+def train(config_path, overrides, data_dir, model_name, epochs, out_dir, resume, ann):
     """Train a spiking segmenter; write checkpoint, logs, plots and metrics.json."""
     from .loop import train as run
 
@@ -30,6 +31,8 @@ def train(config_path, overrides, data_dir, model_name, epochs, out_dir, resume)
         cfg.data.root = data_dir
     if model_name is not None:
         cfg.model.name = model_name
+    if ann:
+        cfg.train.ann = True
     out = Path(out_dir or Path("runs") / cfg.model.name)
     result = run(cfg, out, resume=resume, epochs=epochs, log=click.echo)
     if result is not None:

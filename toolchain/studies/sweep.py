@@ -1,0 +1,151 @@
+"""mIoU against the number of time steps T (the paper's latency study).
+
+Spiking checkpoints are exported to their `.net` form at each T and run on
+the bit-exact emulator (what Lava computes); non-spiking twins are evaluated
+in torch on the same encoded frames (their input is the spike rate), as a
+reference line. Conversion needs many more steps than direct training: the
+converted net's rates must settle before they approximate ReLU activations.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+import models
+
+from ..errors import ToolchainError
+from ..metrics import SegmentationMetric
+
+BATCH = 8
+
+
+def load_frames(cfg, time_steps: int, frames: int, split: str = "test", transform=None):
+    """(x (N, C, H, W, T), y (N, H, W)) from the checkpoint's data set at `time_steps`.
+
+    `transform(frame, index) -> frame` corrupts the normalised frame before encoding."""
+    from toolchain.data import build_dataset, encode, ensure_default_data
+    from toolchain.data.dataset import sample_seed
+
+    data = replace(cfg.data, time_steps=int(time_steps))
+    ensure_default_data(data)
+    ds = build_dataset(data, split, encode_input=False)
+    n = min(frames, len(ds))
+    if n == 0:
+        raise ToolchainError(f"{split}: no frames to evaluate")
+    xs, ys = [], []
+    for i in range(n):
+        frame, label = ds[i]
+        if transform is not None:
+            frame = transform(frame, i).clamp(0, 1)
+        g = torch.Generator().manual_seed(sample_seed(data.seed, 0, i))
+        xs.append(encode(frame, data.encoding, data.time_steps, g))
+        ys.append(label)
+    return torch.stack(xs), torch.stack(ys)
+
+
+def predict_classes(model, x: torch.Tensor, net=None) -> torch.Tensor:
+    """(N, H, W) class map: spiking models through their exported `.net` on
+    the emulator, twins in torch."""
+    size = tuple(x.shape[2:4])
+    out = []
+    if isinstance(model, models.SpikingGraph):
+        from deploy import Deployed
+        from deploy.export import build_netfile
+
+        if net is None:
+            net = build_netfile(model, time_steps=x.shape[-1])
+        dep = Deployed(net)
+        for s in range(0, len(x), BATCH):
+            out.append(torch.as_tensor(dep.run(x[s:s + BATCH], keep_spikes=False).class_map.astype(np.int64)))
+    else:
+        with torch.no_grad():
+            for s in range(0, len(x), BATCH):
+                out.append(models.predict(model, x[s:s + BATCH], size)[0].argmax(1))
+    return torch.cat(out)
+
+
+def miou(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
+    m = SegmentationMetric(num_classes)
+    m.update(pred, y)
+    return m.compute()["miou"]
+
+
+def quiet_export(model, time_steps: int):
+    """The `.net` graph at `time_steps`; the readout-range warning is about
+    worst-case inputs and would repeat for every T."""
+    import warnings
+
+    from deploy.export import build_netfile
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_netfile(model, time_steps=time_steps)
+
+
+def sweep(checkpoints: list[tuple[str, str]], steps: list[int], frames: int = 32, data_root: str | None = None,
+          log: Callable[[str], None] = print) -> dict:
+    """mIoU of each (label, checkpoint) at each T in `steps`."""
+    if not steps or any(t < 1 for t in steps):
+        raise ToolchainError(f"--steps: need positive time steps, got {steps}")
+    rows = []
+    for label, path in checkpoints:
+        model, cfg = models.load_checkpoint(path)
+        if data_root is not None:
+            cfg.data.root = data_root
+        spiking = isinstance(model, models.SpikingGraph)
+        kind = ("converted" if _is_converted(path) else "trained") if spiking else "ANN twin"
+        for t in steps:
+            x, y = load_frames(cfg, t, frames)
+            net = quiet_export(model, t) if spiking else None
+            value = miou(predict_classes(model, x, net), y, len(model.class_names))
+            rows.append(dict(label=label, checkpoint=str(path), kind=kind, time_steps=int(t), miou=value,
+                             frames=int(len(x))))
+            log(f"{label:<20} T={t:<4d} mIoU {100 * value:6.2f}%")
+    return dict(steps=[int(t) for t in steps], rows=rows)
+
+
+def _is_converted(path) -> bool:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return "conversion" in ckpt
+
+
+def table(result: dict) -> tuple[list[str], list[list]]:
+    """Header and rows: one row per model, one column per T (mIoU %)."""
+    labels = list(dict.fromkeys(r["label"] for r in result["rows"]))
+    header = ["model", "kind"] + [f"T={t}" for t in result["steps"]]
+    rows = []
+    for label in labels:
+        mine = {r["time_steps"]: r for r in result["rows"] if r["label"] == label}
+        kind = next(iter(mine.values()))["kind"]
+        rows.append([label, kind] + [f"{100 * mine[t]['miou']:.2f}" if t in mine else "" for t in result["steps"]])
+    return header, rows
+
+
+def plot(result: dict, path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..files import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label in dict.fromkeys(r["label"] for r in result["rows"]):
+        rs = sorted((r for r in result["rows"] if r["label"] == label), key=lambda r: r["time_steps"])
+        style = "--" if rs[0]["kind"] == "ANN twin" else "-o"
+        ax.plot([r["time_steps"] for r in rs], [100 * r["miou"] for r in rs], style, label=f"{label} ({rs[0]['kind']})")
+    ax.set_xscale("log")
+    ax.set_xlabel("time steps T")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title("mIoU against latency")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)
