@@ -2,6 +2,7 @@
 and the same training under torchrun with two CPU processes (DDP)."""
 import json
 import os
+from pathlib import Path
 import subprocess
 import sys
 
@@ -73,7 +74,7 @@ def test_ddp_two_cpu_processes_reduce_metrics_and_only_rank0_writes(cache):
     run = cache / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "toolchain.cli", "train", "--epochs", "2", "--out", str(run)] + _sets()
+           str(Path(sys.executable).parent / "toolchain"), "train", "--epochs", "2", "--out", str(run)] + _sets()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count("run folder:") == 1  # only rank 0 reports

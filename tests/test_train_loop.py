@@ -97,13 +97,16 @@ def test_augment_keeps_shapes_and_pads_labels_with_ignore():
 @pytest.mark.slow
 def test_training_writes_run_folder_and_beats_untrained(cfg, data, tmp_path):
     cfg.train.epochs = 3
+    cfg.train.augment = False
     r = train(cfg, tmp_path, datasets=data, log=lambda s: None)
     for name in ("checkpoint.pt", "metrics.json", "log.csv", "curves.png", "gallery.png", "config.yaml"):
         assert (tmp_path / name).is_file(), name
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["miou"] == pytest.approx(r["miou"])
     assert len(saved["history"]) == 4 and set(saved["firing"]) == {"conv1", "pool1", "conv2", "pool2", "conv3", "conv4"}
-    assert r["miou"] > r["untrained_miou"] and r["miou"] > 0.6
+    losses = [h["train_loss"] for h in saved["history"][1:]]
+    assert losses[-1] < losses[0]
+    assert r["miou"] > r["untrained_miou"] + 0.05
     assert list((tmp_path / "tensorboard").iterdir())
 
 
