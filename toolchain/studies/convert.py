@@ -21,6 +21,7 @@ conversion assumes.
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -118,10 +119,12 @@ def convert(ann, snn, stats: dict[str, torch.Tensor], scale: float = 0.7) -> dic
             s = stats[node.name].double() * scale
             c = node.synapses[0].out_channels
             s = s.expand(c).clone() if s.numel() == 1 else s
-            # a channel that never fired on the training data: any lambda will
-            # do; keep it finite
-            floor = max(float(s.max()) * 1e-3, 1e-6)
-            dst = s.clamp(min=floor)
+            # a channel that stayed silent on the training data (or whose
+            # percentile is 0) gets the layer's largest lambda: a tiny one
+            # would blow its input weights up and squeeze every other weight
+            # of the net into a few 8-bit levels
+            top = max(float(s.max()), 1e-6)
+            dst = torch.where(s > 1e-3 * top, s, torch.full_like(s, top))
         lam[node.name] = dst
         for syn, asyn, src in zip(node.synapses, twin.synapses, node.sources):
             plan.append((syn, _scaled(asyn, syn, lam[src], dst), node))
@@ -130,7 +133,7 @@ def convert(ann, snn, stats: dict[str, torch.Tensor], scale: float = 0.7) -> dic
     threshold = FIT * W_MAX / w_max if w_max > 0 else 1.0
     # the pool weight theta/4 must fit too; keep theta on Loihi's 1/64 grid
     threshold = min(threshold, FIT * W_MAX * 4)
-    threshold = max(round(threshold * 64), 1) / 64
+    threshold = max(math.floor(threshold * 64), 1) / 64
     readout = [w for syn, w, node in plan if w is not None and node.is_readout]
     r_max = max(float(w.abs().max()) for w in readout) if readout else 1.0
     r_gain = FIT * W_MAX / r_max if r_max > 0 else 1.0

@@ -146,7 +146,8 @@ def _sweep(page, path: Path, images: _Images):
 def _energy(page, path: Path):
     e = _load(path)
     en, res = e["energy"], e["resources"]
-    page.h(2, f"Energy and hardware cost ({e['frames']} frames, T={e['time_steps']}, {e['backend']})")
+    page.h(2, f"Energy and hardware cost: {Path(e['checkpoint']).parent.name}/{Path(e['checkpoint']).name} "
+              f"({e['frames']} frames, T={e['time_steps']}, {e['backend']})")
     page.table(["layer", "type", "neurons", "spikes/frame", "SynOps/frame", "ANN MACs"],
                [[l["name"], l["type"], l["neurons"], f"{l['spikes']:.0f}", f"{l['synops']:.0f}", l["macs"]]
                 for l in e["layers"]])
