@@ -18,3 +18,23 @@ echo "== 2. train: spiking-deeplab-tiny, quantization-aware, on the generated se
 # the untrained model; curves.png, gallery.png and metrics.json land in $OUT/train.
 $TC train --config examples/ddd17-tiny.yaml --data "$OUT/data" --out "$OUT/train"
 echo "   pictures: $OUT/train/curves.png $OUT/train/gallery.png"
+
+echo "== 4. studies: ANN twin + conversion, latency sweep, energy, robustness, one report"
+# The non-spiking twin trains briefly, converts by threshold balancing (0.7 x max
+# activation), and the converted net runs in Lava like a trained one. Small frame
+# counts keep this step to a few minutes on 2 CPU cores.
+S="$OUT/studies"
+SNN="$OUT/train/checkpoint.pt"
+$TC train --config examples/ddd17-tiny.yaml --data "$OUT/data" --ann --epochs 2 --out "$OUT/ann"
+$TC convert --checkpoint "$OUT/ann/checkpoint.pt" --out "$S/converted/checkpoint.pt" --data "$OUT/data" --frames 64
+$TC export --checkpoint "$S/converted/checkpoint.pt" --out "$S/converted.net" --data "$OUT/data" --frames 8 \
+    --set data.time_steps=32
+$TC run --net "$S/converted.net" --data "$OUT/data" --backend lava --frames 2 --json "$S/run-converted-lava.json"
+$TC sweep --checkpoint trained="$SNN" --checkpoint converted="$S/converted/checkpoint.pt" \
+    --checkpoint ann="$OUT/ann/checkpoint.pt" --steps 4,12,32,64 --frames 8 --data "$OUT/data" --out "$S/sweep"
+$TC energy --checkpoint "$SNN" --frames 8 --data "$OUT/data" --out "$S/energy-trained"
+$TC energy --checkpoint "$S/converted/checkpoint.pt" --steps 64 --frames 8 --data "$OUT/data" --out "$S/energy-converted"
+$TC robustness --checkpoint snn="$SNN" --checkpoint ann="$OUT/ann/checkpoint.pt" --frames 8 --data "$OUT/data" \
+    --out "$S/robustness"
+$TC report "$OUT" --out "$OUT/report" --title "Demo: spiking-deeplab-tiny on generated DDD17-format data"
+echo "   report: $OUT/report/report.md $OUT/report/report.html"
