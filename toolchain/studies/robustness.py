@@ -99,7 +99,8 @@ CORRUPTIONS: dict[str, tuple[Callable, list[float], str, str]] = {
 
 def corrupt_spikes(x: torch.Tensor, name: str, strength: float, seed: int = 0) -> torch.Tensor:
     fn, _, where, _ = CORRUPTIONS[name]
-    assert where == "spikes"
+    if where != "spikes":
+        raise ToolchainError(f"corruption {name!r} acts on frames, not on spike trains")
     return fn(x, strength, torch.Generator().manual_seed(seed))
 
 

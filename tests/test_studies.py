@@ -1,0 +1,205 @@
+"""The studies: synaptic-operation counts against hand-computed numbers,
+energy and Loihi 2 resources, ANN-to-SNN conversion, corruptions, report."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import models
+from deploy.netfile import READOUT_NEURON, Layer, NetFile, Neuron, Synapse
+from toolchain.config import Config, to_dict
+from toolchain.errors import ToolchainError
+from toolchain.studies import convert, energy, report, robustness
+
+LIF = Neuron(iDecay=4096, vDecay=0, vThMant=64)  # fires when one max weight (254 > 64 << 6 / 64) arrives
+
+
+@pytest.fixture
+def toy_net() -> NetFile:
+    """input (1, 4, 4) -> conv 3x3 pad 1, 2 channels -> 2x2 sum pool -> 1x1 conv readout, 3 classes."""
+    conv = Synapse("conv", np.full((2, 1, 3, 3), 254, dtype=np.int64), padding=(1, 1))
+    pool = Synapse("pool", np.full((2, 2), 64, dtype=np.int64), stride=(2, 2))
+    read = Synapse("conv", np.full((3, 2, 1, 1), 6, dtype=np.int64))
+    layers = [Layer("conv1", "conv", (2, 4, 4), [0], [conv], LIF),
+              Layer("pool1", "pool", (2, 2, 2), [1], [pool], LIF),
+              Layer("readout", "conv", (3, 2, 2), [2], [read], Neuron(**READOUT_NEURON))]
+    return NetFile(input_shape=(1, 4, 4), time_steps=3, layers=layers)
+
+
+def test_fanout_of_padded_3x3_conv_counts_borders_exactly():
+    syn = Synapse("conv", np.ones((2, 1, 3, 3), dtype=np.int64), padding=(1, 1))
+    fmap = energy.fanout_map(syn, (1, 4, 4), (2, 4, 4))
+    # corners reach 4 output positions, edges 6, the inside 9
+    assert fmap.tolist() == [[4, 6, 6, 4], [6, 9, 9, 6], [6, 9, 9, 6], [4, 6, 6, 4]]
+    assert energy.connections(syn, (1, 4, 4), (2, 4, 4)) == (4 * 4 + 8 * 6 + 4 * 9) * 2  # 200, not 4*4*9*2
+    counts = np.zeros((1, 4, 4))
+    counts[0, 0, 0] = 1  # one spike in the corner: 4 positions x 2 channels
+    counts[0, 1, 2] = 3  # three inside: 3 x 9 x 2
+    assert energy.synops(syn, counts, (2, 4, 4)) == 4 * 2 + 3 * 9 * 2
+
+
+def test_fanout_of_transposed_conv_and_pool():
+    up = Synapse("convT", np.ones((1, 5, 4, 4), dtype=np.int64), stride=(2, 2), padding=(1, 1))
+    # k4 s2 p1 from 2 to 4: each input reaches 3 outputs per axis
+    assert energy.fanout_map(up, (1, 2, 2), (5, 4, 4)).tolist() == [[9, 9], [9, 9]]
+    assert energy.connections(up, (1, 2, 2), (5, 4, 4)) == 4 * 9 * 5
+    pool = Synapse("pool", np.ones((2, 2), dtype=np.int64), stride=(2, 2))
+    # an odd size: the last column's windows read zeros past the edge, every pixel still feeds one
+    assert energy.fanout_map(pool, (3, 4, 5), (3, 2, 3)).tolist() == [[1] * 5] * 4
+    assert energy.connections(pool, (3, 4, 5), (3, 2, 3)) == 3 * 20
+
+
+def test_counts_from_emulator_run_match_hand_numbers(toy_net):
+    frames = torch.zeros((2, 1, 4, 4, 3))
+    frames[0, 0, 0, 0, 0] = 1  # frame 0: one corner spike
+    frames[1, 0, 1, 1, :] = 1  # frame 1: an inside pixel on all 3 steps
+    c = energy.count_run(toy_net, frames)
+    conv1, pool1, readout = c["layers"]
+    assert c["input_spikes"] == (1 + 3) / 2
+    assert conv1["synops"] == (4 * 2 + 3 * 9 * 2) / 2
+    # a 2x2 pool of the conv's spikes: one operation per spike
+    assert pool1["synops"] == conv1["spikes"] > 0
+    assert readout["synops"] == pool1["spikes"] * 3
+    assert [l["macs"] for l in c["layers"]] == [200, 2 * 16, 3 * 2 * 4]
+    assert [l["neuron_updates"] for l in c["layers"]] == [32 * 3, 8 * 3, 12 * 3]
+    e = energy.energy(c, energy.EnergyModel(e_ac_pj=1.0, e_mac_pj=5.0, loihi_synop_pj=10.0, loihi_neuron_pj=2.0))
+    syn = conv1["synops"] + pool1["synops"] + readout["synops"]
+    assert e["synops_per_frame"] == syn
+    assert e["ann_snn_ratio"] == pytest.approx((200 + 32 + 24) * 5.0 / syn)
+    assert e["loihi_uj"] == pytest.approx((syn * 10.0 + (96 + 24 + 36) * 2.0) * 1e-6)
+
+
+def test_loihi_resources_use_exported_bit_widths_and_core_limits(toy_net):
+    r = energy.resources(toy_net, energy.CoreModel(neurons_per_core=16, synaptic_memory_kib=1))
+    conv1, pool1, readout = r["layers"]
+    assert (conv1["weight_bits"], pool1["weight_bits"], readout["weight_bits"]) == (8, 7, 3)  # 127, 32, 3 stored
+    assert conv1["synaptic_memory_kib"] == 200 * 8 / 8192
+    assert conv1["cores"] == 2  # 32 neurons at 16 per core
+    assert r["cores"] == 2 + 1 + 1 and r["neurons"] == 32 + 8 + 12
+
+
+@pytest.fixture
+def ann_ckpt(tmp_path, data_cfg):
+    from toolchain.train import checkpoint
+
+    cfg = Config(data=data_cfg)
+    cfg.model.name = "spiking-deeplab-tiny"
+    cfg.train.ann = True
+    torch.manual_seed(0)
+    ann = models.from_config(cfg, 2, 6)
+    path = tmp_path / "ann" / "checkpoint.pt"
+    checkpoint.save(path, model=ann.state_dict(), config=to_dict(cfg),
+                    dataset=dict(in_channels=2, num_classes=6, class_names=[f"c{k}" for k in range(6)]))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", ["layer", "channel"])
+def test_converted_net_approaches_its_ann_twin_with_many_steps(norm):
+    torch.manual_seed(1)
+    ann = models.build("spiking-deeplab-tiny", 2, 4, (16, 16), ann=True)
+    frames = torch.rand(6, 2, 16, 16) * 0.8
+    stats = convert.activation_stats(ann, [frames[:3]], norm)
+    snn_shell = models.build("spiking-deeplab-tiny", 2, 4, (16, 16))
+    info = convert.convert(ann, snn_shell, stats, scale=0.9)
+    snn = models.build("spiking-deeplab-tiny", 2, 4, (16, 16), models.NeuronParams(
+        threshold=info["threshold"], voltage_decay=0.0))
+    snn.load_state_dict(snn_shell.state_dict())
+    net = convert_export(snn, 300)
+    for layer in net.layers:  # every weight fits Loihi's 8 bits without clamping
+        for syn in layer.synapses:
+            assert np.abs(syn.weight).max() <= 254
+    from toolchain.data import encode
+    from toolchain.studies.sweep import predict_classes
+
+    x = encode(frames, "rate", 300)
+    with torch.no_grad():
+        ref = models.predict(ann, frames, (16, 16))[0].argmax(1)
+    agree = float((predict_classes(snn, x, net) == ref).float().mean())
+    short = float((predict_classes(snn, encode(frames, "rate", 3), convert_export(snn, 3)) == ref).float().mean())
+    assert agree > 0.9 and agree > short
+
+
+def convert_export(snn, t):
+    from toolchain.studies.sweep import quiet_export
+    return quiet_export(snn, t)
+
+
+def test_convert_checkpoint_is_an_ordinary_spiking_checkpoint(ann_ckpt, tmp_path, data_cfg):
+    out = tmp_path / "snn" / "checkpoint.pt"
+    info = convert.convert_checkpoint(ann_ckpt, out, norm="channel", percentile=99.0, frames=4, log=lambda s: None)
+    snn, cfg = models.load_checkpoint(out)
+    assert isinstance(snn, models.SpikingGraph) and not cfg.train.ann
+    assert cfg.model.threshold == info["threshold"] and cfg.model.voltage_decay == 0.0
+    assert len(info["lambdas"]["conv1"]) == 16  # one per channel
+    net = convert_export(snn, 4)
+    assert net.layers[0].neuron.vThMant == round(info["threshold"] * 64)
+    assert net.layers[0].neuron.vDecay == 0
+    with pytest.raises(ToolchainError, match="spiking model"):
+        convert.convert_checkpoint(out, tmp_path / "again.pt", log=lambda s: None)
+    with pytest.raises(ToolchainError, match="percentile"):
+        convert.convert_checkpoint(ann_ckpt, tmp_path / "x.pt", percentile=0, frames=2, log=lambda s: None)
+
+
+def test_corruptions_change_frames_as_their_strength_says():
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    frame = torch.full((2, 32, 32), 0.5)
+    assert robustness.gaussian_blur(frame, 1.0, g()).allclose(frame)  # a flat image stays flat
+    sp = robustness.salt_pepper(frame, 0.2, g())
+    assert 0.15 < float((sp != 0.5).float().mean()) < 0.25
+    dropped = robustness.dropped_events(frame, 0.5, g())
+    assert float(dropped.mean()) == pytest.approx(0.25, abs=0.03)
+    assert robustness.hot_pixels(torch.zeros(2, 32, 32), 0.1, g()).sum() == pytest.approx(0.1 * 1024, rel=0.3)
+    assert float(robustness.background_activity(torch.zeros(2, 32, 32), 0.2, g()).mean()) == pytest.approx(
+        0.2 / robustness.FULL_SCALE, rel=0.2)
+    spikes = (torch.rand(1, 2, 8, 8, 20, generator=g()) < 0.1).float()
+    jittered = robustness.timestamp_jitter(spikes, 2, g())
+    assert torch.equal(jittered.sum(-1) > 0, spikes.sum(-1) > 0)  # same pixels, other times
+    assert not torch.equal(jittered, spikes)
+    assert torch.equal(robustness.timestamp_jitter(spikes, 0, g()), spikes)
+
+
+def test_robustness_study_scores_snn_and_ann_at_every_strength(ann_ckpt, tmp_path):
+    snn_path = tmp_path / "snn.pt"
+    convert.convert_checkpoint(ann_ckpt, snn_path, frames=4, log=lambda s: None)
+    r = robustness.robustness([("snn", str(snn_path)), ("ann", str(ann_ckpt))],
+                              ["gaussian_noise", "timestamp_jitter"], frames=2, time_steps=4, log=lambda s: None)
+    assert len(r["rows"]) == 2 * 2 * 4
+    assert {row["kind"] for row in r["rows"]} == {"SNN", "ANN"}
+    mid = robustness.middle(r)
+    assert mid["snn"]["gaussian_noise"][0] == 0.1 and mid["ann"]["timestamp_jitter"][0] == 2
+    png = robustness.plot(r, tmp_path / "robustness.png")
+    assert png.stat().st_size > 1000
+    with pytest.raises(ToolchainError, match="unknown"):
+        robustness.robustness([("ann", str(ann_ckpt))], ["fog"], frames=1)
+
+
+def test_report_gathers_metrics_and_studies_into_markdown_and_html(tmp_path, toy_net):
+    run = tmp_path / "run"
+    (run / "studies").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps(dict(
+        model="spiking-deeplab-tiny", epochs=2, quantized=True, miou=0.3141, pixel_acc=0.5,
+        untrained_miou=0.01, majority_miou=0.08, iou_per_class={"flat": 0.6}, firing={"conv1": 0.05})))
+    sweep = dict(steps=[5, 50], rows=[dict(label="conv", kind="converted", time_steps=t, miou=m, frames=2)
+                                      for t, m in ((5, 0.0833), (50, 0.2545))])
+    (run / "studies" / "sweep.json").write_text(json.dumps(sweep))
+    frames = torch.zeros((1, 1, 4, 4, 3))
+    frames[0, 0, 1, 1, :] = 1
+    c = energy.count_run(toy_net, frames)
+    (run / "studies" / "energy.json").write_text(json.dumps(dict(
+        checkpoint="run/checkpoint.pt", frames=1, time_steps=3, backend="emulator", layers=c["layers"], energy=energy.energy(c),
+        resources=energy.resources(toy_net))))
+    from PIL import Image
+    Image.new("RGB", (8, 8)).save(run / "gallery.png")
+    md, hp = report.build([run], tmp_path / "report")
+    text = md.read_text()
+    assert "31.41" in text and "25.45" in text and "T=50" in text
+    assert "ANN/SNN energy ratio" in text and "Loihi 2 resource estimate" in text
+    assert "](img/01_gallery.png)" in text and (tmp_path / "report" / "img" / "01_gallery.png").is_file()
+    page = hp.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<td>31.41</td>" in page and "<img src=\"img/01_gallery.png\"" in page
+    with pytest.raises(ToolchainError, match="no metrics.json"):
+        report.build([tmp_path / "report" / "img"], tmp_path / "r2")
