@@ -29,6 +29,7 @@ from .emulator import synapse_op
 from .netfile import Layer, NetFile, Neuron, Synapse
 
 W_SCALE = 64  # slayer's CUBA weight scale: a weight of 1.0 is 64 on Loihi
+WEIGHT_MIN, WEIGHT_MAX = netfile.WEIGHT_MIN, netfile.WEIGHT_MAX
 
 
 def quantize_weight(w: torch.Tensor, descale: bool = False) -> torch.Tensor:
@@ -71,7 +72,15 @@ def _synapse_record(syn: torch.nn.Module, src_shape: tuple, where: str) -> Synap
     if not isinstance(syn, kinds):
         raise ToolchainError(f"{where}: synapse {type(syn).__name__} has no Lava counterpart "
                              f"(supported: slayer Conv, Dense, Pool, ConvTranspose, Unpool)")
-    w = quantize_weight(effective_weight(syn).float(), descale=True).round().to(torch.int64).cpu().numpy()
+    w_float = effective_weight(syn).float()
+    w = quantize_weight(w_float, descale=True).round().to(torch.int64).cpu().numpy()
+    # slayer clamps the same way in its quantized forward pass, so the exported
+    # net computes what the quantized model computes; still, say how many moved
+    rounded = torch.round(w_float * (W_SCALE / 2)) * 2
+    clamped = int(((rounded < WEIGHT_MIN) | (rounded > WEIGHT_MAX)).sum())
+    if clamped:
+        warnings.warn(f"{where}: {clamped} of {w.size} weights lie outside Loihi's 8-bit range "
+                      f"[{WEIGHT_MIN}, {WEIGHT_MAX}]/64 and were clamped to it", stacklevel=4)
     if getattr(syn, "bias", None) is not None:
         raise ToolchainError(f"{where}: synapse bias has no counterpart in the exported LIF layers")
     if isinstance(syn, (slayer.synapse.Pool, slayer.synapse.Unpool)):

@@ -29,6 +29,7 @@ classNames, readoutRule.
 """
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,8 +208,11 @@ def write(path: str | Path, net: NetFile) -> Path:
     """Write `net` atomically to `path` (validated first: a bad net is never written)."""
     path = Path(path)
     validate(net, str(path))
+    # built in memory, written with one plain write: HDF5 writing straight to a
+    # full disk crashes the process (segfault) instead of raising
+    buf = io.BytesIO()
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(buf, "w") as f:
             f.attrs["format"] = FORMAT
             f.attrs["version"] = VERSION
             f.attrs["inputShape"] = np.array(net.input_shape)
@@ -237,6 +241,7 @@ def write(path: str | Path, net: NetFile) -> Path:
                         _write_synapse(sg, syn)
                 else:
                     _write_synapse(g, layer.synapses[0])
+        tmp.write_bytes(buf.getbuffer())
     return path
 
 
@@ -247,12 +252,18 @@ def _str(g: h5py.Group, key: str, where: str) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _get(g: h5py.Group, key: str, where: str):
+def _get(g: h5py.Group, key: str, where: str, max_size: int = 64):
     if key not in g:
         raise ToolchainError(f"{where}: missing field '{key}'")
     try:
-        return g[key][()]
-    except (OSError, KeyError, ValueError) as e:
+        d = g[key]
+        if not isinstance(d, h5py.Dataset):
+            raise ToolchainError(f"{where}: field '{key}' is a group, not a value")
+        # the declared shape costs nothing to read; the data could be tens of GB
+        if d.shape is None or int(np.prod(d.shape, dtype=np.float64)) > max_size:
+            raise ToolchainError(f"{where}: field '{key}' has an absurd size {d.shape}")
+        return d[()]
+    except (OSError, KeyError, ValueError, TypeError) as e:
         raise ToolchainError(f"{where}: field '{key}' is unreadable ({e})") from e
 
 
@@ -276,11 +287,9 @@ def _pair(g, key, where) -> tuple[int, int]:
 
 
 def _read_synapse(g: h5py.Group, typ: str, where: str) -> Synapse:
-    w = np.asarray(_get(g, "weight", where))
+    w = np.asarray(_get(g, "weight", where, max_size=MAX_WEIGHTS))
     if not np.issubdtype(w.dtype, np.integer):
         raise ToolchainError(f"{where}: weight must be integers, found {w.dtype}")
-    if w.size > MAX_WEIGHTS:
-        raise ToolchainError(f"{where}: weight has an absurd size {w.shape}")
     if w.size and (w.min() < WEIGHT_MIN or w.max() > WEIGHT_MAX or np.any(w % 2)):
         raise ToolchainError(f"{where}: weight must be even integers in [{WEIGHT_MIN}, {WEIGHT_MAX}] "
                              f"(Loihi 8-bit synapses), found range [{w.min()}, {w.max()}]")
@@ -310,6 +319,9 @@ def read(path: str | Path) -> NetFile:
             net = _read_open(f, str(path))
     except OSError as e:  # a truncated file often opens, then fails on a dataset
         raise ToolchainError(f"{path}: truncated or corrupt ({e})") from e
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as e:
+        # attributes or fields of the wrong kind (an array where a scalar belongs, ...)
+        raise ToolchainError(f"{path}: corrupt or foreign .net file ({type(e).__name__}: {e})".split("\n")[0]) from e
     validate(net, str(path))
     return net
 

@@ -82,6 +82,9 @@ def from_config(cfg, in_channels: int, num_classes: int, quantized: bool | None 
                  ann=cfg.train.ann, quantized=q)
 
 
+MAX_CHANNELS = 4096  # input channels or classes; far above any event camera or label set
+
+
 def load_checkpoint(path: str | Path, quantized: bool | None = None):
     """Rebuild the model stored in a training checkpoint: (model, Config).
 
@@ -100,12 +103,19 @@ def load_checkpoint(path: str | Path, quantized: bool | None = None):
         raise ToolchainError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})".splitlines()[0]) from e
     if not isinstance(ckpt, dict) or not {"model", "config", "dataset"} <= set(ckpt):
         raise ToolchainError(f"{path}: not a toolchain training checkpoint (needs model, config, dataset entries)")
-    cfg = config_from_dict(ckpt["config"])
     ds = ckpt["dataset"]
-    model = from_config(cfg, ds["in_channels"], ds["num_classes"])
+    facts = {k: ds.get(k) if isinstance(ds, dict) else None for k in ("in_channels", "num_classes")}
+    for key, value in facts.items():
+        # checked before the model is built: an absurd count would allocate gigabytes of weights
+        if not isinstance(value, int) or not 1 <= value <= MAX_CHANNELS:
+            raise ToolchainError(f"{path}: dataset entry '{key}' = {value!r} is not a count in 1..{MAX_CHANNELS}")
+    if not isinstance(ckpt["config"], dict):
+        raise ToolchainError(f"{path}: config entry is not a mapping")
+    cfg = config_from_dict(ckpt["config"])
+    model = from_config(cfg, facts["in_channels"], facts["num_classes"])
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, AttributeError, KeyError) as e:
         raise ToolchainError(f"{path}: weights do not fit model {cfg.model.name!r}: {e}".splitlines()[0]) from e
     if quantized is not None and isinstance(model, SpikingGraph):
         set_quantized(model, quantized)

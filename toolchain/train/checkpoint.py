@@ -8,6 +8,7 @@ previous checkpoint in place.
 """
 from __future__ import annotations
 
+import io
 import random
 from pathlib import Path
 
@@ -38,8 +39,12 @@ def set_rng_state(state: dict) -> None:
 
 def save(path: str | Path, **entries) -> None:
     entries = {"format": FORMAT, "version": VERSION, "rng": rng_state(), **entries}
+    # serialised in memory first: torch's zip writer turns a full disk into a
+    # RuntimeError about stream positions, a plain write reports it as OSError
+    buf = io.BytesIO()
+    torch.save(entries, buf)
     with atomic_path(path) as tmp:
-        torch.save(entries, tmp)
+        tmp.write_bytes(buf.getbuffer())
 
 
 def load(path: str | Path) -> dict:
