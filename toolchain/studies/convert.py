@@ -37,6 +37,7 @@ from ..errors import ToolchainError
 W_MAX = 254 / 64  # slayer's largest 8-bit weight
 W_STEP = 2 / 64
 FIT = 0.98  # head-room under W_MAX against rounding
+CHANNEL_FLOOR = 1 / 8  # smallest channel lambda, as a fraction of its layer's largest
 
 
 @torch.no_grad()
@@ -120,11 +121,12 @@ def convert(ann, snn, stats: dict[str, torch.Tensor], scale: float = 0.7) -> dic
             c = node.synapses[0].out_channels
             s = s.expand(c).clone() if s.numel() == 1 else s
             # a channel that stayed silent on the training data (or whose
-            # percentile is 0) gets the layer's largest lambda: a tiny one
-            # would blow its input weights up and squeeze every other weight
-            # of the net into a few 8-bit levels
+            # percentile is 0) gets the layer's largest lambda, and no channel
+            # goes below CHANNEL_FLOOR of it: a tiny lambda would blow its
+            # input weights up, and with one threshold for the net that
+            # squeezes every other weight into a few 8-bit levels
             top = max(float(s.max()), 1e-6)
-            dst = torch.where(s > 1e-3 * top, s, torch.full_like(s, top))
+            dst = torch.where(s > 1e-3 * top, s, torch.full_like(s, top)).clamp(min=CHANNEL_FLOOR * top)
         lam[node.name] = dst
         for syn, asyn, src in zip(node.synapses, twin.synapses, node.sources):
             plan.append((syn, _scaled(asyn, syn, lam[src], dst), node))
