@@ -111,9 +111,7 @@ def energy_cmd(ckpt, frames, steps, backend, e_ac, e_mac, loihi_synop, loihi_neu
         if steps is not None and steps != net.time_steps:
             raise ToolchainError(f"{ckpt}: a .net file runs at its own T={net.time_steps}; export again for T={steps}")
         cfg = Config()
-        from toolchain.data import ensure_default_data
         cfg.data = data_config_for(load(ckpt), cfg.data, data_root)
-        ensure_default_data(cfg.data)
     else:
         model, cfg = models.load_checkpoint(ckpt)
         if not isinstance(model, models.SpikingGraph):

@@ -154,9 +154,8 @@ def convert(ann, snn, stats: dict[str, torch.Tensor], scale: float = 0.7) -> dic
 
 def training_batches(cfg, frames: int, batch_size: int = 16):
     """Encoded training frames, as the ANN saw them (without augmentation)."""
-    from toolchain.data import build_dataset, ensure_default_data
+    from toolchain.data import build_dataset
 
-    ensure_default_data(cfg.data)
     ds = build_dataset(cfg.data, "train")
     ds.set_epoch(0)
     n = min(frames, len(ds))

@@ -27,11 +27,10 @@ def load_frames(cfg, time_steps: int, frames: int, split: str = "test", transfor
     """(x (N, C, H, W, T), y (N, H, W)) from the checkpoint's data set at `time_steps`.
 
     `transform(frame, index) -> frame` corrupts the normalised frame before encoding."""
-    from toolchain.data import build_dataset, encode, ensure_default_data
+    from toolchain.data import build_dataset, encode
     from toolchain.data.dataset import sample_seed
 
     data = replace(cfg.data, time_steps=int(time_steps))
-    ensure_default_data(data)
     ds = build_dataset(data, split, encode_input=False)
     n = min(frames, len(ds))
     if n == 0:
