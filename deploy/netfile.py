@@ -270,7 +270,7 @@ def _get(g: h5py.Group, key: str, where: str, max_size: int = 64):
 def _int(g, key, where, lo=None, hi=None) -> int:
     v = np.asarray(_get(g, key, where))
     if v.size != 1 or not np.issubdtype(v.dtype, np.integer) and v.dtype != bool:
-        raise ToolchainError(f"{where}: field '{key}' must be one integer, found {v!r}")
+        raise ToolchainError(f"{where}: field '{key}' must be one integer, found {v.dtype} of shape {v.shape}")
     v = int(v.reshape(-1)[0])
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         raise ToolchainError(f"{where}: field '{key}' = {v} is outside [{lo}, {hi}]")
@@ -282,7 +282,8 @@ def _pair(g, key, where) -> tuple[int, int]:
     if v.size == 1:
         v = np.repeat(v, 2)
     if v.size != 2 or not np.issubdtype(v.dtype, np.integer):
-        raise ToolchainError(f"{where}: field '{key}' must be one or two integers, found {v!r}")
+        raise ToolchainError(f"{where}: field '{key}' must be one or two integers, found {v.dtype} of "
+                             f"shape {v.shape}")
     return int(v[0]), int(v[1])
 
 
@@ -312,14 +313,14 @@ def read(path: str | Path) -> NetFile:
         raise ToolchainError(f"{path}: no such .net file")
     try:
         f = h5py.File(path, "r")
-    except OSError as e:
+    except (OSError, RuntimeError, ValueError) as e:
         raise ToolchainError(f"{path}: not a readable HDF5 .net file (truncated or corrupt: {e})") from e
     try:
         with f:
             net = _read_open(f, str(path))
     except OSError as e:  # a truncated file often opens, then fails on a dataset
         raise ToolchainError(f"{path}: truncated or corrupt ({e})") from e
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as e:
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as e:
         # attributes or fields of the wrong kind (an array where a scalar belongs, ...)
         raise ToolchainError(f"{path}: corrupt or foreign .net file ({type(e).__name__}: {e})".split("\n")[0]) from e
     validate(net, str(path))
