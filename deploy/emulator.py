@@ -56,11 +56,12 @@ def _float_dtype(syn: Synapse) -> torch.dtype:
 
 
 def synapse_op(syn: Synapse, x: torch.Tensor, out_shape: tuple[int, int, int],
-               weight: torch.Tensor | None = None) -> torch.Tensor:
+               weight: torch.Tensor | None = None, *, exact: bool = True) -> torch.Tensor:
     """The integer linear map of one synapse on (B, C, H, W) spikes -> (B, C', H', W').
 
     Float arithmetic on integers, exact by the dtype rule above; the result is
-    rounded back to integers (int64).
+    rounded back to integers (int64), or with exact=False left as the float
+    tensor holding them (the caller rounds).
     """
     dtype = _float_dtype(syn)
     w = torch.as_tensor(syn.weight, device=x.device) if weight is None else weight
@@ -90,7 +91,7 @@ def synapse_op(syn: Synapse, x: torch.Tensor, out_shape: tuple[int, int, int],
                                dilation=syn.dilation)
     else:
         raise ValueError(f"unknown synapse type {syn.type}")
-    return torch.round(y).to(torch.int64)
+    return torch.round(y).to(torch.int64) if exact else y
 
 
 def _wrap_int32(x: torch.Tensor) -> torch.Tensor:
@@ -103,52 +104,77 @@ def _decay(x: torch.Tensor, keep: int) -> torch.Tensor:
 
 
 @numba.njit(parallel=True, cache=True)
-def _lif_kernel(a, keep_u, keep_v, vth, wrap, spikes, v_out):  # pragma: no cover (compiled)
-    """The same arithmetic as `lif_steps`' torch loop, one neuron at a time: state
-    stays in registers for all steps instead of a pass over memory per operation."""
-    steps, m = a.shape
+def _lif_kernel(a, first_zero, clamp24, keep_u, keep_v, vth, count_steps,
+                spikes, counts, v_out):  # pragma: no cover (compiled)
+    """`lif_steps_torch`'s arithmetic one neuron at a time: the state stays in
+    registers over all steps instead of a pass over memory per operation.
+
+    a: (S, M) input, integers (or floats holding integers, rounded here);
+    first_zero: a holds steps 1.., step 0's input is 0; clamp24: clamp each
+    input to signed 24 bits first (Lava Conv). The int32 wrap-arounds are
+    always applied: they change nothing unless a value overflows.
+    Writes spikes (S, M) as 0/1, per-neuron counts over the first count_steps
+    steps, and the final voltage."""
+    steps = spikes.shape[0]
+    m = spikes.shape[1]
     for i in numba.prange(m):
         u = np.int64(0)
         v = np.int64(0)
+        n = 0
         for t in range(steps):
-            x = a[t, i] << 6
-            if wrap:
-                x = (x + (1 << 31)) % (1 << 32) - (1 << 31)
+            if first_zero:
+                x = np.int64(0) if t == 0 else np.int64(round(a[t - 1, i]))
+            else:
+                x = np.int64(round(a[t, i]))
+            if clamp24:
+                x = min(max(x, -U_MAX), U_MAX - 1)
+            x = (x + (1 << 31)) % (1 << 32) - (1 << 31)
+            x = x << 6
+            x = (x + (1 << 31)) % (1 << 32) - (1 << 31)
             du = u * keep_u
-            u = ((-du) >> 12) * -1 if du < 0 else du >> 12
-            u += x
-            if wrap:
-                u = (u + (1 << 31)) % (1 << 32) - (1 << 31)
+            u = (-((-du) >> 12) if du < 0 else du >> 12) + x
+            u = (u + (1 << 31)) % (1 << 32) - (1 << 31)
             if u > U_MAX:
                 u -= 2 * U_MAX
             elif u <= -U_MAX:
                 u += 2 * U_MAX
             dv = v * keep_v
-            v = (((-dv) >> 12) * -1 if dv < 0 else dv >> 12) + u
+            v = (-((-dv) >> 12) if dv < 0 else dv >> 12) + u
             v = min(max(v, -U_MAX + 1), U_MAX - 1)
-            s = v > vth
-            spikes[t, i] = s
-            if s:
+            if v > vth:
+                spikes[t, i] = 1
                 v = 0
+                if t < count_steps:
+                    n += 1
+            else:
+                spikes[t, i] = 0
+        counts[i] = n
         v_out[i] = v
 
 
-def lif_steps(a: torch.Tensor, i_decay: int, v_decay: int, v_th_mant: int, *, bound: int | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run Lava's fixed-point LIF over (S, ...) int64 input -> (spikes bool (S, ...), final v).
+def _lif_cpu(a: np.ndarray, steps: int, i_decay: int, v_decay: int, v_th_mant: int, *, clamp24: bool,
+             count_steps: int, spike_dtype=np.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run the kernel on a (S or S-1, M) input: (spikes (S, M), counts (M,), v (M,))."""
+    first_zero = a.shape[0] == steps - 1
+    spikes = np.empty((steps, a.shape[1]), dtype=spike_dtype)
+    counts = np.empty(a.shape[1], dtype=np.int64)
+    v = np.empty(a.shape[1], dtype=np.int64)
+    _lif_kernel(a, first_zero, clamp24, 4096 - i_decay, 4096 - v_decay, v_th_mant << 6, count_steps,
+                spikes, counts, v)
+    return spikes, counts, v
 
-    `bound`, when known, is an upper bound of |a| (it saves a pass over `a`)."""
+
+def lif_steps(a: torch.Tensor, i_decay: int, v_decay: int, v_th_mant: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run Lava's fixed-point LIF over (S, ...) int64 input -> (spikes bool (S, ...), final v)."""
+    if a.device.type == "cpu":
+        flat = a.reshape(a.shape[0], -1).contiguous().numpy()
+        spikes, _, v = _lif_cpu(flat, a.shape[0], i_decay, v_decay, v_th_mant, clamp24=False,
+                                count_steps=0, spike_dtype=np.bool_)
+        return torch.from_numpy(spikes).reshape(a.shape), torch.from_numpy(v).reshape(a.shape[1:])
     # int32 wrap-around can only happen for inputs of 2^24 and more; skip the
     # wrap emulation when none is that large
-    big = bool((a.abs() >= (1 << 24)).any()) if bound is None else bound >= (1 << 24)
-    if a.device.type == "cpu":
-        wrap = big
-        flat = a.reshape(a.shape[0], -1).contiguous().numpy()
-        spikes = np.empty(flat.shape, dtype=np.bool_)
-        v = np.empty(flat.shape[1], dtype=np.int64)
-        _lif_kernel(flat, 4096 - i_decay, 4096 - v_decay, v_th_mant << 6, wrap, spikes, v)
-        return torch.from_numpy(spikes).reshape(a.shape), torch.from_numpy(v).reshape(a.shape[1:])
-    return lif_steps_torch(a, i_decay, v_decay, v_th_mant, wrap=big)
+    return lif_steps_torch(a, i_decay, v_decay, v_th_mant, wrap=bool((a.abs() >= (1 << 24)).any()))
 
 
 def lif_steps_torch(a: torch.Tensor, i_decay: int, v_decay: int, v_th_mant: int, *, wrap: bool = True
@@ -189,28 +215,38 @@ def run(net: NetFile, frames: torch.Tensor, *, device: torch.device | str | None
     with _exact_cuda():
         for i, layer in enumerate(net.layers, start=1):
             c, h, w = layer.shape
-            a, bound = None, 0  # bound: the largest |input| the layer can see
+            nrn = layer.neuron
+            zs = []
             for src, syn in zip(layer.sources, layer.synapses):
                 inp = outputs[src][:-1]  # what step t-1 sent arrives at step t
-                z = synapse_op(syn, inp.reshape(-1, *inp.shape[2:]), layer.shape)
-                if syn.type == "conv":
-                    z.clamp_(-U_MAX, U_MAX - 1)  # Lava Conv: signed 24-bit clamp
-                lo, hi = torch.aminmax(z)
-                bound += max(-int(lo), int(hi))
-                a = z if a is None else a.add_(z)
-            # nothing arrives at step 0
-            a = torch.cat([torch.zeros_like(a[:n]), a]).reshape(steps, n, c, h, w)
-            if bound >= (1 << 31):
-                a = _wrap_int32(a)
-            s, v = lif_steps(a, layer.neuron.iDecay, layer.neuron.vDecay, layer.neuron.vThMant, bound=bound)
-            del a
+                zs.append((syn, synapse_op(syn, inp.reshape(-1, *inp.shape[2:]), layer.shape, exact=False)))
+            if device.type == "cpu" and len(zs) == 1:
+                # the kernel rounds, clamps and integrates the synapse's output as it is
+                syn, z = zs[0]
+                sp, cnt, v = _lif_cpu(z.reshape(steps - 1, -1).numpy(), steps, nrn.iDecay, nrn.vDecay,
+                                      nrn.vThMant, clamp24=syn.type == "conv", count_steps=t_steps)
+                s = torch.from_numpy(sp).reshape(steps, n, c, h, w)
+                v = torch.from_numpy(v).reshape(n, c, h, w)
+                count = torch.from_numpy(cnt).reshape(n, -1).sum(1)
+            else:
+                a = torch.zeros((steps, n, c, h, w), dtype=torch.int64, device=device)
+                for syn, z in zs:
+                    z = torch.round(z).to(torch.int64)
+                    if syn.type == "conv":
+                        z = z.clamp(-U_MAX, U_MAX - 1)  # Lava Conv: signed 24-bit clamp
+                    a[1:] += z.reshape(steps - 1, n, c, h, w)
+                if bool((a.abs() >= (1 << 31)).any()):
+                    a = _wrap_int32(a)
+                s, v = lif_steps(a, nrn.iDecay, nrn.vDecay, nrn.vThMant)
+                count = s[:t_steps].sum(dim=(0, 2, 3, 4))
+            del zs
             if i == len(net.layers):
                 voltage = v
             else:
                 outputs[i] = s
-                counts[layer.name] = s[:t_steps].sum(dim=(0, 2, 3, 4))
+                counts[layer.name] = count
                 if keep_spikes:
-                    spikes[layer.name] = s[:t_steps].permute(1, 2, 3, 4, 0)
+                    spikes[layer.name] = s[:t_steps].permute(1, 2, 3, 4, 0).bool()
             for src in [k for k, last in last_use.items() if last == i and k in outputs]:
                 del outputs[src]
     return EmulatorOutput(spikes=spikes, counts=counts, voltage=voltage)
