@@ -21,7 +21,7 @@ test-fast: setup
 	$(PY) -m pytest -n 2 -m "not slow"
 
 bench: setup
-	$(PY) -m toolchain.train.bench
+	$(TC) bench --json bench.json
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .hypothesis

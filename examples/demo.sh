@@ -19,6 +19,33 @@ echo "== 2. train: spiking-deeplab-tiny, quantization-aware, on the generated se
 $TC train --config examples/ddd17-tiny.yaml --data "$OUT/data" --out "$OUT/train"
 echo "   pictures: $OUT/train/curves.png $OUT/train/gallery.png"
 
+echo "== 3. export + run in Lava: quantize to Loihi fixed point, run the .net in Lava and on the emulator"
+# Lava (the reference) runs 8 test frames; the bit-exact emulator runs the same 8
+# (the class maps must be identical) and then the whole test split.
+CKPT="$OUT/train/checkpoint.pt"
+$TC export --checkpoint "$CKPT" --target loihi-sim --out "$OUT/model.net" --data "$OUT/data" --frames 64
+$TC run --net "$OUT/model.net" --data "$OUT/data" --backend lava --frames 8 --workers 2 \
+    --json "$OUT/run-lava.json" --out "$OUT/pred-lava"
+$TC run --net "$OUT/model.net" --data "$OUT/data" --backend emulator --frames 8 \
+    --json "$OUT/run-emulator-8.json" --out "$OUT/pred-emulator-8"
+$TC run --net "$OUT/model.net" --data "$OUT/data" --backend emulator \
+    --json "$OUT/run-emulator.json" --out "$OUT/pred-emulator"
+diff -rq "$OUT/pred-lava" "$OUT/pred-emulator-8" >/dev/null \
+    && echo "   Lava and emulator class maps identical on the 8 frames" \
+    || { echo "   Lava and emulator class maps DIFFER"; exit 1; }
+.venv/bin/python - "$OUT" <<'PY'
+import json, sys
+out = sys.argv[1]
+ex = json.load(open(f"{out}/model.net.json"))
+lava, emu = json.load(open(f"{out}/run-lava.json")), json.load(open(f"{out}/run-emulator.json"))
+rows = [("float (torch)", ex["miou_float"], ex["frames"]), ("quantized (torch)", ex["miou_quantized"], ex["frames"]),
+        ("emulator (.net)", emu["miou"], emu["frames"]), ("Lava (.net)", lava["miou"], lava["frames"])]
+print(f"   {'execution':<20}{'mIoU %':>8}{'frames':>8}")
+for name, miou, n in rows:
+    print(f"   {name:<20}{100 * miou:>8.2f}{n:>8}")
+print(f"   Lava {lava['steps_per_s']:.1f} steps/s, emulator {emu['steps_per_s']:.1f} steps/s")
+PY
+
 echo "== 4. studies: ANN twin + conversion, latency sweep, energy, robustness, one report"
 # The non-spiking twin trains briefly, converts by threshold balancing (0.7 x max
 # activation), and the converted net runs in Lava like a trained one. Small frame
