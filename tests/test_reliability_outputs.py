@@ -70,6 +70,7 @@ def earlier(tmp_path, net):
     return paths, readers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("death", sorted(DEATHS))
 @pytest.mark.parametrize("kind", sorted(WRITERS))
 def test_dying_writer_leaves_the_earlier_output_intact(earlier, kind, death):
