@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -103,12 +104,14 @@ def _measure_lava(spec: dict) -> dict:
         t0 = time.perf_counter()
         _, counts, first_v = lava.run(frames[:1])  # compiles and starts the runtime
         first = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        _, _, rest_v = lava.run(frames[1:])
-        steady = time.perf_counter() - t0
-    n_rest = len(frames) - 1
-    return dict(build_s=build, first_frame_s=first, frames=len(frames),
-                steps_per_s=n_rest * (t_steps + 1) / steady, voltage=np.concatenate([first_v, rest_v]).tolist())
+        if len(frames) > 1:
+            t0 = time.perf_counter()
+            _, _, rest_v = lava.run(frames[1:])
+            steps_per_s = (len(frames) - 1) * (t_steps + 1) / (time.perf_counter() - t0)
+        else:  # one frame only: its time includes compiling the graph
+            rest_v, steps_per_s = first_v[:0], (t_steps + 1) / first
+    return dict(build_s=build, first_frame_s=first, frames=len(frames), steps_per_s=steps_per_s,
+                includes_compile=len(frames) == 1, voltage=np.concatenate([first_v, rest_v]).tolist())
 
 
 def _measure_emulator(spec: dict) -> dict:
@@ -132,97 +135,25 @@ def _measure_emulator(spec: dict) -> dict:
                 voltage=torch.cat(voltages).tolist())
 
 
-def _plain_reference(model_layers, in_channels: int, num_classes: int, neuron):
-    """The same architecture in plain PyTorch: nn.Conv2d / avg pooling and a LIF
-    written in torch (leak, threshold, reset to 0, the paper's triangular
-    surrogate gradient), the readout the mean synaptic input over T."""
-    import torch
-    import torch.nn.functional as F
-
-    class Spike(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, v):
-            ctx.save_for_backward(v)
-            return (v > 0).to(v.dtype)
-
-        @staticmethod
-        def backward(ctx, grad):
-            (v,) = ctx.saved_tensors
-            return grad * 0.3 * torch.clamp(1 - v.abs(), min=0)
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.layers = torch.nn.ModuleList()
-            c = in_channels
-            for spec in model_layers:
-                if spec == "pool":
-                    self.layers.append(torch.nn.AvgPool2d(2))
-                else:
-                    ch, d = spec
-                    self.layers.append(torch.nn.Conv2d(c, ch, 3, padding=d, dilation=d, bias=False))
-                    c = ch
-            self.readout = torch.nn.Conv2d(c, num_classes, 1, bias=False)
-
-        def forward(self, x):  # x: (N, C, H, W, T)
-            n, t = x.shape[0], x.shape[-1]
-            s = x.permute(4, 0, 1, 2, 3).reshape(t * n, *x.shape[1:4])
-            for layer in self.layers:
-                z = layer(s)
-                z = z.reshape(t, n, *z.shape[1:])
-                v, out = torch.zeros_like(z[0]), []
-                for k in range(t):
-                    v = v * (1 - neuron.voltage_decay) + z[k]
-                    spk = Spike.apply(v / neuron.threshold - 1)
-                    v = v * (1 - spk)
-                    out.append(spk)
-                s = torch.stack(out).reshape(t * n, *z.shape[2:])
-            r = self.readout(s)
-            return r.reshape(t, n, *r.shape[1:]).mean(0)
-
-    return Net()
-
-
 def _measure_training(spec: dict) -> dict:
+    """Samples/s of the training step (forward, loss, backward, optimiser step)
+    of the configured model, and of the plain-PyTorch LIF twin of the same
+    layers and weights (`toolchain.train.bench.PlainLIF`), on the same batch."""
     import torch
 
     import models
-    from models import deeplab
     from toolchain.config import load_config
-    from toolchain.train.loop import loss_fn, make_optimizer
+    from toolchain.train.bench import PlainLIF, throughput
 
     cfg = load_config(spec["config"], spec.get("overrides", []))
     torch.manual_seed(0)
     n, (h, w), t = spec["batch"], (cfg.data.height, cfg.data.width), cfg.data.time_steps
     x = (torch.rand(n, 2, h, w, t) < 0.2).float()
     y = torch.randint(0, 6, (n, h, w))
-    toolchain_model = models.from_config(cfg, 2, 6).train()
-    plain = _plain_reference(deeplab.TINY, 2, 6, cfg.model).train()
-
-    def samples_per_s(model, forward):
-        opt = make_optimizer(cfg, model.parameters())
-
-        def step():
-            loss = loss_fn(forward(model, x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        step()  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(spec["steps"]):
-            step()
-        return spec["steps"] * n / (time.perf_counter() - t0)
-
-    def toolchain_forward(model, x):
-        return models.predict(model, x, (h, w))[0]
-
-    def plain_forward(model, x):
-        r = model(x)
-        return torch.nn.functional.interpolate(r, size=(h, w), mode="bilinear", align_corners=False)
-
-    ours = samples_per_s(toolchain_model, toolchain_forward)
-    ref = samples_per_s(plain, plain_forward)
+    graph = models.from_config(cfg, 2, 6).train()
+    plain = PlainLIF(graph, leak=1 - cfg.model.voltage_decay, threshold=cfg.model.threshold).train()
+    ours = throughput(graph, x, y, spec["steps"])
+    ref = throughput(plain, x, y, spec["steps"])
     return dict(model=cfg.model.name, batch=n, height=h, width=w, time_steps=t, qat=cfg.train.qat,
                 toolchain_samples_per_s=ours, plain_torch_samples_per_s=ref, ratio=ours / ref)
 
@@ -252,17 +183,29 @@ def _child_main(spec_path: str) -> None:
 
 
 # ------------------------------------------------------------ orchestration (parent side)
+class _Timeout(ToolchainError):
+    pass
+
+
 def _measure(kind: str, tmp: Path, timeout: float | None = None, **spec) -> dict:
     """Run one measurement in a child process and return its result dict."""
     k = len(list(tmp.glob("spec*.json")))
     spec_path, out = tmp / f"spec{k}.json", tmp / f"out{k}.json"
     spec_path.write_text(json.dumps(dict(kind=kind, out=str(out), **spec)))
     env = dict(os.environ, PYTHONWARNINGS="ignore")
+    # a session of its own, so that a timeout ends Lava's workers too
+    child = subprocess.Popen([sys.executable, "-m", "deploy.bench", str(spec_path)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+                             cwd=Path(__file__).resolve().parents[1])
     try:
-        proc = subprocess.run([sys.executable, "-m", "deploy.bench", str(spec_path)], capture_output=True,
-                              text=True, timeout=timeout, env=env, cwd=Path(__file__).resolve().parents[1])
+        _, stderr = child.communicate(timeout=timeout)
+        proc = subprocess.CompletedProcess(child.args, child.returncode, "", stderr)
     except subprocess.TimeoutExpired:
-        raise ToolchainError(f"bench: the {kind} measurement ran past {timeout:.0f} s") from None
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        proc = None
+    if proc is None:
+        raise _Timeout(f"bench: the {kind} measurement ran past {timeout:.0f} s")
     if proc.returncode != 0 or not out.is_file():
         tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
         raise ToolchainError(f"bench: the {kind} measurement failed (exit {proc.returncode}):\n{tail}")
@@ -270,15 +213,24 @@ def _measure(kind: str, tmp: Path, timeout: float | None = None, **spec) -> dict
 
 
 def _case(name: str, net, frames: np.ndarray, tmp: Path, *, lava_frames: int, emu_frames: int,
-          batch: int, trained: bool, progress) -> dict:
+          batch: int, trained: bool, progress, lava_limit: float | None = None) -> dict:
     from .netfile import write
 
     net_path, frames_path = tmp / f"{name}.net", tmp / f"{name}-frames.npy"
     write(net_path, net)
     np.save(frames_path, frames.astype(np.uint8))
     t_build = time.perf_counter()
-    progress(f"{name}: Lava, {lava_frames} frames of T={frames.shape[-1]}")
-    lava = _measure("lava", tmp, net=str(net_path), frames=str(frames_path), n_frames=lava_frames)
+    progress(f"{name}: Lava, {lava_frames} frame(s) of T={frames.shape[-1]}"
+             + (f", at most {lava_limit:.0f} s" if lava_limit else ""))
+    steps = lava_frames * (frames.shape[-1] + 1)
+    try:
+        lava = _measure("lava", tmp, timeout=lava_limit, net=str(net_path), frames=str(frames_path),
+                        n_frames=lava_frames)
+    except _Timeout:
+        # what did not finish in the limit bounds Lava's speed from above
+        lava = dict(steps_per_s=steps / lava_limit, bound=True, build_s=float("nan"),
+                    first_frame_s=float("nan"), peak_pss_mb=float("nan"), frames=0, voltage=[],
+                    includes_compile=True)
     progress(f"{name}: emulator, batch 1 and {batch}")
     emu1 = _measure("emulator", tmp, net=str(net_path), frames=str(frames_path), batch=1, n_frames=emu_frames)
     emub = _measure("emulator", tmp, net=str(net_path), frames=str(frames_path), batch=batch,
@@ -288,15 +240,17 @@ def _case(name: str, net, frames: np.ndarray, tmp: Path, *, lava_frames: int, em
     for e in (emu1, emub):
         if np.asarray(e["voltage"])[:k].tolist() != lava["voltage"]:
             raise ToolchainError(f"bench: {name}: emulator and Lava readouts differ")
+    bound = lava.get("bound", False)
     rows = [dict(backend="lava", batch=1, steps_per_s=lava["steps_per_s"], ratio=1.0, build_s=lava["build_s"],
-                 first_frame_s=lava["first_frame_s"], peak_pss_mb=lava["peak_pss_mb"], frames=lava["frames"])]
+                 first_frame_s=lava["first_frame_s"], peak_pss_mb=lava["peak_pss_mb"], frames=lava["frames"],
+                 upper_bound=bound, includes_compile=lava["includes_compile"])]
     for e in (emu1, emub):
-        rows.append(dict(backend="emulator", batch=e["batch"], steps_per_s=e["steps_per_s"],
+        rows.append(dict(backend="emulator", batch=e["batch"], steps_per_s=e["steps_per_s"], lower_bound=bound,
                          ratio=e["steps_per_s"] / lava["steps_per_s"], build_s=0.0,
                          first_frame_s=e["first_frame_s"], peak_pss_mb=e["peak_pss_mb"], frames=e["frames"]))
     c, h, w = net.input_shape
     return dict(case=name, input=f"{c}x{h}x{w}", time_steps=int(frames.shape[-1]), neurons=net.num_neurons,
-                synapses=net.num_synapses, trained=trained, rows=rows,
+                synapses=net.num_synapses, trained=trained, rows=rows, lava_limit_s=lava_limit,
                 wall_s=time.perf_counter() - t_build)
 
 
@@ -310,7 +264,7 @@ def _frames_from_split(data_cfg, n: int, seed: int = 0) -> np.ndarray:
 
 
 def run_bench(*, quick: bool = False, checkpoint: str | None = None, paper_steps: int = 2,
-              progress=print) -> dict:
+              lava_limit: float = 300.0, progress=print) -> dict:
     """Measure everything; returns the report dict (`format_table` prints it)."""
     import models
     from toolchain.config import load_config
@@ -349,8 +303,9 @@ def run_bench(*, quick: bool = False, checkpoint: str | None = None, paper_steps
             paper = models.build("spiking-deeplab", 2, 6, (200, 346), quantized=False)
             paper_net = build_netfile(paper.eval(), time_steps=paper_steps, encoding=paper_cfg.encoding)
             paper_frames = _frames_from_split(paper_cfg, 4)
-            report["cases"].append(_case("spiking-deeplab 200x346", paper_net, paper_frames, tmp, lava_frames=2,
-                                         emu_frames=4, batch=4, trained=False, progress=progress))
+            report["cases"].append(_case("spiking-deeplab 200x346", paper_net, paper_frames, tmp, lava_frames=1,
+                                         emu_frames=4, batch=4, trained=False, progress=progress,
+                                         lava_limit=lava_limit))
         progress("training throughput")
         train_overrides = list(overrides) + (["train.batch_size=2"] if quick else [])
         report["training"] = _measure("training", tmp, config=str(TINY_CONFIG), overrides=train_overrides,
@@ -372,8 +327,15 @@ def format_table(report: dict) -> str:
         head = (f"{case['case']} T={case['time_steps']}" + ("" if case["trained"] else " (untrained)"))
         lines.append(f"{head}: {case['neurons']:,} neurons, {case['synapses']:,} synapses")
         for r in case["rows"]:
-            lines.append(f"{'':<34}{r['backend']:<10}{r['batch']:>6}{r['steps_per_s']:>10.2f}{r['ratio']:>9.1f}"
+            speed = ("<" if r.get("upper_bound") else "") + f"{r['steps_per_s']:.3g}"
+            ratio = (">=" if r.get("lower_bound") else "") + f"{r['ratio']:.1f}"
+            lines.append(f"{'':<34}{r['backend']:<10}{r['batch']:>6}{speed:>10}{ratio:>9}"
                          f"{r['build_s']:>9.2f}{r['first_frame_s']:>12.2f}{r['peak_pss_mb']:>13.0f}")
+        if case["rows"][0].get("upper_bound"):
+            lines.append(f"{'':<34}(Lava did not finish one frame of {case['time_steps'] + 1} steps in "
+                         f"{case['lava_limit_s']:.0f} s, graph build and compile included)")
+        elif case["rows"][0].get("includes_compile"):
+            lines.append(f"{'':<34}(Lava steps/s over one frame, compile included)")
     t = report["training"]
     lines.append(f"training step ({t['model']} {t['height']}x{t['width']} T={t['time_steps']}, batch {t['batch']}, "
                  f"qat={t['qat']}): toolchain {t['toolchain_samples_per_s']:.2f} samples/s, plain PyTorch "
@@ -397,12 +359,14 @@ def write_report(report: dict, path: str | Path) -> None:
               help="Bench this trained model instead of the untrained tiny preset.")
 @click.option("--paper-steps", type=int, default=2, show_default=True,
               help="Time steps T of the paper-size Spiking DeepLab frames (Lava runs T+1 steps per frame).")
-def bench_cmd(json_path, quick, checkpoint, paper_steps):
+@click.option("--lava-limit", type=float, default=300.0, show_default=True,
+              help="Seconds the paper-size Lava frame may take; past it the table gives a bound.")
+def bench_cmd(json_path, quick, checkpoint, paper_steps, lava_limit):
     """Lava vs the emulator (steps/s, ratios, build time, peak memory) on the tiny preset and on
     paper-size Spiking DeepLab at 200x346, training throughput, and test-split evaluation time."""
     if paper_steps < 1:
         raise ToolchainError(f"--paper-steps: {paper_steps} is not a positive number of steps")
-    report = run_bench(quick=quick, checkpoint=checkpoint, paper_steps=paper_steps,
+    report = run_bench(quick=quick, checkpoint=checkpoint, paper_steps=paper_steps, lava_limit=lava_limit,
                        progress=lambda m: click.echo(f"bench: {m}", err=True))
     click.echo(format_table(report))
     if json_path is not None:
