@@ -35,9 +35,15 @@ MSG
     exit 1
 fi
 
-echo "setup: using $PY"
-rm -rf "$VENV"
-"$PY" -m venv "$VENV"
+# An existing 3.10 environment is updated in place (pip installs only what the
+# pins changed); anything else is rebuilt from scratch.
+if ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' 2>/dev/null; then
+    echo "setup: creating $VENV with $PY"
+    rm -rf "$VENV"
+    "$PY" -m venv "$VENV"
+else
+    echo "setup: updating $VENV"
+fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
 touch "$VENV/.installed"
