@@ -51,6 +51,8 @@ def _register() -> None:
         cli.add_command(command)
     from deploy.bench import bench_cmd
     cli.add_command(bench_cmd)
+    from deploy.predict import predict_cmd
+    cli.add_command(predict_cmd)
 
 
 _register()

@@ -1,0 +1,317 @@
+"""`toolchain predict`: segment a raw event recording window by window.
+
+A recording (AEDAT4 from a DAVIS camera, or an `.npz`/HDF5 event array) is cut
+into windows; each window becomes exactly the frame training saw:
+
+1. `to_ddd17` at the sensor's resolution (the DDD17 6-channel frame);
+2. sensor crop: a DAVIS346 recording (346x260) keeps its top 200 rows, the
+   crop of the DDD17 release (which drops the car's bonnet), so the frame has
+   the geometry the network was trained on; other sensors are used whole;
+3. channels: from a `.net`, which records only the input shape, 2 input
+   channels mean the two histograms and 6 mean all six (any other count is
+   refused); from a checkpoint, its `data.channels`;
+4. `resize` to the model's input with the mode given by `--resize` (a `.net`
+   does not record it; default `resize`, the training default) or, from a
+   checkpoint, its `data.resize`;
+5. the DDD17 data set's own normalisation, then `encode` with the net's
+   encoding and T; a poisson draw is seeded per window from (seed, window).
+
+Windows run in small batches and every window's outputs are written as soon
+as its batch is done, and the GIF is written frame by frame, so memory does
+not grow with the recording's length.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import click
+import numpy as np
+import torch
+from PIL import GifImagePlugin, Image
+from tqdm import tqdm
+
+from toolchain.data.dataset import resize, sample_seed
+from toolchain.data.ddd17 import CHANNELS, DDD17
+from toolchain.data.encode import encode
+from toolchain.data.events import WINDOW_US, Events, Recording, to_ddd17
+from toolchain.errors import ToolchainError
+from toolchain.files import atomic_path, write_text
+
+from .runner import PALETTE
+
+DAVIS346 = (346, 260)  # (width, height)
+DDD17_ROWS = 200  # the release's crops are the top 200 rows of the DAVIS346
+RESIZE_MODES = ("resize", "crop")
+GIF_SIDE = 128  # longest side of a GIF frame
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How a window of a `sensor` (width, height) recording becomes a model input."""
+
+    sensor: tuple[int, int]
+    rows: int  # sensor rows kept from the top
+    channels: tuple[int, ...]  # indices into the DDD17 6-channel frame
+    input_shape: tuple[int, int, int]  # (C, H, W)
+    resize: str
+
+
+def geometry(sensor: tuple[int, int], input_shape, *, channels: Optional[str] = None,
+             resize_mode: str = "resize", sensor_crop: Optional[bool] = None, where: str = "model") -> Geometry:
+    """The documented rule (module docstring); `sensor_crop` None crops a DAVIS346 only,
+    True demands one, False never crops."""
+    c, h, w = (int(v) for v in input_shape)
+    if channels is None:
+        by_count = {len(v): k for k, v in CHANNELS.items()}
+        if c not in by_count:
+            raise ToolchainError(f"{where}: input has {c} channels; an event model takes 2 (the ON/OFF "
+                                 f"histograms) or 6 (the whole DDD17 frame)")
+        channels = by_count[c]
+    if channels not in CHANNELS:
+        raise ToolchainError(f"{where}: unknown channel choice {channels!r} (histograms or all)")
+    if len(CHANNELS[channels]) != c:
+        raise ToolchainError(f"{where}: channel choice {channels!r} gives {len(CHANNELS[channels])} channels, "
+                             f"the model takes {c}")
+    if resize_mode not in RESIZE_MODES:
+        raise ToolchainError(f"{where}: unknown resize mode {resize_mode!r} (choose resize or crop)")
+    is_davis = tuple(sensor) == DAVIS346
+    if sensor_crop and not is_davis:
+        raise ToolchainError(f"{where}: the DDD17 sensor crop needs a DAVIS346 recording (346x260), "
+                             f"this one is {sensor[0]}x{sensor[1]}")
+    crop = is_davis if sensor_crop is None else sensor_crop
+    return Geometry(tuple(sensor), DDD17_ROWS if crop else int(sensor[1]), tuple(CHANNELS[channels]),
+                    (c, h, w), resize_mode)
+
+
+def window_frame(ev: Events, t_start: int, t_end: int, geo: Geometry) -> torch.Tensor:
+    """One window as the normalised frame (C, H, W) in [0, 1] that training reads."""
+    width, height = geo.sensor
+    fr = to_ddd17(ev, height, width, t_start, t_end)[:geo.rows]
+    frame = torch.from_numpy(np.ascontiguousarray(fr[..., list(geo.channels)].transpose(2, 0, 1)))
+    frame, _ = resize(frame, None, geo.input_shape[1], geo.input_shape[2], geo.resize)
+    return _DDD17.normalise(frame).float().contiguous()
+
+
+# DDD17.normalise reads no instance state; an uninitialised instance lets predict
+# call the very method the training set uses.
+_DDD17 = DDD17.__new__(DDD17)
+
+
+# ---------------------------------------------------------------- models
+class _Net:
+    """A `.net` on the emulator or in Lava."""
+
+    def __init__(self, path, backend: str):
+        import deploy
+
+        self.deployed = deploy.load(path)
+        self.backend = backend
+        net = self.deployed.net
+        self.input_shape, self.time_steps, self.encoding = net.input_shape, net.time_steps, net.encoding
+        self.class_names = list(net.class_names)
+        self.channels, self.resize = None, None
+
+    def class_maps(self, x: torch.Tensor) -> np.ndarray:
+        return self.deployed.run(x, backend=self.backend, keep_spikes=False).class_map
+
+
+class _Checkpoint:
+    """A training checkpoint run as the torch model."""
+
+    def __init__(self, path):
+        import models
+
+        self.model, cfg = models.load_checkpoint(path)
+        d = cfg.data
+        self.input_shape = (len(CHANNELS.get(d.channels, ())), d.height, d.width)
+        self.time_steps, self.encoding = d.time_steps, d.encoding
+        self.class_names = list(getattr(self.model, "class_names", []))
+        self.channels, self.resize = d.channels, d.resize
+        self.backend = "torch"
+
+    def class_maps(self, x: torch.Tensor) -> np.ndarray:
+        import models
+
+        with torch.no_grad():
+            scores, _ = models.predict(self.model, x, tuple(self.input_shape[1:]))
+        return scores.argmax(1).numpy().astype(np.uint8)
+
+
+# ---------------------------------------------------------------- images
+def overlay(frame: torch.Tensor, class_map: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    """Class colours blended over the window's events (white: events in either histogram)."""
+    events = frame[:2].amax(0).numpy() if frame.shape[0] >= 2 else frame[0].numpy()
+    base = np.repeat((np.clip(events, 0, 1) * 255)[..., None], 3, axis=2)
+    colour = PALETTE[class_map % len(PALETTE)].astype(np.float32)
+    rgb = (alpha * colour + (1 - alpha) * base).round().astype(np.uint8)
+    img = Image.fromarray(rgb, "RGB")
+    scale = max(1, 256 // max(img.size))
+    return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
+
+
+class GifWriter:
+    """An animated GIF written frame by frame (Pillow's own `getheader`/`getdata`
+    encoders), so a long recording never holds its frames in memory. Every frame
+    is quantised to the fixed web palette, which the header carries once."""
+
+    def __init__(self, path: Path, frame_ms: int, side: int = GIF_SIDE):
+        self.path, self.frame_ms, self.side = Path(path), max(int(frame_ms), 20), side
+        self._ctx = atomic_path(self.path)
+        self._file = None
+        self.frames = 0
+
+    def _prepare(self, img: Image.Image) -> Image.Image:
+        img = img.copy()
+        img.thumbnail((self.side, self.side), Image.NEAREST)
+        return img.convert("P", palette=Image.Palette.WEB, dither=Image.Dither.NONE)
+
+    def add(self, img: Image.Image) -> None:
+        frame = self._prepare(img)
+        if self._file is None:
+            tmp = self._ctx.__enter__()
+            self._file = open(tmp, "wb")
+            header, _ = GifImagePlugin.getheader(frame.copy(), info={"loop": 0, "duration": self.frame_ms})
+            self._file.write(b"".join(header))
+            self.size = frame.size
+        for chunk in GifImagePlugin.getdata(frame, duration=self.frame_ms):
+            self._file.write(chunk)
+        self.frames += 1
+
+    def close(self, ok: bool = True) -> None:
+        if self._file is None:
+            return
+        self._file.write(b";")
+        self._file.close()
+        self._file = None
+        if ok:
+            self._ctx.__exit__(None, None, None)
+        else:
+            self._ctx.__exit__(ToolchainError, ToolchainError("aborted"), None)
+
+
+# ---------------------------------------------------------------- the run
+def _batches(rec: Recording, window_us: int, batch: int) -> Iterator[list[tuple[int, int, Events]]]:
+    out = []
+    for w in rec.windows(window_us):
+        out.append(w)
+        if len(out) == batch:
+            yield out
+            out = []
+    if out:
+        yield out
+
+
+def predict(source, out_dir, *, net: Optional[str] = None, checkpoint: Optional[str] = None,
+            window_ms: float = WINDOW_US / 1000, backend: str = "emulator", batch_size: int = 8,
+            resize_mode: Optional[str] = None, sensor_crop: Optional[bool] = None,
+            sensor_size: Optional[tuple[int, int]] = None, seed: int = 0, gif: bool = True,
+            progress: bool = True) -> dict:
+    """Segment every window of `source`; write, under `out_dir`,
+    `maps/window_NNNNNN.npz` (class_map (H, W) uint8, t_start, t_end in us),
+    `overlays/window_NNNNNN.png`, `recording.gif` and `summary.json`.
+    Returns the summary."""
+    if (net is None) == (checkpoint is None):
+        raise ToolchainError("predict needs exactly one model: --net MODEL.net or --checkpoint CKPT")
+    if batch_size < 1:
+        raise ToolchainError(f"--batch must be at least 1, got {batch_size}")
+    window_us = int(round(window_ms * 1000))
+    if window_us <= 0:
+        raise ToolchainError(f"--window-ms must be positive, got {window_ms}")
+    if checkpoint is not None and backend != "emulator":
+        raise ToolchainError(f"--backend {backend} runs a .net file; a checkpoint runs as the torch model")
+    model = _Net(net, backend) if net is not None else _Checkpoint(checkpoint)
+    where = str(net or checkpoint)
+    rec = Recording(source, sensor_size)
+    mode = resize_mode or model.resize or "resize"
+    geo = geometry((rec.width, rec.height), model.input_shape, channels=model.channels,
+                   resize_mode=mode, sensor_crop=sensor_crop, where=where)
+    out = Path(out_dir)
+    maps_dir, png_dir = out / "maps", out / "overlays"
+    for d in (maps_dir, png_dir):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ToolchainError(f"{d}: cannot create the output folder ({e.strerror or e})") from e
+    writer = GifWriter(out / "recording.gif", window_us // 1000) if gif else None
+    counts = np.zeros(max(len(model.class_names), 1), np.int64)
+    index, t_first, t_last = 0, None, None
+    started = time.perf_counter()
+    ok = False
+    try:
+        bar = tqdm(desc="predict", unit="window", disable=not progress)
+        for batch in _batches(rec, window_us, batch_size):
+            frames = [window_frame(ev, a, b, geo) for a, b, ev in batch]
+            x = torch.stack([encode(f, model.encoding, model.time_steps,
+                                    torch.Generator().manual_seed(sample_seed(seed, 0, index + i)))
+                             for i, f in enumerate(frames)])
+            maps = model.class_maps(x)
+            for (a, b, _), frame, cm in zip(batch, frames, maps):
+                name = f"window_{index:06d}"
+                with atomic_path(maps_dir / f"{name}.npz") as tmp:
+                    with open(tmp, "wb") as f:
+                        np.savez_compressed(f, class_map=cm, t_start=np.int64(a), t_end=np.int64(b))
+                img = overlay(frame, cm)
+                with atomic_path(png_dir / f"{name}.png") as tmp:
+                    img.save(tmp, format="PNG")
+                if writer is not None:
+                    writer.add(img)
+                if len(counts) <= cm.max():
+                    counts = np.pad(counts, (0, int(cm.max()) + 1 - len(counts)))
+                counts += np.bincount(cm.ravel(), minlength=len(counts))
+                t_first = a if t_first is None else t_first
+                t_last = b
+                index += 1
+            bar.update(len(batch))
+        bar.close()
+        ok = True
+    finally:
+        if writer is not None:
+            writer.close(ok)
+    seconds = time.perf_counter() - started
+    names = model.class_names or [str(k) for k in range(len(counts))]
+    summary = dict(
+        source=str(source), model=where, backend=model.backend, windows=index, window_ms=window_us / 1000,
+        t_start_us=t_first, t_end_us=t_last, sensor=list(geo.sensor), sensor_rows=geo.rows,
+        channels=list(geo.channels), input_shape=list(geo.input_shape), resize=geo.resize,
+        encoding=model.encoding, time_steps=model.time_steps, seed=seed, seconds=round(seconds, 3),
+        windows_per_second=round(index / seconds, 2) if seconds > 0 else None,
+        class_fraction={names[k] if k < len(names) else str(k): round(float(c) / max(counts.sum(), 1), 4)
+                        for k, c in enumerate(counts)},
+        gif=str(out / "recording.gif") if gif else None)
+    write_text(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+@click.command("predict")
+@click.option("--net", "net_path", type=click.Path(dir_okay=False), default=None, help="The .net file.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="A training checkpoint instead of a .net (runs the torch model).")
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
+              help="Event recording: .aedat4 (DAVIS), .npz or .h5/.hdf5 with x, y, t, p.")
+@click.option("--window-ms", type=float, default=WINDOW_US / 1000, show_default=True,
+              help="Window length; DDD17 frames accumulate 50 ms.")
+@click.option("--backend", type=click.Choice(["emulator", "lava"]), default="emulator", show_default=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--batch", "batch_size", type=int, default=8, show_default=True, help="Windows run together.")
+@click.option("--resize", "resize_mode", type=click.Choice(RESIZE_MODES), default=None,
+              help="Sensor frame to model input [default: the checkpoint's data.resize, else resize].")
+@click.option("--sensor-crop/--no-sensor-crop", default=None,
+              help="Keep the DDD17 release's top 200 rows of a DAVIS346 [default: only for 346x260 recordings].")
+@click.option("--sensor-size", nargs=2, type=int, default=None, metavar="W H",
+              help="Sensor size when the file does not record one.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the poisson input draws.")
+@click.option("--no-gif", is_flag=True, help="Skip the animated GIF.")
+def predict_cmd(net_path, checkpoint, input_path, window_ms, backend, out_dir, batch_size, resize_mode,
+                sensor_crop, sensor_size, seed, no_gif):
+    """Segment an event recording window by window: class maps (.npz), overlays (PNG) and a GIF."""
+    s = predict(input_path, out_dir, net=net_path, checkpoint=checkpoint, window_ms=window_ms, backend=backend,
+                batch_size=batch_size, resize_mode=resize_mode, sensor_crop=sensor_crop,
+                sensor_size=tuple(sensor_size) if sensor_size else None, seed=seed, gif=not no_gif)
+    click.echo(f"{s['windows']} windows of {s['window_ms']:g} ms from {s['sensor'][0]}x{s['sensor'][1]} events "
+               f"-> {s['input_shape'][1]}x{s['input_shape'][2]} ({s['backend']}, {s['windows_per_second']} "
+               f"windows/s); wrote {out_dir}/maps, {out_dir}/overlays"
+               + (f", {s['gif']}" if s["gif"] else ""))
