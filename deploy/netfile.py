@@ -308,7 +308,16 @@ def _read_synapse(g: h5py.Group, typ: str, where: str) -> Synapse:
 
 def read(path: str | Path) -> NetFile:
     """Read and fully validate a `.net` file; one ToolchainError names what is wrong."""
-    path = Path(path)
+    try:
+        return _read(Path(path))
+    except ToolchainError as e:
+        # Values quoted from a foreign file may hold newlines; the error stays one line.
+        if "\n" in str(e):
+            raise ToolchainError(" ".join(str(e).split())) from e
+        raise
+
+
+def _read(path: Path) -> NetFile:
     if not path.is_file():
         raise ToolchainError(f"{path}: no such .net file")
     try:

@@ -146,3 +146,13 @@ def test_layer_sizes_that_disagree_name_the_layer(net_bytes, tmp_path):
         f["layer/1/weight"] = w[:, :1]  # in-channels no longer match the input
     with pytest.raises(ToolchainError, match=r"layer 1 \(c1\)"):
         netfile.read(path)
+
+
+def test_error_quoting_a_multiline_attribute_stays_one_line(net_bytes, tmp_path):
+    path = tmp_path / "f.net"
+    path.write_bytes(net_bytes)
+    with h5py.File(path, "r+") as f:
+        f.attrs["format"] = "foreign\nformat"
+    with pytest.raises(ToolchainError) as e:
+        netfile.read(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
