@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.sparse import csr_matrix
 
+from toolchain.errors import ToolchainError
+
 from .netfile import NetFile, Synapse
 
 
@@ -214,7 +216,7 @@ class LavaNetwork:
                 data[slot] = to_lava(frame.astype(np.uint8))
             data.flush()
             del data
-            self._run_steps(len(chunk) * self.steps)
+            self._run_steps(len(chunk) * self.steps, first=start, last=start + len(chunk) - 1)
             self._frames_done += len(chunk)
             for name, (spike_file, count_file, shape) in self._sinks.items():
                 c = open_memmap(count_file, np.int64, (self.capacity,), mode="r")
@@ -228,20 +230,65 @@ class LavaNetwork:
         return ({k: np.concatenate(v) for k, v in spikes.items()},
                 {k: np.concatenate(v) for k, v in counts.items()}, np.concatenate(voltage))
 
-    def _run_steps(self, steps: int) -> None:
+    def _run_steps(self, steps: int, *, first: int, last: int) -> None:
         from lava.magma.core.run_conditions import RunSteps
         from lava.magma.core.run_configs import Loihi2SimCfg
 
         if not self._runtime_started:
-            import_lava_runtime()
-        self._readout.run(condition=RunSteps(num_steps=steps),
-                          run_cfg=Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=self._models))
-        self._runtime_started = True
+            import multiprocessing
 
-    def close(self) -> None:
+            import_lava_runtime()
+            self._children_before = set(multiprocessing.active_children())
+        import threading
+
+        # Lava's runtime waits forever when one of its worker processes dies, so
+        # the run goes on a thread and this one watches the workers.
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self._readout.run(condition=RunSteps(num_steps=steps),
+                                  run_cfg=Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=self._models))
+            except BaseException as e:  # handed to the caller's thread below
+                failure.append(e)
+
+        self._runtime_started = True
+        runner = threading.Thread(target=run, daemon=True, name="lava-run")
+        runner.start()
+        while runner.is_alive():
+            runner.join(timeout=0.2)
+            dead = [c for c in self._workers() if c.exitcode not in (None, 0)]
+            if dead and runner.is_alive():
+                failure.append(RuntimeError(f"Lava worker {dead[0].name} exited with code {dead[0].exitcode}"))
+                break
+        if failure:
+            e = failure[0]
+            self.close(failed=True)
+            frames = f"frame {first}" if first == last else f"frames {first}..{last}"
+            detail = " ".join(str(e).split())[:500]
+            raise ToolchainError(f"Lava failed while running {frames} of this call: "
+                                 f"{type(e).__name__}: {detail}") from e
+
+    def _workers(self) -> list:
+        """The processes Lava started for this network."""
+        import multiprocessing
+
+        return [c for c in multiprocessing.active_children() if c not in self._children_before]
+
+    def close(self, *, failed: bool = False) -> None:
+        """Stop the runtime and end every Lava worker process, even after a failure."""
         if self._runtime_started:
-            self._readout.stop()
             self._runtime_started = False
+            if not failed:  # after a failure stop() waits on the dead worker forever
+                self._readout.stop()
+            # Lava's process models run in forked children; after a failure inside
+            # one, stop() can leave its siblings waiting on channels forever.
+            for child in self._workers():
+                child.terminate()
+                child.join(timeout=5)
+                if child.is_alive():
+                    child.kill()
+                    child.join(timeout=5)
         self._tmp.cleanup()
 
     def __enter__(self) -> "LavaNetwork":
