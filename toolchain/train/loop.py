@@ -365,6 +365,9 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, epochs: Opt
         _gallery(model, test_ds, device, class_names, run_dir / "gallery.png", amp)
         result = _write_metrics(run_dir, cfg, history, extra, class_names, final=True)
     distributed.barrier(d)
+    # The DDP wrapper must go before its process group: freeing it afterwards
+    # can block forever in gloo's destructor.
+    del net
     distributed.teardown(d)
     return result
 
