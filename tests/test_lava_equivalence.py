@@ -126,3 +126,17 @@ def test_lava_spikes_align_with_torch_node_outputs():
     net, out = torch_vs_emulator(graph(spec, shape), x)
     assert not out.spikes["c1"][..., 0].any()
     assert out.spikes["c1"][..., 1:].any()
+
+
+@pytest.mark.lava
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["spiking-deeplab-tiny", "spiking-fcn-tiny"])
+def test_whole_tiny_presets_agree_spike_for_spike_in_torch_emulator_and_lava(name):
+    """Both segmenters end to end (pooling, dilation, transposed conv, skips,
+    readout) at a small resolution: identical spikes in every layer at every
+    step, identical readout."""
+    import models
+
+    torch.manual_seed(0)
+    model = models.build(name, 2, 6, (16, 16), NeuronParams())
+    three_way(model, spikes((1, 2, 16, 16, 8), rate=0.3))
