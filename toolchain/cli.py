@@ -37,6 +37,14 @@ def config_options(f):
 
 
 def _register() -> None:
+    import contextlib
+    import io
+
+    # lava-dl prints a warning about an optional Prophesee toolbox, and torch's
+    # extension loader one about CUDA, when first imported; neither concerns
+    # these commands (errors still raise).
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        import lava.lib.dl.slayer  # noqa: F401
     from .data.cli import data
     cli.add_command(data)
     from .train.cli import evaluate, models_cmd, train
