@@ -3,7 +3,8 @@
 Every layer is a `lava.proc.lif.process.LIF` (as `lava_procs.FrameLIF`, which
 restarts it at each frame) fed by one connection process per
 synapse, the same processes netx builds for the layers it knows:
-- conv -> `lava.proc.conv.process.Conv` (weights laid out as netx lays them);
+- conv -> `lava.proc.conv.process.Conv` (weights laid out as netx lays them),
+  run by `lava_procs.PyConvModelBlas`;
 - dense -> `lava.proc.dense.process.Dense`;
 - pool, convT -> `lava.proc.sparse.process.Sparse`: a fixed linear map from the
   flattened source to the flattened layer, exact and shape-agnostic.
@@ -129,13 +130,15 @@ class LavaNetwork:
     restarts at a frame's first step (`lava_procs.FrameLIF`), so frame k gives
     what a freshly built network gives for frame k alone. Inputs and outputs
     travel through memory-mapped files in a private temporary folder.
+    Convolutions run `lava_procs.PyConvModelBlas`, or with `stock_conv` Lava's
+    own `PyConvModelFixed` (same integers; hours per step at paper size).
 
         with LavaNetwork(net, time_steps=T) as lava:
             spikes, counts, voltage = lava.run(frames)   # frames (N, C, H, W, T)
     """
 
     def __init__(self, net: NetFile, time_steps: int | None = None, *, capacity: int = 8,
-                 keep_spikes: bool = True):
+                 keep_spikes: bool = True, stock_conv: bool = False):
         import tempfile
 
         import_lava_runtime()
@@ -166,6 +169,8 @@ class LavaNetwork:
             lifs.append(lif)
             for src, syn in zip(layer.sources, layer.synapses):
                 proc, flat = _connection(syn, net.shape_of(src), layer.shape)
+                if syn.type == "conv" and not stock_conv:
+                    procs.append(proc)
                 (outs[src].flatten() if flat else outs[src]).connect(proc.s_in)
                 (proc.a_out.reshape(shape) if flat else proc.a_out).connect(lif.a_in)
             outs[i] = lif.s_out

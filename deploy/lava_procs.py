@@ -20,6 +20,13 @@ rebuild. These three processes make a graph reusable and its I/O cheap:
 
 The files are plain `np.memmap`s shared with Lava's worker processes: the host
 writes the inputs before a run and reads the outputs after it.
+
+`PyConvModelBlas` is a process model for Lava's own `Conv` process: the same
+arithmetic as `PyConvModelFixed`, computed as one matrix product per kernel
+tap instead of one `scipy.signal.convolve2d` per channel pair over the
+dilated kernel (the paper-size DeepLab's dilation-12 layer alone costs Lava's
+model hours per step). tests/test_lava_conv.py checks it against Lava's
+`utils.conv` integer for integer.
 """
 from __future__ import annotations
 
@@ -32,6 +39,9 @@ from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+from lava.proc.conv.models import PyConvModelFixed
+from lava.proc.conv.process import Conv
+from lava.proc.conv.utils import signed_clamp
 from lava.proc.lif.models import PyLifModelBitAcc
 from lava.proc.lif.process import LIF
 
@@ -151,4 +161,57 @@ class PyFileSinkModel(PyLoihiProcessModel):
             self._spikes[slot, ..., step] = s != 0
 
 
-MODELS = {FrameLIF: PyFrameLifModel, FileSource: PyFileSourceModel, FileSink: PyFileSinkModel}
+class BlasConv:
+    """Lava's fixed-point convolution (`lava.proc.conv.utils.conv` followed by
+    the 24-bit signed wrap of `PyConvModelFixed`) as one matrix product per
+    kernel tap.
+
+    Operands are whole numbers held in floats: float32 while the largest
+    possible sum, max |input| * max over outputs of sum |weight|, stays below
+    2^24 (every partial sum is then exact), float64 beyond (Lava's own model
+    sums in float64 too). The result is cast to int32 as Lava casts it.
+    """
+
+    def __init__(self, weight: np.ndarray, stride, padding, dilation, groups: int):
+        # Lava's weight is (out, kx, ky, in) and its conv flips the kernel
+        self.taps = np.ascontiguousarray(np.asarray(weight)[:, ::-1, ::-1, :].transpose(1, 2, 3, 0))
+        self.stride, self.padding, self.dilation = (tuple(int(v) for v in a) for a in (stride, padding, dilation))
+        self.groups = int(groups)
+        self.w_bound = float(np.abs(np.asarray(weight, dtype=np.float64)).reshape(len(weight), -1).sum(1).max())
+        self._taps = {}  # dtype -> taps in it
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        kx, ky, cin_g, cout = self.taps.shape
+        (sx, sy), (px, py), (dx, dy), g = self.stride, self.padding, self.dilation, self.groups
+        bound = self.w_bound * float(np.abs(x).max(initial=0))
+        dtype = np.float32 if bound < (1 << 24) else np.float64
+        taps = self._taps.get(dtype)
+        if taps is None:
+            taps = self._taps[dtype] = self.taps.astype(dtype)
+        xp = np.pad(x.astype(dtype), ((px, px), (py, py), (0, 0)))
+        xo = (xp.shape[0] - dx * (kx - 1) - 1) // sx + 1
+        yo = (xp.shape[1] - dy * (ky - 1) - 1) // sy + 1
+        out = np.zeros((xo * yo, cout), dtype=dtype)
+        cout_g = cout // g
+        for i in range(kx):
+            for j in range(ky):
+                window = xp[i * dx:i * dx + sx * (xo - 1) + 1:sx, j * dy:j * dy + sy * (yo - 1) + 1:sy]
+                for k in range(g):
+                    cols = window[:, :, k * cin_g:(k + 1) * cin_g].reshape(xo * yo, cin_g)
+                    out[:, k * cout_g:(k + 1) * cout_g] += cols @ taps[i, j, :, k * cout_g:(k + 1) * cout_g]
+        return signed_clamp(out.reshape(xo, yo, cout).astype(np.int32), bits=24)
+
+
+class PyConvModelBlas(PyConvModelFixed):  # Lava's Conv binding and ports; chosen per instance
+    def run_spk(self) -> None:
+        self.a_out.send(self.a_buf)  # what the previous step accumulated, as Lava's model does
+        s_in = self.s_in.recv()
+        if self.num_message_bits.item() == 0:
+            s_in = s_in.astype(bool)
+        if not hasattr(self, "_conv"):
+            self._conv = BlasConv(self.weight, self.stride, self.padding, self.dilation, self.groups[0])
+        self.a_buf = self._conv(s_in)
+
+
+MODELS = {FrameLIF: PyFrameLifModel, FileSource: PyFileSourceModel, FileSink: PyFileSinkModel,
+          Conv: PyConvModelBlas}
