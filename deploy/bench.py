@@ -31,6 +31,7 @@ from toolchain.errors import ToolchainError
 from toolchain.files import write_text
 
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "ddd17-tiny.yaml"
+PAPER_MODELS = ("spiking-deeplab", "spiking-fcn")  # benched at DDD17's 200x346
 
 
 # ------------------------------------------------------------ memory
@@ -99,7 +100,7 @@ def _measure_lava(spec: dict) -> dict:
     frames = np.load(spec["frames"])[: spec["n_frames"]]
     t_steps = frames.shape[-1]
     t0 = time.perf_counter()
-    with LavaNetwork(net, t_steps, keep_spikes=False, capacity=len(frames)) as lava:
+    with LavaNetwork(net, t_steps, keep_spikes=False, capacity=len(frames), stock_conv=spec["stock_conv"]) as lava:
         build = time.perf_counter() - t0
         t0 = time.perf_counter()
         _, counts, first_v = lava.run(frames[:1])  # compiles and starts the runtime
@@ -112,6 +113,37 @@ def _measure_lava(spec: dict) -> dict:
             rest_v, steps_per_s = first_v[:0], (t_steps + 1) / first
     return dict(build_s=build, first_frame_s=first, frames=len(frames), steps_per_s=steps_per_s,
                 includes_compile=len(frames) == 1, voltage=np.concatenate([first_v, rest_v]).tolist())
+
+
+def _measure_stock_conv(spec: dict) -> dict:
+    """An upper bound on Lava's steps/s with its own Conv model, for networks where
+    it would take hours to run: the CPU time its conv function
+    (`lava.proc.conv.utils.conv`) needs per step for every conv synapse, on spikes
+    at the given rate, over the machine's cores. Lava's conv loops over (output,
+    input) channel pairs at a constant cost each, so each layer is timed on a
+    few output channels and scaled to all of them."""
+    from lava.proc.conv import utils
+
+    from . import load
+    from .lava_graph import lava_conv_weight, to_lava_shape
+
+    net = load(spec["net"]).net
+    rng = np.random.default_rng(0)
+    cpu_s = 0.0
+    layers = {}
+    for layer in net.layers:
+        for src, syn in zip(layer.sources, layer.synapses):
+            if syn.type != "conv":
+                continue
+            w = lava_conv_weight(syn)
+            k = min(len(w), syn.groups * spec["channels"])  # whole groups: conv_scipy needs out % groups == 0
+            x = (rng.random(to_lava_shape(net.shape_of(src))) < 0.1).astype(np.int32)
+            t0 = time.process_time()
+            utils.conv(x, w[:k], w.shape[1:3], syn.stride[::-1], syn.padding[::-1], syn.dilation[::-1],
+                       syn.groups)
+            layers[layer.name] = (time.process_time() - t0) * len(w) / k
+            cpu_s += layers[layer.name]
+    return dict(steps_per_s=(os.cpu_count() or 1) / cpu_s, conv_cpu_s_per_step=cpu_s, layer_cpu_s=layers)
 
 
 def _measure_emulator(spec: dict) -> dict:
@@ -170,7 +202,7 @@ def _measure_evaluation(spec: dict) -> dict:
                 miou=report["miou"])
 
 
-MEASURES = {"lava": _measure_lava, "emulator": _measure_emulator, "training": _measure_training,
+MEASURES = {"lava": _measure_lava, "stock_conv": _measure_stock_conv, "emulator": _measure_emulator, "training": _measure_training,
             "evaluation": _measure_evaluation}
 
 
@@ -212,42 +244,67 @@ def _measure(kind: str, tmp: Path, timeout: float | None = None, **spec) -> dict
     return json.loads(out.read_text())
 
 
+def _lava_row(name: str, tmp: Path, net_path: Path, frames_path: Path, *, n_frames: int, steps: int,
+              stock_conv: bool, limit: float | None, progress) -> dict:
+    backend = "lava-stock" if stock_conv else "lava"
+    progress(f"{name}: {backend}, {n_frames} frame(s) of {steps} steps"
+             + (f", at most {limit:.0f} s" if limit else ""))
+    try:
+        r = _measure("lava", tmp, timeout=limit, net=str(net_path), frames=str(frames_path), n_frames=n_frames,
+                     stock_conv=stock_conv)
+    except _Timeout:
+        # what did not finish in the limit bounds Lava's speed from above
+        r = dict(steps_per_s=n_frames * steps / limit, upper_bound=True, timed_out=True)
+    return dict(r, backend=backend, batch=1)
+
+
+def _stock_bound_row(name: str, tmp: Path, net_path: Path, *, progress) -> dict:
+    progress(f"{name}: lava-stock, bound from the CPU time of Lava's conv per step")
+    r = _measure("stock_conv", tmp, net=str(net_path), channels=2)
+    return dict(r, backend="lava-stock", batch=1, upper_bound=True, estimated=True)
+
+
 def _case(name: str, net, frames: np.ndarray, tmp: Path, *, lava_frames: int, emu_frames: int,
-          batch: int, trained: bool, progress, lava_limit: float | None = None) -> dict:
+          batch: int, trained: bool, progress, lava_limit: float | None = None,
+          stock_run: bool = True) -> dict:
+    """Lava with Lava's own Conv model ("lava-stock", the reference as released: run,
+    or with `stock_run=False` bounded from its conv work), Lava as `toolchain run
+    --backend lava` runs it (BLAS Conv model), and the emulator at batch 1 and
+    batched; ratios are to both Lava rows."""
     from .netfile import write
 
     net_path, frames_path = tmp / f"{name}.net", tmp / f"{name}-frames.npy"
     write(net_path, net)
     np.save(frames_path, frames.astype(np.uint8))
     t_build = time.perf_counter()
-    progress(f"{name}: Lava, {lava_frames} frame(s) of T={frames.shape[-1]}"
-             + (f", at most {lava_limit:.0f} s" if lava_limit else ""))
-    steps = lava_frames * (frames.shape[-1] + 1)
-    try:
-        lava = _measure("lava", tmp, timeout=lava_limit, net=str(net_path), frames=str(frames_path),
-                        n_frames=lava_frames)
-    except _Timeout:
-        # what did not finish in the limit bounds Lava's speed from above
-        lava = dict(steps_per_s=steps / lava_limit, bound=True, build_s=float("nan"),
-                    first_frame_s=float("nan"), peak_pss_mb=float("nan"), frames=0, voltage=[],
-                    includes_compile=True)
+    steps = frames.shape[-1] + 1
+    stock = (_lava_row(name, tmp, net_path, frames_path, n_frames=lava_frames, steps=steps, stock_conv=True,
+                       limit=None, progress=progress) if stock_run
+             else _stock_bound_row(name, tmp, net_path, progress=progress))
+    rows = [stock, _lava_row(name, tmp, net_path, frames_path, n_frames=lava_frames, steps=steps,
+                             stock_conv=False, limit=lava_limit, progress=progress)]
+    for r in rows:  # what a row that did not run lacks
+        for key in ("build_s", "first_frame_s", "peak_pss_mb"):
+            r.setdefault(key, float("nan"))
+        r.setdefault("frames", 0)
+        r.setdefault("voltage", [])
     progress(f"{name}: emulator, batch 1 and {batch}")
-    emu1 = _measure("emulator", tmp, net=str(net_path), frames=str(frames_path), batch=1, n_frames=emu_frames)
-    emub = _measure("emulator", tmp, net=str(net_path), frames=str(frames_path), batch=batch,
-                    n_frames=max(batch, emu_frames))
+    for b, n in ((1, emu_frames), (batch, max(batch, emu_frames))):
+        e = _measure("emulator", tmp, net=str(net_path), frames=str(frames_path), batch=b, n_frames=n)
+        rows.append(dict(e, backend="emulator", build_s=0.0))
     # the same answers, or the speeds compare different computations
-    k = lava["frames"]
-    for e in (emu1, emub):
-        if np.asarray(e["voltage"])[:k].tolist() != lava["voltage"]:
-            raise ToolchainError(f"bench: {name}: emulator and Lava readouts differ")
-    bound = lava.get("bound", False)
-    rows = [dict(backend="lava", batch=1, steps_per_s=lava["steps_per_s"], ratio=1.0, build_s=lava["build_s"],
-                 first_frame_s=lava["first_frame_s"], peak_pss_mb=lava["peak_pss_mb"], frames=lava["frames"],
-                 upper_bound=bound, includes_compile=lava["includes_compile"])]
-    for e in (emu1, emub):
-        rows.append(dict(backend="emulator", batch=e["batch"], steps_per_s=e["steps_per_s"], lower_bound=bound,
-                         ratio=e["steps_per_s"] / lava["steps_per_s"], build_s=0.0,
-                         first_frame_s=e["first_frame_s"], peak_pss_mb=e["peak_pss_mb"], frames=e["frames"]))
+    reference = rows[1] if rows[1]["frames"] else rows[0]
+    for r in rows:
+        k = min(r["frames"], reference["frames"])
+        if r["voltage"][:k] != reference["voltage"][:k]:
+            raise ToolchainError(f"bench: {name}: {r['backend']} and {reference['backend']} readouts differ")
+    stock, ours = rows[0], rows[1]
+    for r in rows:
+        del r["voltage"]
+        r["ratio_stock"] = r["steps_per_s"] / stock["steps_per_s"]
+        r["ratio_lava"] = r["steps_per_s"] / ours["steps_per_s"]
+        r["stock_ratio_is_bound"] = bool(stock.get("upper_bound")) and r is not stock
+        r["lava_ratio_is_bound"] = bool(ours.get("upper_bound")) and r is not ours
     c, h, w = net.input_shape
     return dict(case=name, input=f"{c}x{h}x{w}", time_steps=int(frames.shape[-1]), neurons=net.num_neurons,
                 synapses=net.num_synapses, trained=trained, rows=rows, lava_limit_s=lava_limit,
@@ -263,9 +320,11 @@ def _frames_from_split(data_cfg, n: int, seed: int = 0) -> np.ndarray:
     return np.stack([np.asarray(ds[i % len(ds)][0]) for i in range(n)])
 
 
-def run_bench(*, quick: bool = False, checkpoint: str | None = None, paper_steps: int = 2,
-              lava_limit: float = 300.0, progress=print) -> dict:
+def run_bench(*, quick: bool = False, checkpoint: str | None = None, paper_steps: int = 16,
+              lava_limit: float = 900.0, progress=print) -> dict:
     """Measure everything; returns the report dict (`format_table` prints it)."""
+    import torch
+
     import models
     from toolchain.config import load_config
     from toolchain.data.synth import synthesize
@@ -300,12 +359,15 @@ def run_bench(*, quick: bool = False, checkpoint: str | None = None, paper_steps
                                      batch=n_emu, trained=trained, progress=progress))
         if not quick:
             paper_cfg = replace(eval_cfg.data, height=200, width=346, time_steps=paper_steps)
-            paper = models.build("spiking-deeplab", 2, 6, (200, 346), quantized=False)
-            paper_net = build_netfile(paper.eval(), time_steps=paper_steps, encoding=paper_cfg.encoding)
             paper_frames = _frames_from_split(paper_cfg, 4)
-            report["cases"].append(_case("spiking-deeplab 200x346", paper_net, paper_frames, tmp, lava_frames=1,
-                                         emu_frames=4, batch=4, trained=False, progress=progress,
-                                         lava_limit=lava_limit))
+            for paper_name in PAPER_MODELS:
+                torch.manual_seed(0)
+                paper = models.build(paper_name, 2, 6, (200, 346), quantized=False)
+                paper_net = build_netfile(paper.eval(), time_steps=paper_steps, encoding=paper_cfg.encoding)
+                del paper
+                report["cases"].append(_case(f"{paper_name} 200x346", paper_net, paper_frames, tmp,
+                                             lava_frames=2, emu_frames=2, batch=2, trained=False,
+                                             progress=progress, lava_limit=lava_limit, stock_run=False))
         progress("training throughput")
         train_overrides = list(overrides) + (["train.batch_size=2"] if quick else [])
         report["training"] = _measure("training", tmp, config=str(TINY_CONFIG), overrides=train_overrides,
@@ -321,21 +383,26 @@ def run_bench(*, quick: bool = False, checkpoint: str | None = None, paper_steps
 
 
 def format_table(report: dict) -> str:
-    lines = [f"{'case':<34}{'backend':<10}{'batch':>6}{'steps/s':>10}{'x Lava':>9}{'build s':>9}"
+    lines = [f"{'case':<30}{'backend':<12}{'batch':>6}{'steps/s':>10}{'x stock':>9}{'x lava':>9}{'build s':>9}"
              f"{'1st frame s':>12}{'peak PSS MB':>13}"]
     for case in report["cases"]:
         head = (f"{case['case']} T={case['time_steps']}" + ("" if case["trained"] else " (untrained)"))
         lines.append(f"{head}: {case['neurons']:,} neurons, {case['synapses']:,} synapses")
         for r in case["rows"]:
             speed = ("<" if r.get("upper_bound") else "") + f"{r['steps_per_s']:.3g}"
-            ratio = (">=" if r.get("lower_bound") else "") + f"{r['ratio']:.1f}"
-            lines.append(f"{'':<34}{r['backend']:<10}{r['batch']:>6}{speed:>10}{ratio:>9}"
+            ratios = [(">=" if r[f"{k}_ratio_is_bound"] else "") + f"{r[f'ratio_{k}']:.1f}" for k in ("stock", "lava")]
+            lines.append(f"{'':<30}{r['backend']:<12}{r['batch']:>6}{speed:>10}{ratios[0]:>9}{ratios[1]:>9}"
                          f"{r['build_s']:>9.2f}{r['first_frame_s']:>12.2f}{r['peak_pss_mb']:>13.0f}")
-        if case["rows"][0].get("upper_bound"):
-            lines.append(f"{'':<34}(Lava did not finish one frame of {case['time_steps'] + 1} steps in "
-                         f"{case['lava_limit_s']:.0f} s, graph build and compile included)")
-        elif case["rows"][0].get("includes_compile"):
-            lines.append(f"{'':<34}(Lava steps/s over one frame, compile included)")
+        stock, lava = case["rows"][:2]
+        if stock.get("estimated"):
+            lines.append(f"{'':<30}(lava-stock: not run; Lava's conv alone needs {stock['conv_cpu_s_per_step']:.0f} "
+                         f"CPU s per step here, over {report['cpus']} cores)")
+        if lava.get("timed_out"):
+            lines.append(f"{'':<30}(lava did not finish in {case['lava_limit_s']:.0f} s, graph build and "
+                         f"compile included)")
+        for r in (stock, lava):
+            if r.get("includes_compile"):
+                lines.append(f"{'':<30}({r['backend']} steps/s over one frame, compile included)")
     t = report["training"]
     lines.append(f"training step ({t['model']} {t['height']}x{t['width']} T={t['time_steps']}, batch {t['batch']}, "
                  f"qat={t['qat']}): toolchain {t['toolchain_samples_per_s']:.2f} samples/s, plain PyTorch "
@@ -357,13 +424,15 @@ def write_report(report: dict, path: str | Path) -> None:
 @click.option("--quick", is_flag=True, help="A tiny net and a few frames: the table's shape in seconds.")
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
               help="Bench this trained model instead of the untrained tiny preset.")
-@click.option("--paper-steps", type=int, default=2, show_default=True,
-              help="Time steps T of the paper-size Spiking DeepLab frames (Lava runs T+1 steps per frame).")
-@click.option("--lava-limit", type=float, default=300.0, show_default=True,
-              help="Seconds the paper-size Lava frame may take; past it the table gives a bound.")
+@click.option("--paper-steps", type=int, default=16, show_default=True,
+              help="Time steps T of the paper-size frames (Lava runs T+1 steps per frame; the paper trains "
+                   "with T=20).")
+@click.option("--lava-limit", type=float, default=900.0, show_default=True,
+              help="Seconds each paper-size model's two Lava frames may take; past it the table gives a bound.")
 def bench_cmd(json_path, quick, checkpoint, paper_steps, lava_limit):
     """Lava vs the emulator (steps/s, ratios, build time, peak memory) on the tiny preset and on
-    paper-size Spiking DeepLab at 200x346, training throughput, and test-split evaluation time."""
+    paper-size Spiking DeepLab and Spiking FCN at 200x346, training throughput, and test-split
+    evaluation time."""
     if paper_steps < 1:
         raise ToolchainError(f"--paper-steps: {paper_steps} is not a positive number of steps")
     report = run_bench(quick=quick, checkpoint=checkpoint, paper_steps=paper_steps, lava_limit=lava_limit,

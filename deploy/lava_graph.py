@@ -82,6 +82,13 @@ def convT_matrix(syn: Synapse, src: tuple, out: tuple) -> csr_matrix:
                       shape=(int(np.prod(out)), int(np.prod(src))))
 
 
+def lava_conv_weight(syn: Synapse) -> np.ndarray:
+    """A conv synapse's weight as Lava's Conv takes it: netx's layout, spatially
+    flipped, (out, x, y, in) int32 (Lava's conv flips it back)."""
+    w = np.asarray(syn.weight)[:, :, ::-1, ::-1].transpose(0, 3, 2, 1).astype(np.int32)
+    return np.ascontiguousarray(w)
+
+
 def _connection(syn: Synapse, src: tuple, out: tuple):
     """(process, reshape its input from the source?, reshape its output?)"""
     from lava.proc.conv.process import Conv
@@ -89,9 +96,7 @@ def _connection(syn: Synapse, src: tuple, out: tuple):
     from lava.proc.sparse.process import Sparse
 
     if syn.type == "conv":
-        # netx's layout: spatially flipped, (out, x, y, in); Lava's conv flips back
-        w = np.asarray(syn.weight)[:, :, ::-1, ::-1].transpose(0, 3, 2, 1).astype(np.int32)
-        proc = Conv(weight=np.ascontiguousarray(w), input_shape=tuple(to_lava_shape(src)),
+        proc = Conv(weight=lava_conv_weight(syn), input_shape=tuple(to_lava_shape(src)),
                     stride=syn.stride[::-1], padding=syn.padding[::-1],
                     dilation=syn.dilation[::-1], groups=syn.groups)
         if tuple(proc.a_out.shape) != to_lava_shape(out):

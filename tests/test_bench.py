@@ -75,16 +75,19 @@ def test_quick_bench_reports_every_backend_and_measure():
 
     report = run_bench(quick=True, progress=lambda m: None)
     (case,) = report["cases"]
-    assert [(r["backend"], r["batch"]) for r in case["rows"]] == [("lava", 1), ("emulator", 1), ("emulator", 4)]
+    assert [(r["backend"], r["batch"]) for r in case["rows"]] == [
+        ("lava-stock", 1), ("lava", 1), ("emulator", 1), ("emulator", 4)]
     assert case["neurons"] > 0 and case["synapses"] > 0 and not case["trained"]
-    lava, emu1, emub = case["rows"]
-    assert lava["ratio"] == 1.0
+    stock, lava, emu1, emub = case["rows"]
+    assert stock["ratio_stock"] == 1.0 and lava["ratio_lava"] == 1.0
     for r in case["rows"]:
         assert r["steps_per_s"] > 0 and r["peak_pss_mb"] > 10
-    assert emu1["ratio"] == pytest.approx(emu1["steps_per_s"] / lava["steps_per_s"])
+    assert emu1["ratio_stock"] == pytest.approx(emu1["steps_per_s"] / stock["steps_per_s"])
+    assert emub["ratio_lava"] == pytest.approx(emub["steps_per_s"] / lava["steps_per_s"])
+    assert stock["frames"] == lava["frames"] == 2  # both finished, so their readouts were compared
     t = report["training"]
     assert t["toolchain_samples_per_s"] > 0 and t["plain_torch_samples_per_s"] > 0
     assert t["ratio"] == pytest.approx(t["toolchain_samples_per_s"] / t["plain_torch_samples_per_s"])
     assert report["evaluation"]["frames"] == 4 and 0 <= report["evaluation"]["miou"] <= 1
     table = format_table(report)
-    assert "lava" in table and "emulator" in table and "plain PyTorch" in table and "(untrained)" in table
+    assert "lava-stock" in table and "emulator" in table and "plain PyTorch" in table and "(untrained)" in table
