@@ -128,6 +128,13 @@ def import_lava_runtime() -> None:
     __import__(name)
 
 
+# Messages each Lava channel can hold. Lava's default, 64, reserves 64 copies of
+# every layer's output in shared memory and fills one more each step of a run
+# (12 GB for two 17-step frames of the paper-size DeepLab); under the Loihi
+# protocol every step ends in a barrier, so a channel never holds more than one.
+CHANNEL_SLOTS = 2
+
+
 class LavaNetwork:
     """A `.net` built once as a Lava process graph that runs any number of frames.
 
@@ -258,7 +265,8 @@ class LavaNetwork:
         def run() -> None:
             try:
                 self._readout.run(condition=RunSteps(num_steps=steps),
-                                  run_cfg=Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=self._models))
+                                  run_cfg=Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=self._models),
+                                  compile_config={"pypy_channel_size": CHANNEL_SLOTS})
             except BaseException as e:  # handed to the caller's thread below
                 failure.append(e)
 
