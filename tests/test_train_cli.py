@@ -23,6 +23,46 @@ def _sets():
     return [a for s in TINY for a in ("--set", s)]
 
 
+def _descendants(pid: int) -> list[int]:
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+            except OSError:
+                continue
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def _run_or_dump_stacks(cmd, env, timeout):
+    """subprocess.run, except that past `timeout` every process of the run gets
+    SIGABRT (stacks to stderr, with PYTHONFAULTHANDLER) and the test fails with them."""
+    import signal
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in _descendants(proc.pid):
+            try:
+                os.kill(pid, signal.SIGABRT)
+            except ProcessLookupError:
+                pass
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        pytest.fail(f"torchrun still running after {timeout} s; stacks:\n{err[-12000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TOOLCHAIN_CACHE", str(tmp_path / "cache"))
@@ -72,10 +112,11 @@ def test_train_then_eval_float_and_quantized(cache, capsys):
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_reduce_metrics_and_only_rank0_writes(cache):
     run = cache / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # faulthandler: a rank that hangs is sent SIGABRT below and prints every thread's stack
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(Path(sys.executable).parent / "toolchain"), "train", "--epochs", "2", "--out", str(run)] + _sets()
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    p = _run_or_dump_stacks(cmd, env, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count("run folder:") == 1  # only rank 0 reports
     saved = json.loads((run / "metrics.json").read_text())

@@ -12,6 +12,7 @@ so that `--resume` reproduces the uninterrupted run exactly on the CPU.
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
 import math
@@ -366,8 +367,9 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, epochs: Opt
         result = _write_metrics(run_dir, cfg, history, extra, class_names, final=True)
     distributed.barrier(d)
     # The DDP wrapper must go before its process group: freeing it afterwards
-    # can block forever in gloo's destructor.
+    # can block forever in gloo's destructor (collect: it may sit in a cycle).
     del net
+    gc.collect()
     distributed.teardown(d)
     return result
 
