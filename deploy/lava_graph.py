@@ -143,7 +143,7 @@ class LavaNetwork:
     what a freshly built network gives for frame k alone. Inputs and outputs
     travel through memory-mapped files in a private temporary folder.
     Convolutions run `lava_procs.PyConvModelBlas`, or with `stock_conv` Lava's
-    own `PyConvModelFixed` (same integers; hours per step at paper size).
+    own `PyConvModelFixed` (same integers; 20 minutes or more per step at paper size).
 
         with LavaNetwork(net, time_steps=T) as lava:
             spikes, counts, voltage = lava.run(frames)   # frames (N, C, H, W, T)
