@@ -142,7 +142,7 @@ def test_emulator_equals_quantized_torch_on_random_nets(case, rate):
 
 @pytest.mark.lava
 @pytest.mark.slow
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=random_graphs(), rate=st.floats(0.05, 0.95))
 def test_emulator_equals_lava_on_random_nets(case, rate):
     spec, shape, seed, neuron = case
