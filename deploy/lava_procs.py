@@ -25,7 +25,7 @@ writes the inputs before a run and reads the outputs after it.
 arithmetic as `PyConvModelFixed`, computed as one matrix product per kernel
 tap instead of one `scipy.signal.convolve2d` per channel pair over the
 dilated kernel (the paper-size DeepLab's dilation-12 layer alone costs Lava's
-model 2,000 CPU seconds per step). tests/test_lava_conv.py checks it against Lava's
+model 1,500 to 2,400 CPU seconds per step). tests/test_lava_conv.py checks it against Lava's
 `utils.conv` integer for integer.
 """
 from __future__ import annotations
