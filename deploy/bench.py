@@ -103,16 +103,18 @@ def _measure_lava(spec: dict) -> dict:
     with LavaNetwork(net, t_steps, keep_spikes=False, capacity=len(frames), stock_conv=spec["stock_conv"]) as lava:
         build = time.perf_counter() - t0
         t0 = time.perf_counter()
-        _, counts, first_v = lava.run(frames[:1])  # compiles and starts the runtime
+        runs = [lava.run(frames[:1])]  # compiles and starts the runtime
         first = time.perf_counter() - t0
         if len(frames) > 1:
             t0 = time.perf_counter()
-            _, _, rest_v = lava.run(frames[1:])
+            runs.append(lava.run(frames[1:]))
             steps_per_s = (len(frames) - 1) * (t_steps + 1) / (time.perf_counter() - t0)
         else:  # one frame only: its time includes compiling the graph
-            rest_v, steps_per_s = first_v[:0], (t_steps + 1) / first
+            steps_per_s = (t_steps + 1) / first
+    counts = {k: np.concatenate([r[1][k] for r in runs]).tolist() for k in runs[0][1]}
     return dict(build_s=build, first_frame_s=first, frames=len(frames), steps_per_s=steps_per_s,
-                includes_compile=len(frames) == 1, voltage=np.concatenate([first_v, rest_v]).tolist())
+                includes_compile=len(frames) == 1, voltage=np.concatenate([r[2] for r in runs]).tolist(),
+                counts=counts)
 
 
 def _measure_stock_conv(spec: dict) -> dict:
@@ -160,11 +162,11 @@ def _measure_emulator(spec: dict) -> dict:
     warm = time.perf_counter() - t0
     n = min(len(frames), spec["n_frames"])
     t0 = time.perf_counter()
-    voltages = [emulator.run(net, frames[i:i + batch], device="cpu", keep_spikes=False).voltage
-                for i in range(0, n, batch)]
+    outs = [emulator.run(net, frames[i:i + batch], device="cpu", keep_spikes=False) for i in range(0, n, batch)]
     wall = time.perf_counter() - t0
+    counts = {k: torch.cat([o.counts[k] for o in outs]).tolist() for k in outs[0].counts}
     return dict(first_frame_s=warm, frames=n, batch=batch, steps_per_s=n * (t_steps + 1) / wall,
-                voltage=torch.cat(voltages).tolist())
+                voltage=torch.cat([o.voltage for o in outs]).tolist(), counts=counts)
 
 
 def _measure_training(spec: dict) -> dict:
@@ -289,19 +291,26 @@ def _case(name: str, net, frames: np.ndarray, tmp: Path, *, lava_frames: int, em
             r.setdefault(key, float("nan"))
         r.setdefault("frames", 0)
         r.setdefault("voltage", [])
+        r.setdefault("counts", {})
     progress(f"{name}: emulator, batch 1 and {batch}")
     for b, n in ((1, emu_frames), (batch, max(batch, emu_frames))):
         e = _measure("emulator", tmp, net=str(net_path), frames=str(frames_path), batch=b, n_frames=n)
         rows.append(dict(e, backend="emulator", build_s=0.0))
-    # the same answers, or the speeds compare different computations
+    # the same answers (readout and every layer's spike count per frame), or the
+    # speeds compare different computations
     reference = rows[1] if rows[1]["frames"] else rows[0]
     for r in rows:
         k = min(r["frames"], reference["frames"])
         if r["voltage"][:k] != reference["voltage"][:k]:
             raise ToolchainError(f"bench: {name}: {r['backend']} and {reference['backend']} readouts differ")
+        for layer, c in reference["counts"].items():
+            if k and r["counts"][layer][:k] != c[:k]:
+                raise ToolchainError(f"bench: {name}: {r['backend']} and {reference['backend']} spike counts "
+                                     f"differ in layer {layer}")
+    case_counts = {layer: c[:1] for layer, c in reference["counts"].items()}  # first frame's, for the record
     stock, ours = rows[0], rows[1]
     for r in rows:
-        del r["voltage"]
+        del r["voltage"], r["counts"]
         r["ratio_stock"] = r["steps_per_s"] / stock["steps_per_s"]
         r["ratio_lava"] = r["steps_per_s"] / ours["steps_per_s"]
         r["stock_ratio_is_bound"] = bool(stock.get("upper_bound")) and r is not stock
@@ -309,7 +318,7 @@ def _case(name: str, net, frames: np.ndarray, tmp: Path, *, lava_frames: int, em
     c, h, w = net.input_shape
     return dict(case=name, input=f"{c}x{h}x{w}", time_steps=int(frames.shape[-1]), neurons=net.num_neurons,
                 synapses=net.num_synapses, trained=trained, rows=rows, lava_limit_s=lava_limit,
-                wall_s=time.perf_counter() - t_build)
+                first_frame_spikes=case_counts, wall_s=time.perf_counter() - t_build)
 
 
 def _frames_from_split(data_cfg, n: int, seed: int = 0) -> np.ndarray:

@@ -85,9 +85,32 @@ def test_quick_bench_reports_every_backend_and_measure():
     assert emu1["ratio_stock"] == pytest.approx(emu1["steps_per_s"] / stock["steps_per_s"])
     assert emub["ratio_lava"] == pytest.approx(emub["steps_per_s"] / lava["steps_per_s"])
     assert stock["frames"] == lava["frames"] == 2  # both finished, so their readouts were compared
+    assert sum(c[0] for c in case["first_frame_spikes"].values()) > 0  # and spike counts, of a net that spikes
     t = report["training"]
     assert t["toolchain_samples_per_s"] > 0 and t["plain_torch_samples_per_s"] > 0
     assert t["ratio"] == pytest.approx(t["toolchain_samples_per_s"] / t["plain_torch_samples_per_s"])
     assert report["evaluation"]["frames"] == 4 and 0 <= report["evaluation"]["miou"] <= 1
     table = format_table(report)
     assert "lava-stock" in table and "emulator" in table and "plain PyTorch" in table and "(untrained)" in table
+
+
+def test_bench_stops_when_two_backends_count_different_spikes(tmp_path, monkeypatch):
+    """Speeds of different computations are not compared: one spike more in one
+    layer of one frame stops the bench, naming the backends and the layer."""
+    from deploy import bench
+    from toolchain.errors import ToolchainError
+
+    def fake_measure(kind, tmp, timeout=None, **spec):
+        counts = {"c1": [5, 7], "c2": [3, 4]}
+        if kind == "emulator" and spec["batch"] == 2:
+            counts = {"c1": [5, 7], "c2": [3, 5]}
+        return dict(steps_per_s=10.0, frames=2, batch=spec.get("batch", 1), voltage=[[1], [2]], counts=counts,
+                    build_s=0.1, first_frame_s=0.1, peak_pss_mb=1.0, includes_compile=False)
+
+    monkeypatch.setattr(bench, "_measure", fake_measure)
+    monkeypatch.setattr("deploy.netfile.write", lambda path, net: None)
+    net = type("Net", (), dict(input_shape=(2, 4, 4), num_neurons=1, num_synapses=1))()
+    frames = np.zeros((2, 2, 4, 4, 3), dtype=np.uint8)
+    with pytest.raises(ToolchainError, match="emulator and lava spike counts differ in layer c2"):
+        bench._case("fake", net, frames, tmp_path, lava_frames=2, emu_frames=2, batch=2, trained=False,
+                    progress=lambda m: None)

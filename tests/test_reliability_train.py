@@ -15,7 +15,9 @@ import time
 import pytest
 import torch
 
-TINY = ["data.synth_n_train=8", "data.synth_n_test=2", "data.synth_height=24", "data.synth_width=40",
+# 16 batches an epoch (about 0.7 s here): the SIGKILL 0.1 s into epoch 2 lands
+# mid-epoch with room to spare (with 4 batches, epoch 2 sometimes ended first)
+TINY = ["data.synth_n_train=32", "data.synth_n_test=2", "data.synth_height=24", "data.synth_width=40",
         "data.height=16", "data.width=16", "data.time_steps=4", "train.batch_size=2",
         "train.optimizer=adamw", "train.lr=0.01", "train.augment=true", "train.qat=true",
         "model.name=spiking-deeplab-tiny"]
