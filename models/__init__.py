@@ -85,12 +85,13 @@ def from_config(cfg, in_channels: int, num_classes: int, quantized: bool | None 
 MAX_CHANNELS = 4096  # input channels or classes; far above any event camera or label set
 
 
-def load_checkpoint(path: str | Path, quantized: bool | None = None):
+def load_checkpoint(path: str | Path, quantized: bool | None = None, data_root: str | None = None):
     """Rebuild the model stored in a training checkpoint: (model, Config).
 
     The model comes back in eval mode with its weight normalisation intact
     (call `fold_for_export` for plain weights) and quantized as trained
-    unless `quantized` says otherwise."""
+    unless `quantized` says otherwise. `data_root`, when given, replaces the
+    config's `data.root` (the data is no longer where training read it)."""
     from toolchain.config import config_from_dict
     from toolchain.errors import ToolchainError
 
@@ -112,6 +113,8 @@ def load_checkpoint(path: str | Path, quantized: bool | None = None):
     if not isinstance(ckpt["config"], dict):
         raise ToolchainError(f"{path}: config entry is not a mapping")
     cfg = config_from_dict(ckpt["config"])
+    if data_root is not None:
+        cfg.data.root = data_root
     model = from_config(cfg, facts["in_channels"], facts["num_classes"])
     try:
         model.load_state_dict(ckpt["model"])

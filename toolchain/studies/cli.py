@@ -113,11 +113,9 @@ def energy_cmd(ckpt, frames, steps, backend, e_ac, e_mac, loihi_synop, loihi_neu
         cfg = Config()
         cfg.data = data_config_for(load(ckpt), cfg.data, data_root)
     else:
-        model, cfg = models.load_checkpoint(ckpt)
+        model, cfg = models.load_checkpoint(ckpt, data_root=data_root)
         if not isinstance(model, models.SpikingGraph):
             raise ToolchainError(f"{ckpt}: a non-spiking twin; convert it first (`toolchain convert`)")
-        if data_root is not None:
-            cfg.data.root = data_root
         net = quiet_export(model, steps or cfg.data.time_steps)
     x, _ = load_frames(cfg, net.time_steps, frames)
     counts = energy.count_run(net, x, backend)

@@ -170,11 +170,9 @@ def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "la
     from ..config import to_dict
     from ..train import checkpoint
 
-    ann, cfg = models.load_checkpoint(ann_ckpt)
+    ann, cfg = models.load_checkpoint(ann_ckpt, data_root=data_root)
     if isinstance(ann, models.SpikingGraph):
         raise ToolchainError(f"{ann_ckpt}: holds a spiking model; convert takes a twin trained with --ann")
-    if data_root is not None:
-        cfg.data.root = data_root
     ckpt = torch.load(ann_ckpt, map_location="cpu", weights_only=False)
     stats = activation_stats(ann, training_batches(cfg, frames), norm, percentile)
     snn_cfg = copy.deepcopy(cfg)

@@ -123,9 +123,7 @@ def robustness(checkpoints: list[tuple[str, str]], corruptions: list[str] | None
         raise ToolchainError(f"--corruptions: unknown {bad[0]!r} (known: {', '.join(CORRUPTIONS)})")
     rows = []
     for label, path in checkpoints:
-        model, cfg = models.load_checkpoint(path)
-        if data_root is not None:
-            cfg.data.root = data_root
+        model, cfg = models.load_checkpoint(path, data_root=data_root)
         t_steps = int(time_steps or cfg.data.time_steps)
         spiking = isinstance(model, models.SpikingGraph)
         net = quiet_export(model, t_steps) if spiking else None

@@ -92,9 +92,7 @@ def sweep(checkpoints: list[tuple[str, str]], steps: list[int], frames: int = 32
         raise ToolchainError(f"--steps: need positive time steps, got {steps}")
     rows = []
     for label, path in checkpoints:
-        model, cfg = models.load_checkpoint(path)
-        if data_root is not None:
-            cfg.data.root = data_root
+        model, cfg = models.load_checkpoint(path, data_root=data_root)
         spiking = isinstance(model, models.SpikingGraph)
         kind = ("converted" if _is_converted(path) else "trained") if spiking else "ANN twin"
         for t in steps:

@@ -66,9 +66,7 @@ def evaluate(ckpt, data_dir, split, json_out, quantized, batch_size):
 
     from .loop import evaluate as run, pick_device
 
-    model, cfg = models.load_checkpoint(ckpt, quantized=quantized)
-    if data_dir is not None:
-        cfg.data.root = data_dir
+    model, cfg = models.load_checkpoint(ckpt, quantized=quantized, data_root=data_dir)
     ds = build_dataset(cfg.data, split)
     if ds.num_classes != len(model.class_names):
         raise ToolchainError(f"{ckpt}: model has {len(model.class_names)} classes, data set {ds.num_classes}")
