@@ -45,26 +45,32 @@ def _pss(pid: str) -> int:
     return 0
 
 
-def _tree_memory(root: int) -> int:
-    """Memory in bytes of process `root` and all its descendants (PSS, from /proc)."""
-    parent = {}
+def descendants(root: int) -> list[int]:
+    """Process ids of every descendant of process `root` (from /proc)."""
+    children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat") as f:
-                    parent[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                    children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
             except OSError:
                 continue  # gone meanwhile
+    out, todo = [], [root]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def _tree_memory(root: int) -> int:
+    """Memory in bytes of process `root` and all its descendants (PSS, from /proc)."""
     total = 0
-    for pid in parent:
-        p = pid
-        while p not in (root, 0, 1) and p in parent:
-            p = parent[p]
-        if p == root:
-            try:
-                total += _pss(str(pid))
-            except OSError:
-                continue
+    for pid in [root] + descendants(root):
+        try:
+            total += _pss(str(pid))
+        except OSError:
+            continue
     return total
 
 

@@ -208,7 +208,7 @@ class PyConvModelBlas(PyConvModelFixed):  # Lava's Conv binding and ports; chose
         s_in = self.s_in.recv()
         if self.num_message_bits.item() == 0:
             s_in = s_in.astype(bool)
-        if not hasattr(self, "_conv"):
+        if not hasattr(self, "_conv"):  # the Vars hold their values only once the model runs
             self._conv = BlasConv(self.weight, self.stride, self.padding, self.dilation, self.groups[0])
         self.a_buf = self._conv(s_in)
 

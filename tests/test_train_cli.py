@@ -23,33 +23,18 @@ def _sets():
     return [a for s in TINY for a in ("--set", s)]
 
 
-def _descendants(pid: int) -> list[int]:
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-            except OSError:
-                continue
-    out, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        out += kids
-        todo += kids
-    return out
-
-
 def _run_or_dump_stacks(cmd, env, timeout):
     """subprocess.run, except that past `timeout` every process of the run gets
     SIGABRT (stacks to stderr, with PYTHONFAULTHANDLER) and the test fails with them."""
     import signal
 
+    from deploy.bench import descendants
+
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        for pid in _descendants(proc.pid):
+        for pid in descendants(proc.pid):
             try:
                 os.kill(pid, signal.SIGABRT)
             except ProcessLookupError:
