@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from toolchain.loihi import readout_value
+
 BACKENDS = ("emulator", "lava")
 
 
@@ -23,8 +25,8 @@ class Result:
 
     spikes: {layer name: (N, C, H, W, T) bool} (empty when not kept);
     counts: {layer name: (N,) spikes per frame}; voltage: the readout's final
-    integer voltage (N, K, H', W'); readout: voltage / (4096*T), the float the
-    torch model's readout equals; class_map: (N, H, W) argmax after bilinear
+    integer voltage (N, K, H', W'); readout: voltage / (4096*T)
+    (`toolchain.loihi.readout_value`), the float the torch model's readout equals; class_map: (N, H, W) argmax after bilinear
     upsampling of the readout to the input size.
     """
 
@@ -74,7 +76,7 @@ class Deployed:
         return self._result(spikes, counts, voltage, frames.shape[-1])
 
     def _result(self, spikes, counts, voltage, t_steps) -> Result:
-        readout = voltage.astype(np.float64) / (4096 * t_steps)
+        readout = readout_value(voltage.astype(np.float64), t_steps)
         return Result(spikes, counts, voltage, readout, class_map(readout, self.net.input_shape[1:]))
 
 

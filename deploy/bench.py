@@ -133,7 +133,7 @@ def _measure_stock_conv(spec: dict) -> dict:
     from lava.proc.conv import utils
 
     from . import load
-    from .lava_graph import lava_conv_weight, to_lava_shape
+    from .synapses import lava_conv_weight, lava_shape
 
     net = load(spec["net"]).net
     rng = np.random.default_rng(0)
@@ -145,7 +145,7 @@ def _measure_stock_conv(spec: dict) -> dict:
                 continue
             w = lava_conv_weight(syn)
             k = min(len(w), syn.groups * spec["channels"])  # whole groups: conv_scipy needs out % groups == 0
-            x = (rng.random(to_lava_shape(net.shape_of(src))) < 0.1).astype(np.int32)
+            x = (rng.random(lava_shape(net.shape_of(src))) < 0.1).astype(np.int32)
             t0 = time.process_time()
             utils.conv(x, w[:k], w.shape[1:3], syn.stride[::-1], syn.padding[::-1], syn.dilation[::-1],
                        syn.groups)

@@ -23,21 +23,13 @@ from lava.lib.dl import slayer
 
 from models.graph import INPUT, SpikingGraph
 from toolchain.errors import ToolchainError
+from toolchain.loihi import (INPUT_SHIFT, READOUT_NEURON, STATE_SCALE, VTH_MAX, W_SCALE, WEIGHT_MAX,
+                             WEIGHT_MIN, quantize_weight)
 
 from . import netfile
-from .emulator import synapse_op
-from .netfile import Layer, NetFile, Neuron, Synapse
-
-W_SCALE = 64  # slayer's CUBA weight scale: a weight of 1.0 is 64 on Loihi
-WEIGHT_MIN, WEIGHT_MAX = netfile.WEIGHT_MIN, netfile.WEIGHT_MAX
-
-
-def quantize_weight(w: torch.Tensor, descale: bool = False) -> torch.Tensor:
-    """slayer's `quantize_8bit` at weight scale 64 (round half to even, as slayer)."""
-    q = torch.round(w * (W_SCALE / 2)) * (2 / W_SCALE)
-    q = q.clamp(-256 / W_SCALE, 254 / W_SCALE)
-    return q * W_SCALE if descale else q
-
+from .netfile import Layer, NetFile, Neuron
+from .synapses import Synapse, check_shape, fan_in_bound
+from .synapses import apply as synapse_op
 
 def effective_weight(syn: torch.nn.Module) -> torch.Tensor:
     """The float weight the synapse computes with, weight norm folded in."""
@@ -116,7 +108,7 @@ def _check_synapse(syn: torch.nn.Module, rec: Synapse, src_shape, out_shape, whe
     if tuple(ref.shape[1:4]) != tuple(out_shape):
         raise ToolchainError(f"{where}: synapse output {tuple(ref.shape[1:4])} is not the layer's {out_shape}")
     try:
-        netfile.check_synapse_shape(rec, src_shape, out_shape, where)
+        check_shape(rec, src_shape, out_shape, where)
     except ToolchainError as e:
         raise ToolchainError(f"{e}; no exact Lava counterpart") from e
     ours = synapse_op(rec, x.permute(0, 4, 1, 2, 3).reshape(-1, *src_shape), out_shape)
@@ -129,12 +121,12 @@ def _check_synapse(syn: torch.nn.Module, rec: Synapse, src_shape, out_shape, whe
 
 def _neuron_record(neuron, where: str) -> Neuron:
     if neuron is None:
-        return Neuron(**netfile.READOUT_NEURON)
+        return Neuron(**READOUT_NEURON)
     if getattr(neuron, "norm", None) is not None:
         raise ToolchainError(f"{where}: neuron normalization ({type(neuron.norm).__name__}) has no Loihi counterpart")
     if getattr(neuron, "graded_spike", False):
         raise ToolchainError(f"{where}: graded spikes are not supported")
-    if int(neuron.w_scale) != W_SCALE or int(neuron.s_scale) != 4096:
+    if int(neuron.w_scale) != W_SCALE or int(neuron.s_scale) != STATE_SCALE:
         raise ToolchainError(f"{where}: neuron scale {neuron.w_scale} is not Loihi's 64")
     p = neuron.device_params
     i_decay, v_decay = np.asarray(p["iDecay"]), np.asarray(p["vDecay"])
@@ -143,8 +135,8 @@ def _neuron_record(neuron, where: str) -> Neuron:
     rec = Neuron(iDecay=int(i_decay), vDecay=int(v_decay), vThMant=int(p["vThMant"]))
     if rec.iDecay < 1:
         raise ToolchainError(f"{where}: current_decay 0 (iDecay 0) has no Lava LIF equivalent")
-    if not 0 < rec.vThMant <= netfile.VTH_MAX:
-        raise ToolchainError(f"{where}: threshold mantissa {rec.vThMant} outside Loihi's 1..{netfile.VTH_MAX}")
+    if not 0 < rec.vThMant <= VTH_MAX:
+        raise ToolchainError(f"{where}: threshold mantissa {rec.vThMant} outside Loihi's 1..{VTH_MAX}")
     return rec
 
 
@@ -183,19 +175,15 @@ def build_netfile(model: SpikingGraph, *, time_steps: int, encoding: str = "pois
 def readout_bound(net: NetFile) -> int:
     """Worst-case |readout voltage|: every input spike on every step."""
     layer = net.layers[-1]
-    per_step = 0
-    for syn in layer.synapses:
-        w = np.abs(syn.weight.astype(np.int64))
-        per_step += int(w.sum() if syn.type == "convT" else
-                        (w.reshape(w.shape[0], -1).sum(axis=1).max() if w.ndim > 1 else w.sum()))
-    return per_step * 64 * net.time_steps
+    per_step = sum(fan_in_bound(syn) for syn in layer.synapses)
+    return per_step * (1 << INPUT_SHIFT) * net.time_steps
 
 
 def _warn_overflow(net: NetFile) -> None:
     """Lava's readout voltage is 24-bit and the integrator fires above vThMant<<6;
     a bound past that means rare inputs could clip the readout (emulator and Lava
     still agree; torch, which has no limit, would not)."""
-    bound, limit = readout_bound(net), netfile.VTH_MAX << 6
+    bound, limit = readout_bound(net), VTH_MAX << INPUT_SHIFT
     if bound > limit:
         warnings.warn(f"layer {len(net.layers)} ({net.layers[-1].name}): worst-case readout "
                       f"voltage {bound} exceeds Loihi's 24-bit limit {limit}; inputs that drive "

@@ -16,11 +16,11 @@ steps (`lava_procs`: Lava's own RingBuffer I/O is far too slow to read back).
 from __future__ import annotations
 
 import numpy as np
-from scipy.sparse import csr_matrix
 
 from toolchain.errors import ToolchainError
 
-from .netfile import NetFile, Synapse
+from .netfile import NetFile
+from .synapses import Synapse, lava_shape
 
 
 # ------------------------------------------------------------ data order
@@ -36,84 +36,9 @@ def from_lava(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose((2, 1, 0) + tuple(range(3, x.ndim))))
 
 
-def _flat_index(c, y, x, shape):
-    """Index of neuron (c, y, x) of a (C, H, W) layer once Lava flattens (W, H, C)."""
-    ch, h, _ = shape
-    return (x * h + y) * ch + c
-
-
-# ------------------------------------------------------------ linear maps
-def pool_matrix(syn: Synapse, src: tuple, out: tuple) -> csr_matrix:
-    """Per-channel sum pooling as a sparse (n_out, n_in) matrix in Lava's flat order."""
-    c, hi, wi = src
-    _, ho, wo = out
-    kh, kw = syn.kernel
-    cc, yo, xo, ky, kx = np.meshgrid(np.arange(c), np.arange(ho), np.arange(wo),
-                                     np.arange(kh), np.arange(kw), indexing="ij")
-    yi = yo * syn.stride[0] - syn.padding[0] + ky * syn.dilation[0]
-    xi = xo * syn.stride[1] - syn.padding[1] + kx * syn.dilation[1]
-    ok = (yi >= 0) & (yi < hi) & (xi >= 0) & (xi < wi)
-    vals = np.asarray(syn.weight)[ky, kx]
-    ok &= vals != 0
-    rows = _flat_index(cc[ok], yo[ok], xo[ok], out)
-    cols = _flat_index(cc[ok], yi[ok], xi[ok], src)
-    return csr_matrix((vals[ok].astype(np.int32), (rows, cols)),
-                      shape=(int(np.prod(out)), int(np.prod(src))))
-
-
-def convT_matrix(syn: Synapse, src: tuple, out: tuple) -> csr_matrix:
-    """Transposed convolution as a sparse (n_out, n_in) matrix in Lava's flat order."""
-    ci_n, hi, wi = src
-    co_n, ho, wo = out
-    w = np.asarray(syn.weight)  # (in, out/groups, kh, kw)
-    g = syn.groups
-    cig, cog = ci_n // g, co_n // g
-    ci, col, yi, xi, ky, kx = np.meshgrid(np.arange(ci_n), np.arange(cog), np.arange(hi),
-                                          np.arange(wi), np.arange(w.shape[2]),
-                                          np.arange(w.shape[3]), indexing="ij")
-    co = (ci // cig) * cog + col
-    yo = yi * syn.stride[0] - syn.padding[0] + ky * syn.dilation[0]
-    xo = xi * syn.stride[1] - syn.padding[1] + kx * syn.dilation[1]
-    vals = w[ci, col, ky, kx]
-    ok = (yo >= 0) & (yo < ho) & (xo >= 0) & (xo < wo) & (vals != 0)
-    rows = _flat_index(co[ok], yo[ok], xo[ok], out)
-    cols = _flat_index(ci[ok], yi[ok], xi[ok], src)
-    return csr_matrix((vals[ok].astype(np.int32), (rows, cols)),
-                      shape=(int(np.prod(out)), int(np.prod(src))))
-
-
-def lava_conv_weight(syn: Synapse) -> np.ndarray:
-    """A conv synapse's weight as Lava's Conv takes it: netx's layout, spatially
-    flipped, (out, x, y, in) int32 (Lava's conv flips it back)."""
-    w = np.asarray(syn.weight)[:, :, ::-1, ::-1].transpose(0, 3, 2, 1).astype(np.int32)
-    return np.ascontiguousarray(w)
-
-
 def _connection(syn: Synapse, src: tuple, out: tuple):
-    """(process, reshape its input from the source?, reshape its output?)"""
-    from lava.proc.conv.process import Conv
-    from lava.proc.dense.process import Dense
-    from lava.proc.sparse.process import Sparse
-
-    if syn.type == "conv":
-        proc = Conv(weight=lava_conv_weight(syn), input_shape=tuple(to_lava_shape(src)),
-                    stride=syn.stride[::-1], padding=syn.padding[::-1],
-                    dilation=syn.dilation[::-1], groups=syn.groups)
-        if tuple(proc.a_out.shape) != to_lava_shape(out):
-            raise RuntimeError(f"Lava Conv gives {proc.a_out.shape}, the net says {out}")
-        return proc, False
-    if syn.type == "dense":
-        c, h, w_ = src
-        # columns from (C, H, W) order into Lava's flattened (W, H, C) order
-        w = np.asarray(syn.weight).reshape(-1, c, h, w_).transpose(0, 3, 2, 1).reshape(len(syn.weight), -1)
-        return Dense(weights=w.astype(np.int32)), True
-    matrix = pool_matrix(syn, src, out) if syn.type == "pool" else convT_matrix(syn, src, out)
-    return Sparse(weights=matrix), True
-
-
-def to_lava_shape(shape: tuple) -> tuple:
-    c, h, w = shape
-    return (w, h, c)
+    """(Lava process, does it read and write flat vectors?)"""
+    return syn.kind.lava(syn, src, out)
 
 
 def import_lava_runtime() -> None:
@@ -164,7 +89,7 @@ class LavaNetwork:
         self._frames_done = 0
         self._runtime_started = False
         common = dict(frame_steps=self.steps, capacity=self.capacity)
-        in_shape = to_lava_shape(net.input_shape)
+        in_shape = lava_shape(net.input_shape)
         self._in_path = self._file("input.u8", np.uint8, (self.capacity,) + in_shape + (self.time_steps,))
         source = lava_procs.FileSource(shape=in_shape, time_steps=self.time_steps, path=self._in_path, **common)
         procs = [source]
@@ -173,7 +98,7 @@ class LavaNetwork:
         lifs = []
         for i, layer in enumerate(net.layers, start=1):
             last = i == len(net.layers)
-            shape = to_lava_shape(layer.shape)
+            shape = lava_shape(layer.shape)
             n = layer.neuron
             v_file = self._file("readout.i32", np.int32, (self.capacity,) + shape) if last else None
             lif = lava_procs.FrameLIF(shape=shape, du=n.iDecay - 1, dv=n.vDecay, vth=n.vThMant, bias_mant=0,
@@ -227,7 +152,7 @@ class LavaNetwork:
         for start in range(0, len(frames), self.capacity):
             chunk = frames[start:start + self.capacity]
             slots = [(self._frames_done + j) % self.capacity for j in range(len(chunk))]
-            data = open_memmap(self._in_path, np.uint8, (self.capacity,) + to_lava_shape(self.net.input_shape)
+            data = open_memmap(self._in_path, np.uint8, (self.capacity,) + lava_shape(self.net.input_shape)
                                + (self.time_steps,))
             for slot, frame in zip(slots, chunk):
                 data[slot] = to_lava(frame.astype(np.uint8))
@@ -241,7 +166,7 @@ class LavaNetwork:
                 if self.keep_spikes:
                     s = open_memmap(spike_file, np.bool_, (self.capacity,) + shape + (self.time_steps,), mode="r")
                     spikes[name].append(np.stack([from_lava(np.array(s[k])) for k in slots]))
-            v = open_memmap(self._v_path, np.int32, (self.capacity,) + to_lava_shape(self.net.layers[-1].shape),
+            v = open_memmap(self._v_path, np.int32, (self.capacity,) + lava_shape(self.net.layers[-1].shape),
                             mode="r")
             voltage.append(np.stack([from_lava(np.array(v[k])) for k in slots]).astype(np.int64))
         return ({k: np.concatenate(v) for k, v in spikes.items()},

@@ -39,19 +39,16 @@ import numpy as np
 
 from toolchain.errors import ToolchainError
 from toolchain.files import atomic_path
+from toolchain.loihi import DECAY_SCALE, READOUT_NEURON, VTH_MAX, WEIGHT_MAX, WEIGHT_MIN
+
+from .synapses import TYPES as SYNAPSE_TYPES
+from .synapses import Synapse, check_shape, field_values, kind
 
 FORMAT = "toolchain-net"
 VERSION = 1
-SYNAPSE_TYPES = ("conv", "dense", "pool", "convT")
 LAYER_TYPES = SYNAPSE_TYPES + ("add",)
-# The readout neuron: u is the step's input alone (iDecay 4096), v sums u without
-# leak (vDecay 0), and the threshold is Lava's largest, so it never fires while
-# |v| < VTH_MAX << 6.
-VTH_MAX = (1 << 17) - 1
-READOUT_NEURON = dict(iDecay=4096, vDecay=0, vThMant=VTH_MAX)
 READOUT_RULE = ("final voltage of the readout integrator after T+1 steps / (4096*T), "
                 "then bilinear upsampling to the input size; class = argmax")
-WEIGHT_MIN, WEIGHT_MAX = -256, 254
 MAX_NEURONS = 200_000_000  # far above paper size (about 10 M): anything larger is a corrupt file
 MAX_WEIGHTS = 500_000_000
 
@@ -69,22 +66,6 @@ class Neuron:
     @property
     def is_readout(self) -> bool:
         return (self.iDecay, self.vDecay, self.vThMant) == tuple(READOUT_NEURON.values())
-
-
-@dataclass
-class Synapse:
-    """One connection: an integer linear map from a source layer's spikes."""
-
-    type: str
-    weight: np.ndarray
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
-    groups: int = 1
-
-    @property
-    def kernel(self) -> tuple[int, int]:
-        return tuple(int(k) for k in self.weight.shape[-2:])
 
 
 @dataclass
@@ -119,64 +100,10 @@ class NetFile:
         """Synapses as Loihi stores them: shared conv kernels count once per position."""
         total = 0
         for layer in self.layers:
-            c, h, w = layer.shape
             for src, syn in zip(layer.sources, layer.synapses):
                 nz = int(np.count_nonzero(syn.weight))
-                _, hi, wi = self.shape_of(src)
-                total += nz * {"conv": h * w, "pool": c * h * w, "convT": hi * wi}.get(syn.type, 1)
+                total += nz * kind(syn.type).positions(self.shape_of(src), layer.shape)
         return total
-
-
-# ---------------------------------------------------------------- shapes
-def conv_out(n: int, k: int, s: int, p: int, d: int) -> int:
-    return (n + 2 * p - d * (k - 1) - 1) // s + 1
-
-
-def convT_out(n: int, k: int, s: int, p: int, d: int) -> int:
-    """Smallest transposed-conv output; up to s-1 more rows are allowed."""
-    return (n - 1) * s - 2 * p + d * (k - 1) + 1
-
-
-def check_synapse_shape(syn: Synapse, src: tuple, out: tuple, where: str) -> None:
-    """The synapse maps a `src` (C, H, W) array onto `out`; raise if it cannot."""
-    w = syn.weight
-    (ci, hi, wi), (co, ho, wo) = src, out
-
-    def bad(msg):
-        raise ToolchainError(f"{where}: {msg} (input {tuple(src)}, output {tuple(out)})")
-
-    if syn.type == "dense":
-        if w.ndim != 2 or w.shape != (co, ci * hi * wi) or (ho, wo) != (1, 1):
-            bad(f"dense weight shape {w.shape} does not fit")
-        return
-    if w.ndim != (2 if syn.type == "pool" else 4):
-        bad(f"{syn.type} weight has {w.ndim} dimensions")
-    for name in ("stride", "dilation"):
-        if min(getattr(syn, name)) < 1:
-            bad(f"{name} {getattr(syn, name)} must be >= 1")
-    if min(syn.padding) < 0:
-        bad(f"padding {syn.padding} must be >= 0")
-    g = syn.groups
-    if g < 1 or ci % g or co % g:
-        bad(f"groups {g} does not divide the channels")
-    spatial = list(zip((hi, wi), (ho, wo), syn.kernel, syn.stride, syn.padding, syn.dilation))
-    if syn.type == "conv":
-        if w.shape[:2] != (co, ci // g):
-            bad(f"conv weight shape {w.shape} does not fit")
-        if any(o != conv_out(i, k, s, p, d) for i, o, k, s, p, d in spatial):
-            bad("conv output size does not follow from kernel, stride, padding and dilation")
-    elif syn.type == "pool":
-        if ci != co:
-            bad("pooling keeps the channel count")
-        if any(not conv_out(i, k, s, p, d) <= o <= conv_out(i + k - 1, k, s, p, d)
-               for i, o, k, s, p, d in spatial):
-            bad("pool output size does not follow from kernel, stride and padding")
-    elif syn.type == "convT":
-        if w.shape[:2] != (ci, co // g):
-            bad(f"convT weight shape {w.shape} does not fit")
-        if any(not convT_out(i, k, s, p, d) <= o < convT_out(i, k, s, p, d) + s
-               for i, o, k, s, p, d in spatial):
-            bad("convT output size does not follow from kernel, stride and padding")
 
 
 # ---------------------------------------------------------------- writing
@@ -186,22 +113,9 @@ def _put_str(g: h5py.Group, key: str, value: str) -> None:
 
 
 def _write_synapse(g: h5py.Group, syn: Synapse) -> None:
-    w = np.asarray(syn.weight)
-    g.create_dataset("weight", data=w.astype(np.int16))
-    if syn.type == "dense":
-        g.create_dataset("inFeatures", data=w.shape[1])
-        g.create_dataset("outFeatures", data=w.shape[0])
-        return
-    if syn.type in ("conv", "convT"):
-        cin, cout = (w.shape[1] * syn.groups, w.shape[0]) if syn.type == "conv" else \
-            (w.shape[0], w.shape[1] * syn.groups)
-        g.create_dataset("inChannels", data=cin)
-        g.create_dataset("outChannels", data=cout)
-        g.create_dataset("groups", data=syn.groups)
-    g.create_dataset("kernelSize", data=np.array(syn.kernel))
-    g.create_dataset("stride", data=np.array(syn.stride))
-    g.create_dataset("padding", data=np.array(syn.padding))
-    g.create_dataset("dilation", data=np.array(syn.dilation))
+    g.create_dataset("weight", data=np.asarray(syn.weight).astype(np.int16))
+    for key, value in field_values(syn).items():
+        g.create_dataset(key, data=value)
 
 
 def write(path: str | Path, net: NetFile) -> Path:
@@ -377,8 +291,8 @@ def _read_open(f: h5py.File, where: str) -> NetFile:
         ng = g["neuron"]
         if _str(ng, "type", lw + " neuron") not in ("CUBA", "LOIHI"):
             raise ToolchainError(f"{lw}: neuron type {_str(ng, 'type', lw)!r} is not CUBA")
-        neuron = Neuron(iDecay=_int(ng, "iDecay", lw + " neuron", 0, 4096),
-                        vDecay=_int(ng, "vDecay", lw + " neuron", 0, 4096),
+        neuron = Neuron(iDecay=_int(ng, "iDecay", lw + " neuron", 0, DECAY_SCALE),
+                        vDecay=_int(ng, "vDecay", lw + " neuron", 0, DECAY_SCALE),
                         vThMant=_int(ng, "vThMant", lw + " neuron", 0, VTH_MAX),
                         refDelay=_int(ng, "refDelay", lw + " neuron", 0),
                         gradedSpike=bool(_int(ng, "gradedSpike", lw + " neuron", 0, 1)))
@@ -430,7 +344,7 @@ def validate(net: NetFile, where: str = "net") -> None:
                 raise ToolchainError(f"{lw}: source {src} is not an earlier layer")
             if syn.type not in SYNAPSE_TYPES:
                 raise ToolchainError(f"{lw}: unknown synapse type {syn.type!r}")
-            check_synapse_shape(syn, net.shape_of(src), layer.shape, f"{lw} synapse {k}")
+            check_shape(syn, net.shape_of(src), layer.shape, f"{lw} synapse {k}")
         n = layer.neuron
         if n.gradedSpike:
             raise ToolchainError(f"{lw}: graded spikes are not supported")

@@ -10,6 +10,7 @@ from lava.lib.dl import slayer
 from deploy import emulator, lava_graph
 from deploy.export import build_netfile
 from models.graph import INPUT, NeuronParams, Node, SpikingGraph
+from toolchain import loihi
 
 T = 4
 
@@ -57,11 +58,12 @@ def test_one_built_lava_graph_runs_three_frames_like_three_fresh_builds(small_ne
 
 @pytest.mark.parametrize("i_decay,v_decay", [(1024, 123), (4096, 41), (0, 0)])
 @pytest.mark.parametrize("scale", [300, 1 << 20, 1 << 30])
-def test_compiled_lif_kernel_equals_torch_loop(i_decay, v_decay, scale):
-    """Small inputs, inputs that saturate 24 bits and inputs that wrap int32."""
+def test_compiled_lif_kernel_equals_reference_cuba_step(i_decay, v_decay, scale):
+    """The emulator's compiled kernel computes `toolchain.loihi.cuba_step`: small inputs,
+    inputs that saturate 24 bits and inputs that wrap int32."""
     gen = torch.Generator().manual_seed(scale % 97 + i_decay)
     a = torch.randint(-scale, scale, (7, 3, 5, 6), generator=gen, dtype=torch.int64)
-    s_ref, v_ref = emulator.lif_steps_torch(a, i_decay, v_decay, 80, wrap=True)
+    s_ref, v_ref = loihi.cuba_run(a, i_decay, v_decay, 80, wrap=True)
     s, v = emulator.lif_steps(a, i_decay, v_decay, 80)
     assert torch.equal(s, s_ref)
     assert torch.equal(v, v_ref)

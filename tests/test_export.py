@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lava.lib.dl import slayer
 
-from deploy import emulator, lava_graph, netfile
+from deploy import emulator, lava_graph, netfile, synapses
 from deploy.export import build_netfile, export
 from models.graph import INPUT, NeuronParams, Node, SpikingGraph
 from tests.test_lava_equivalence import CASES, conv, emulator_vs_lava, graph, spikes, torch_vs_emulator
@@ -32,7 +32,7 @@ def test_conv_chain_loads_unchanged_in_netx_and_gives_the_same_answers(tmp_path)
 
     netx = Network(net_config=str(path))
     assert [type(l).__name__ for l in netx.layers] == ["Conv", "Conv", "Conv"]
-    data = np.zeros(lava_graph.to_lava_shape(shape) + (6,), dtype=np.int32)
+    data = np.zeros(synapses.lava_shape(shape) + (6,), dtype=np.int32)
     data[..., :5] = lava_graph.to_lava(x[0].numpy().astype(np.int32))
     source = RingBuffer(data=data)
     source.s_out.connect(netx.inp)

@@ -19,6 +19,7 @@ from deploy import netfile
 from deploy.export import build_netfile
 from tests.test_lava_equivalence import CASES, graph
 from toolchain.errors import ToolchainError
+from toolchain import loihi
 from toolchain.files import write_text
 from toolchain.train import checkpoint
 
@@ -182,4 +183,4 @@ def test_out_of_range_weights_are_clamped_with_a_warning_naming_the_layer():
         flat[:5] = 100.0  # 6400 on Loihi's scale: far past 254
     with pytest.warns(UserWarning, match=rf"layer 1 \({model.nodes[0].name}\): 5 of \d+ weights .* clamped"):
         net = build_netfile(model, time_steps=4, class_names=["a", "b", "c"])
-    assert net.layers[0].synapses[0].weight.max() == netfile.WEIGHT_MAX
+    assert net.layers[0].synapses[0].weight.max() == loihi.WEIGHT_MAX

@@ -9,7 +9,10 @@ import pytest
 import torch
 
 import models
-from deploy.netfile import READOUT_NEURON, Layer, NetFile, Neuron, Synapse
+from deploy import synapses
+from deploy.netfile import Layer, NetFile, Neuron
+from deploy.synapses import Synapse
+from toolchain.loihi import READOUT_NEURON
 from toolchain.config import Config, to_dict
 from toolchain.errors import ToolchainError
 from toolchain.studies import convert, energy, report, robustness
@@ -31,25 +34,25 @@ def toy_net() -> NetFile:
 
 def test_fanout_of_padded_3x3_conv_counts_borders_exactly():
     syn = Synapse("conv", np.ones((2, 1, 3, 3), dtype=np.int64), padding=(1, 1))
-    fmap = energy.fanout_map(syn, (1, 4, 4), (2, 4, 4))
+    fmap = synapses.kind(syn.type).fanout(syn, (1, 4, 4), (2, 4, 4))
     # corners reach 4 output positions, edges 6, the inside 9
     assert fmap.tolist() == [[4, 6, 6, 4], [6, 9, 9, 6], [6, 9, 9, 6], [4, 6, 6, 4]]
-    assert energy.connections(syn, (1, 4, 4), (2, 4, 4)) == (4 * 4 + 8 * 6 + 4 * 9) * 2  # 200, not 4*4*9*2
+    assert synapses.connections(syn, (1, 4, 4), (2, 4, 4)) == (4 * 4 + 8 * 6 + 4 * 9) * 2  # 200, not 4*4*9*2
     counts = np.zeros((1, 4, 4))
     counts[0, 0, 0] = 1  # one spike in the corner: 4 positions x 2 channels
     counts[0, 1, 2] = 3  # three inside: 3 x 9 x 2
-    assert energy.synops(syn, counts, (2, 4, 4)) == 4 * 2 + 3 * 9 * 2
+    assert synapses.synops(syn, counts, (2, 4, 4)) == 4 * 2 + 3 * 9 * 2
 
 
 def test_fanout_of_transposed_conv_and_pool():
     up = Synapse("convT", np.ones((1, 5, 4, 4), dtype=np.int64), stride=(2, 2), padding=(1, 1))
     # k4 s2 p1 from 2 to 4: each input reaches 3 outputs per axis
-    assert energy.fanout_map(up, (1, 2, 2), (5, 4, 4)).tolist() == [[9, 9], [9, 9]]
-    assert energy.connections(up, (1, 2, 2), (5, 4, 4)) == 4 * 9 * 5
+    assert synapses.kind(up.type).fanout(up, (1, 2, 2), (5, 4, 4)).tolist() == [[9, 9], [9, 9]]
+    assert synapses.connections(up, (1, 2, 2), (5, 4, 4)) == 4 * 9 * 5
     pool = Synapse("pool", np.ones((2, 2), dtype=np.int64), stride=(2, 2))
     # an odd size: the last column's windows read zeros past the edge, every pixel still feeds one
-    assert energy.fanout_map(pool, (3, 4, 5), (3, 2, 3)).tolist() == [[1] * 5] * 4
-    assert energy.connections(pool, (3, 4, 5), (3, 2, 3)) == 3 * 20
+    assert synapses.kind(pool.type).fanout(pool, (3, 4, 5), (3, 2, 3)).tolist() == [[1] * 5] * 4
+    assert synapses.connections(pool, (3, 4, 5), (3, 2, 3)) == 3 * 20
 
 
 def test_counts_from_emulator_run_match_hand_numbers(toy_net):

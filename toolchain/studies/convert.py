@@ -33,9 +33,10 @@ import models
 from models.graph import INPUT
 
 from ..errors import ToolchainError
+from ..loihi import W_SCALE, WEIGHT_MAX
 
-W_MAX = 254 / 64  # slayer's largest 8-bit weight
-W_STEP = 2 / 64
+W_MAX = WEIGHT_MAX / W_SCALE  # slayer's largest 8-bit weight
+W_STEP = 2 / W_SCALE
 FIT = 0.98  # head-room under W_MAX against rounding
 CHANNEL_FLOOR = 1 / 8  # smallest channel lambda, as a fraction of its layer's largest
 
@@ -135,7 +136,7 @@ def convert(ann, snn, stats: dict[str, torch.Tensor], scale: float = 0.7) -> dic
     threshold = FIT * W_MAX / w_max if w_max > 0 else 1.0
     # the pool weight theta/4 must fit too; keep theta on Loihi's 1/64 grid
     threshold = min(threshold, FIT * W_MAX * 4)
-    threshold = max(math.floor(threshold * 64), 1) / 64
+    threshold = max(math.floor(threshold * W_SCALE), 1) / W_SCALE
     readout = [w for syn, w, node in plan if w is not None and node.is_readout]
     r_max = max(float(w.abs().max()) for w in readout) if readout else 1.0
     r_gain = FIT * W_MAX / r_max if r_max > 0 else 1.0

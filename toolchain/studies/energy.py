@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from deploy.netfile import NetFile, Synapse
+from deploy.netfile import NetFile
+from deploy.synapses import Synapse, connections, synops
 
 
 @dataclass
@@ -42,62 +42,6 @@ class CoreModel:
     neurons_per_core: int = 8192  # Loihi 2 neuro core (Intel's brief)
     synaptic_memory_kib: int = 128  # per core, planning figure
     cores_per_chip: int = 128
-
-
-def fanout_map(syn: Synapse, src_shape: tuple, out_shape: tuple) -> np.ndarray:
-    """(Hs, Ws): for each source pixel, how many (output position, kernel tap)
-    pairs read it, for one source/output channel pair. The gradient of the sum
-    of the synapse's output over an all-ones input and all-ones kernel is
-    exactly that count."""
-    _, hs, ws = src_shape
-    _, ho, wo = out_shape
-    x = torch.ones((1, 1, hs, ws), dtype=torch.float64, requires_grad=True)
-    if syn.type == "dense":
-        return np.ones((hs, ws))
-    k = torch.ones((1, 1, *syn.kernel), dtype=torch.float64)
-    if syn.type == "conv":
-        y = F.conv2d(x, k, stride=syn.stride, padding=syn.padding, dilation=syn.dilation)
-    elif syn.type == "pool":
-        need = [(o - 1) * s + d * (kk - 1) + 1 - (n + 2 * p)
-                for o, s, d, kk, n, p in zip((ho, wo), syn.stride, syn.dilation, syn.kernel, (hs, ws), syn.padding)]
-        y = F.conv2d(F.pad(x, (0, max(0, need[1]), 0, max(0, need[0]))), k, stride=syn.stride,
-                     padding=syn.padding, dilation=syn.dilation)[..., :ho, :wo]
-    elif syn.type == "convT":
-        base = [(n - 1) * s - 2 * p + d * (kk - 1) + 1 for n, s, p, d, kk in
-                zip((hs, ws), syn.stride, syn.padding, syn.dilation, syn.kernel)]
-        y = F.conv_transpose2d(x, k, stride=syn.stride, padding=syn.padding,
-                               output_padding=(ho - base[0], wo - base[1]), dilation=syn.dilation)
-    else:
-        raise ValueError(f"unknown synapse type {syn.type}")
-    if tuple(y.shape[-2:]) != (ho, wo):
-        raise ValueError(f"{syn.type} synapse gives {tuple(y.shape[-2:])}, layer is {(ho, wo)}")
-    y.sum().backward()
-    return x.grad[0, 0].numpy()
-
-
-def targets_per_channel(syn: Synapse, out_shape: tuple) -> int:
-    """Output channels one source channel reaches at each tap."""
-    if syn.type == "pool":
-        return 1
-    if syn.type == "dense":
-        return int(syn.weight.shape[0])
-    co = out_shape[0]
-    return co // max(1, syn.groups)
-
-
-def connections(syn: Synapse, src_shape: tuple, out_shape: tuple) -> int:
-    """Synapses of one connection as the hardware stores them (no kernel sharing)."""
-    if syn.type == "dense":
-        return int(np.prod(src_shape)) * int(syn.weight.shape[0])
-    return int(round(src_shape[0] * fanout_map(syn, src_shape, out_shape).sum() * targets_per_channel(syn, out_shape)))
-
-
-def synops(syn: Synapse, counts: np.ndarray, out_shape: tuple) -> float:
-    """Synaptic operations caused by `counts` (Cs, Hs, Ws) spikes of the source."""
-    if syn.type == "dense":
-        return float(counts.sum()) * int(syn.weight.shape[0])
-    fmap = fanout_map(syn, counts.shape, out_shape)
-    return float((counts.sum(axis=0) * fmap).sum()) * targets_per_channel(syn, out_shape)
 
 
 def weight_bits(syn: Synapse) -> int:

@@ -1,0 +1,330 @@
+"""The synapse types a `.net` layer can hold, one registry entry each.
+
+A synapse is an integer linear map from a source layer's spikes (C, H, W) to
+a layer's input (C', H', W'). Each type says, in one place:
+- `fields`: what the `.net` stores beside `weight` (slayer's names);
+- `check`: the shape rule (does this weight map that source onto that layer?);
+- `op`: the map itself on (B, C, H, W) torch tensors (the emulator, the ONNX
+  step graph and the export check all call it);
+- `lava`: the Lava connection process that computes it;
+- `fanout` and `targets`: how many (output neuron, weight) pairs one source
+  neuron reaches, for synaptic-operation counts and synaptic memory;
+- `clamp24`: whether Lava clamps the connection's output to signed 24 bits.
+
+Adding a synapse type is adding one `SynapseKind` here and one test.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from toolchain.errors import ToolchainError
+
+
+@dataclass
+class Synapse:
+    """One connection: an integer linear map from a source layer's spikes.
+
+    Spatial pairs are (y, x); weights are Loihi's 8-bit synapse integers."""
+
+    type: str
+    weight: np.ndarray
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return tuple(int(k) for k in self.weight.shape[-2:])
+
+    @property
+    def kind(self) -> "SynapseKind":
+        return kind(self.type)
+
+
+# ---------------------------------------------------------------- shapes
+def conv_out(n: int, k: int, s: int, p: int, d: int) -> int:
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def convT_out(n: int, k: int, s: int, p: int, d: int) -> int:
+    """Smallest transposed-conv output; up to s-1 more rows are allowed."""
+    return (n - 1) * s - 2 * p + d * (k - 1) + 1
+
+
+def _spatial(syn, src, out):
+    return list(zip(src[1:], out[1:], syn.kernel, syn.stride, syn.padding, syn.dilation))
+
+
+def _check_geometry(syn: Synapse, src, out, bad) -> None:
+    if syn.weight.ndim != (2 if syn.type == "pool" else 4):
+        bad(f"{syn.type} weight has {syn.weight.ndim} dimensions")
+    for name in ("stride", "dilation"):
+        if min(getattr(syn, name)) < 1:
+            bad(f"{name} {getattr(syn, name)} must be >= 1")
+    if min(syn.padding) < 0:
+        bad(f"padding {syn.padding} must be >= 0")
+    g = syn.groups
+    if g < 1 or src[0] % g or out[0] % g:
+        bad(f"groups {g} does not divide the channels")
+
+
+def _check_conv(syn, src, out, bad):
+    _check_geometry(syn, src, out, bad)
+    if syn.weight.shape[:2] != (out[0], src[0] // syn.groups):
+        bad(f"conv weight shape {syn.weight.shape} does not fit")
+    if any(o != conv_out(i, k, s, p, d) for i, o, k, s, p, d in _spatial(syn, src, out)):
+        bad("conv output size does not follow from kernel, stride, padding and dilation")
+
+
+def _check_pool(syn, src, out, bad):
+    _check_geometry(syn, src, out, bad)
+    if src[0] != out[0]:
+        bad("pooling keeps the channel count")
+    if any(not conv_out(i, k, s, p, d) <= o <= conv_out(i + k - 1, k, s, p, d)
+           for i, o, k, s, p, d in _spatial(syn, src, out)):
+        bad("pool output size does not follow from kernel, stride and padding")
+
+
+def _check_convT(syn, src, out, bad):
+    _check_geometry(syn, src, out, bad)
+    if syn.weight.shape[:2] != (src[0], out[0] // syn.groups):
+        bad(f"convT weight shape {syn.weight.shape} does not fit")
+    if any(not convT_out(i, k, s, p, d) <= o < convT_out(i, k, s, p, d) + s
+           for i, o, k, s, p, d in _spatial(syn, src, out)):
+        bad("convT output size does not follow from kernel, stride and padding")
+
+
+def _check_dense(syn, src, out, bad):
+    ci, hi, wi = src
+    if syn.weight.ndim != 2 or syn.weight.shape != (out[0], ci * hi * wi) or tuple(out[1:]) != (1, 1):
+        bad(f"dense weight shape {syn.weight.shape} does not fit")
+
+
+# ---------------------------------------------------------------- the maps
+def _op_conv(syn, x, out, w):
+    return F.conv2d(x, w, stride=syn.stride, padding=syn.padding, dilation=syn.dilation, groups=syn.groups)
+
+
+def _pool_edge_pad(syn, shape_in, out):
+    """Zeros to add below and right so that windows past the input edge read zeros."""
+    return [max(0, (o - 1) * s + d * (k - 1) + 1 - (n + 2 * p))
+            for o, s, d, k, n, p in zip(out[1:], syn.stride, syn.dilation, syn.kernel, shape_in, syn.padding)]
+
+
+def _op_pool(syn, x, out, w):
+    b, c, h, wi = x.shape
+    extra_h, extra_w = _pool_edge_pad(syn, (h, wi), out)
+    x = F.pad(x.reshape(b * c, 1, h, wi), (0, extra_w, 0, extra_h))
+    y = F.conv2d(x, w[None, None], stride=syn.stride, padding=syn.padding, dilation=syn.dilation)
+    return y[..., :out[1], :out[2]].reshape(b, c, out[1], out[2])
+
+
+def _convT_output_padding(syn, shape_in, out):
+    return tuple(o - convT_out(n, k, s, p, d) for n, o, k, s, p, d in
+                 zip(shape_in, out[1:], syn.kernel, syn.stride, syn.padding, syn.dilation))
+
+
+def _op_convT(syn, x, out, w):
+    return F.conv_transpose2d(x, w, stride=syn.stride, padding=syn.padding, groups=syn.groups,
+                              output_padding=_convT_output_padding(syn, x.shape[2:], out), dilation=syn.dilation)
+
+
+def _op_dense(syn, x, out, w):
+    return (x.reshape(x.shape[0], -1) @ w.T).reshape(x.shape[0], out[0], 1, 1)
+
+
+# ---------------------------------------------------------------- fan-out
+def _fanout_by_gradient(op):
+    """(Hs, Ws): for each source pixel, how many (output position, kernel tap)
+    pairs read it, for one source/output channel pair: the gradient of the sum
+    of the map's output over an all-ones input and all-ones kernel."""
+
+    def fanout(syn, src, out):
+        x = torch.ones((1, 1, *src[1:]), dtype=torch.float64, requires_grad=True)
+        one = Synapse(syn.type, np.ones((1, 1, *syn.kernel)) if syn.type != "pool" else np.ones(syn.kernel),
+                      syn.stride, syn.padding, syn.dilation)
+        y = op(one, x, (1, *out[1:]), torch.ones(one.weight.shape, dtype=torch.float64))
+        if tuple(y.shape[-2:]) != tuple(out[1:]):
+            raise ValueError(f"{syn.type} synapse gives {tuple(y.shape[-2:])}, layer is {tuple(out[1:])}")
+        y.sum().backward()
+        return x.grad[0, 0].numpy()
+    return fanout
+
+
+# ---------------------------------------------------------------- Lava
+def _flat_index(c, y, x, shape):
+    """Index of neuron (c, y, x) of a (C, H, W) layer once Lava flattens (W, H, C)."""
+    ch, h, _ = shape
+    return (x * h + y) * ch + c
+
+
+def _sparse(rows, cols, vals, src, out):
+    from scipy.sparse import csr_matrix
+    return csr_matrix((vals.astype(np.int32), (rows, cols)), shape=(int(np.prod(out)), int(np.prod(src))))
+
+
+def pool_matrix(syn: Synapse, src: tuple, out: tuple):
+    """Per-channel sum pooling as a sparse (n_out, n_in) matrix in Lava's flat order."""
+    c, hi, wi = src
+    _, ho, wo = out
+    kh, kw = syn.kernel
+    cc, yo, xo, ky, kx = np.meshgrid(np.arange(c), np.arange(ho), np.arange(wo),
+                                     np.arange(kh), np.arange(kw), indexing="ij")
+    yi = yo * syn.stride[0] - syn.padding[0] + ky * syn.dilation[0]
+    xi = xo * syn.stride[1] - syn.padding[1] + kx * syn.dilation[1]
+    vals = np.asarray(syn.weight)[ky, kx]
+    ok = (yi >= 0) & (yi < hi) & (xi >= 0) & (xi < wi) & (vals != 0)
+    return _sparse(_flat_index(cc[ok], yo[ok], xo[ok], out), _flat_index(cc[ok], yi[ok], xi[ok], src),
+                   vals[ok], src, out)
+
+
+def convT_matrix(syn: Synapse, src: tuple, out: tuple):
+    """Transposed convolution as a sparse (n_out, n_in) matrix in Lava's flat order."""
+    ci_n, hi, wi = src
+    co_n, ho, wo = out
+    w = np.asarray(syn.weight)  # (in, out/groups, kh, kw)
+    cig, cog = ci_n // syn.groups, co_n // syn.groups
+    ci, col, yi, xi, ky, kx = np.meshgrid(np.arange(ci_n), np.arange(cog), np.arange(hi),
+                                          np.arange(wi), np.arange(w.shape[2]),
+                                          np.arange(w.shape[3]), indexing="ij")
+    co = (ci // cig) * cog + col
+    yo = yi * syn.stride[0] - syn.padding[0] + ky * syn.dilation[0]
+    xo = xi * syn.stride[1] - syn.padding[1] + kx * syn.dilation[1]
+    vals = w[ci, col, ky, kx]
+    ok = (yo >= 0) & (yo < ho) & (xo >= 0) & (xo < wo) & (vals != 0)
+    return _sparse(_flat_index(co[ok], yo[ok], xo[ok], out), _flat_index(ci[ok], yi[ok], xi[ok], src),
+                   vals[ok], src, out)
+
+
+def lava_shape(shape: tuple) -> tuple:
+    """slayer (C, H, W) -> Lava (x, y, channel)."""
+    c, h, w = shape
+    return (w, h, c)
+
+
+def lava_conv_weight(syn: Synapse) -> np.ndarray:
+    """A conv synapse's weight as Lava's Conv takes it: netx's layout, spatially
+    flipped, (out, x, y, in) int32 (Lava's conv flips it back)."""
+    w = np.asarray(syn.weight)[:, :, ::-1, ::-1].transpose(0, 3, 2, 1).astype(np.int32)
+    return np.ascontiguousarray(w)
+
+
+def _lava_conv(syn, src, out):
+    from lava.proc.conv.process import Conv
+    proc = Conv(weight=lava_conv_weight(syn), input_shape=lava_shape(src), stride=syn.stride[::-1],
+                padding=syn.padding[::-1], dilation=syn.dilation[::-1], groups=syn.groups)
+    if tuple(proc.a_out.shape) != lava_shape(out):
+        raise RuntimeError(f"Lava Conv gives {proc.a_out.shape}, the net says {out}")
+    return proc, False
+
+
+def _lava_dense(syn, src, out):
+    from lava.proc.dense.process import Dense
+    c, h, w = src
+    # columns from (C, H, W) order into Lava's flattened (W, H, C) order
+    weight = np.asarray(syn.weight).reshape(-1, c, h, w).transpose(0, 3, 2, 1).reshape(len(syn.weight), -1)
+    return Dense(weights=weight.astype(np.int32)), True
+
+
+def _lava_sparse(matrix):
+    def build(syn, src, out):
+        from lava.proc.sparse.process import Sparse
+        return Sparse(weights=matrix(syn, src, out)), True
+    return build
+
+
+# ---------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class SynapseKind:
+    name: str
+    fields: tuple[str, ...]
+    check: Callable  # (syn, src (C,H,W), out (C,H,W), bad(msg)) -> None
+    op: Callable  # (syn, x (B,C,H,W), out (C,H,W), weight tensor) -> (B, C', H', W')
+    lava: Callable  # (syn, src, out) -> (Lava process, reads/writes flat vectors?)
+    fanout: Callable  # (syn, src, out) -> (Hs, Ws) output positions x taps per source pixel
+    targets: Callable  # (syn, out) -> output channels one source channel reaches per tap
+    positions: Callable  # (src, out) -> places one stored kernel weight is used (shared kernels)
+    clamp24: bool = False  # Lava's Conv clamps its output to signed 24 bits
+
+
+_GEOMETRY = ("kernelSize", "stride", "padding", "dilation")
+_KINDS = {k.name: k for k in (
+    SynapseKind("conv", ("inChannels", "outChannels", "groups") + _GEOMETRY, _check_conv, _op_conv,
+                _lava_conv, _fanout_by_gradient(_op_conv), lambda syn, out: out[0] // syn.groups,
+                lambda src, out: out[1] * out[2], clamp24=True),
+    SynapseKind("convT", ("inChannels", "outChannels", "groups") + _GEOMETRY, _check_convT, _op_convT,
+                _lava_sparse(convT_matrix), _fanout_by_gradient(_op_convT),
+                lambda syn, out: out[0] // syn.groups, lambda src, out: src[1] * src[2]),
+    SynapseKind("pool", _GEOMETRY, _check_pool, _op_pool, _lava_sparse(pool_matrix),
+                _fanout_by_gradient(_op_pool), lambda syn, out: 1, lambda src, out: out[0] * out[1] * out[2]),
+    SynapseKind("dense", ("inFeatures", "outFeatures"), _check_dense, _op_dense, _lava_dense,
+                lambda syn, src, out: np.ones(src[1:]), lambda syn, out: int(syn.weight.shape[0]),
+                lambda src, out: 1),
+)}
+TYPES = tuple(_KINDS)
+
+
+def kind(name: str) -> SynapseKind:
+    if name not in _KINDS:
+        raise ToolchainError(f"unknown synapse type {name!r} (known: {', '.join(TYPES)})")
+    return _KINDS[name]
+
+
+def check_shape(syn: Synapse, src: tuple, out: tuple, where: str) -> None:
+    """The synapse maps a `src` (C, H, W) array onto `out`; raise if it cannot."""
+    def bad(msg):
+        raise ToolchainError(f"{where}: {msg} (input {tuple(src)}, output {tuple(out)})")
+    kind(syn.type).check(syn, tuple(src), tuple(out), bad)
+
+
+def fan_in_bound(syn: Synapse) -> int:
+    """An upper bound on |one output| per step when every input spikes."""
+    w = np.abs(np.asarray(syn.weight, dtype=np.int64))
+    if syn.type in ("conv", "dense"):
+        return int(w.reshape(w.shape[0], -1).sum(axis=1).max()) if w.size else 0
+    return int(w.sum())
+
+
+def apply(syn: Synapse, x: torch.Tensor, out_shape: tuple[int, int, int],
+          weight: torch.Tensor | None = None, *, exact: bool = True) -> torch.Tensor:
+    """The integer map of one synapse on (B, C, H, W) spikes -> (B, C', H', W').
+
+    Float arithmetic on integers: float32 holds every partial sum exactly while
+    the worst case stays below 2^24 (with a margin), float64 beyond. The result
+    is rounded back to int64, or with exact=False left as the float tensor
+    holding those integers (the caller rounds)."""
+    dtype = torch.float32 if fan_in_bound(syn) < (1 << 22) else torch.float64
+    w = torch.as_tensor(syn.weight, device=x.device) if weight is None else weight
+    y = kind(syn.type).op(syn, x.to(dtype), tuple(out_shape), w.to(dtype))
+    return torch.round(y).to(torch.int64) if exact else y
+
+
+def connections(syn: Synapse, src: tuple, out: tuple) -> int:
+    """Synapses of one connection as the hardware stores them (no kernel sharing)."""
+    k = kind(syn.type)
+    return int(round(src[0] * k.fanout(syn, src, out).sum() * k.targets(syn, out)))
+
+
+def synops(syn: Synapse, counts: np.ndarray, out: tuple) -> float:
+    """Synaptic operations caused by `counts` (Cs, Hs, Ws) spikes of the source."""
+    k = kind(syn.type)
+    return float((counts.sum(axis=0) * k.fanout(syn, counts.shape, out)).sum()) * k.targets(syn, out)
+
+
+def field_values(syn: Synapse) -> dict[str, object]:
+    """The `.net` fields of a synapse beside its weight (slayer's names)."""
+    w = syn.weight
+    values = dict(kernelSize=np.array(syn.kernel), stride=np.array(syn.stride), padding=np.array(syn.padding),
+                  dilation=np.array(syn.dilation), groups=syn.groups, inFeatures=w.shape[-1],
+                  outFeatures=w.shape[0])
+    if syn.type == "conv":
+        values.update(inChannels=w.shape[1] * syn.groups, outChannels=w.shape[0])
+    elif syn.type == "convT":
+        values.update(inChannels=w.shape[0], outChannels=w.shape[1] * syn.groups)
+    return {k: values[k] for k in kind(syn.type).fields}
