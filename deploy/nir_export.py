@@ -1,175 +1,194 @@
-"""NIR export of a `SpikingGraph` (Neuromorphic Intermediate Representation,
-the `nir` package), for simulators and chips that read NIR.
+"""NIR export of a `.net` file (Neuromorphic Intermediate Representation, the
+`nir` package), for simulators and chips that read NIR.
 
-Graph layout: `input` (nir.Input) -> for each node `n`, one NIR node per
-synapse `n.syn<k>` (Conv2d, SumPool2d / AvgPool2d, with a Scale after a
-weighted sum pool) -> `n` (CubaLIF) -> `n.delay` (Delay of 1 step, slayer's
-axon delay; `axon_delay=False` leaves it out) -> consumers. Several edges
-into one node add up, as the synapses of one node do. The readout node `n`
-is an integrator (nir.I) with r = 1/T, so after T steps its state is the
-network output, and it feeds `output`.
+Graph layout: `input` (nir.Input) -> for each layer `L`, one NIR node per
+synapse `L.syn<k>` -> `L` (CubaLIF) -> `L.delay` (Delay of 1 step;
+`axon_delay=False` leaves it out) -> consumers. Several edges into one node
+add up, as the synapses of one layer do. The readout layer `L` is an
+integrator (nir.I) with r = 1/T, so after T steps its state is the network
+output, and it feeds `output`.
 
-Parameter mapping, dt = 1. slayer's CUBA neuron is
+Synapses, weights as floats (the 8-bit integer / 64), one entry of
+`SYNAPSE_NODES` per `.net` type:
+- conv: Conv2d (grouped convs as their block-diagonal full weight);
+- dense: Flatten -> Linear (the layer is then 1-D, (C,));
+- pool: SumPool2d, then a Scale by the kernel's weight unless it is 1; a
+  pool with unequal kernel weights or dilation is the per-channel Conv2d it is;
+  a pool whose windows reach past the input edge has no NIR form;
+- convT: no NIR form (nir has no transposed convolution).
+
+Timing: in Lava every connection delays by one step, the input's included.
+Here only the layers' outputs are delayed: that shifts every path from the
+input alike, so NIR step t is Lava step t+1 (Lava's step 0 receives
+nothing), `L.delay`'s output at step t is L's spikes at Lava step t, and the
+readout after T steps is Lava's after T+1.
+
+Parameter mapping, dt = 1. Loihi's CUBA neuron (in weight units) is
     u[t] = (1 - a_u) u[t-1] + x[t],   v[t] = (1 - a_v) v[t-1] + u[t],
     spike and reset v to 0 when v[t] > theta,
-with a_u = iDecay / 4096, a_v = vDecay / 4096 (the quantized decays) and
-theta the quantized threshold. NIR's CubaLIF,
+with a_u = iDecay / 4096, a_v = vDecay / 4096 and theta = vThMant / 64.
+NIR's CubaLIF,
     tau_syn dI/dt = -I + w_in S,   tau_mem dv/dt = (v_leak - v) + r I,
 integrated with forward Euler at dt = 1 (v using the updated I) is the same
 recurrence when
     tau_syn = 1 / a_u,  w_in = tau_syn,  tau_mem = 1 / a_v,  r = tau_mem,
     v_leak = 0,  v_threshold = theta,  v_reset = 0.
-Not carried over: Loihi's truncation of states to 1/4096 steps; a zero decay
-(a perfect integrator) has no finite tau and is refused.
+Not carried over: Loihi's truncation of states to 1/4096 steps and its
+24-bit limits; a zero voltage decay (a perfect integrator) has no finite tau
+and is refused.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import nir
 import numpy as np
-import torch
-import torch.nn.functional as F
-from lava.lib.dl import slayer
 
-from models.graph import INPUT, Node, SpikingGraph
 from toolchain.errors import ToolchainError
 from toolchain.files import atomic_path
+from toolchain.loihi import DECAY_SCALE, W_SCALE
 
-from .onnx_export import state_shapes, synapse_weight
+from .netfile import NetFile, Neuron, Synapse
 
-DECAY_SCALE = 1 << 12
+INPUT, OUTPUT = "input", "output"
 
 
 def _pair(v) -> np.ndarray:
-    return np.array(v[:2], dtype=np.int64)
+    return np.array(v, dtype=np.int64)
 
 
-def _conv(syn: torch.nn.Conv3d, in_shape: tuple[int, ...], name: str) -> dict:
-    if len(in_shape) != 3:
-        raise ToolchainError(f"{name}: NIR Conv2d needs a (C, H, W) input, got shape {in_shape}")
-    w = synapse_weight(syn)[..., 0].numpy()
-    return {name: nir.Conv2d(
-        input_shape=tuple(in_shape[1:]), weight=w, stride=_pair(syn.stride),
-        padding=_pair(syn.padding), dilation=_pair(syn.dilation), groups=syn.groups,
-        bias=np.zeros(w.shape[0], dtype=w.dtype))}
+def _float(w: np.ndarray) -> np.ndarray:
+    return (np.asarray(w, dtype=np.float32) / W_SCALE).astype(np.float32)
 
 
-def _pool(syn: torch.nn.Conv3d, in_shape: tuple[int, ...], name: str) -> dict:
-    """slayer's Pool is a per-channel sum pool times one weight, unless its
-    channel-folding layout lets windows cross channels (padding, or a height
-    that is not a multiple of the window): that case has no NIR form."""
-    w = synapse_weight(syn)
-    values = torch.unique(w)
-    kernel, stride, padding = _pair(syn.kernel_size), _pair(syn.stride), _pair(syn.padding)
-    probe = torch.rand(1, *in_shape, 1)
-    per_channel = F.conv2d(probe[..., 0], w[..., 0].expand(in_shape[0], 1, -1, -1),
-                           stride=tuple(stride), padding=tuple(padding), groups=in_shape[0])
-    with torch.no_grad():
-        slayer_out = syn(probe)[..., 0]
-    if values.numel() != 1 or per_channel.shape != slayer_out.shape or \
-            not torch.allclose(per_channel, slayer_out, atol=1e-5):
-        raise ToolchainError(
-            f"{name}: slayer Pool (kernel {kernel.tolist()}, padding {padding.tolist()}) on input "
-            f"{tuple(in_shape)} mixes channels at their borders; NIR pooling cannot express it "
-            "(use no padding and a height divisible by the kernel, or a depthwise Conv)")
-    gain = float(values[0])
-    area = int(kernel.prod())
-    if np.isclose(gain * area, 1.0):
-        return {name: nir.AvgPool2d(kernel_size=kernel, stride=stride, padding=padding)}
-    nodes = {name: nir.SumPool2d(kernel_size=kernel, stride=stride, padding=padding)}
-    if gain != 1.0:
-        nodes[f"{name}.scale"] = nir.Scale(scale=np.full(per_channel.shape[1:], gain, np.float32))
+def _ungrouped(w: np.ndarray, groups: int) -> np.ndarray:
+    """A grouped conv weight (out, in/groups, kh, kw) as the block-diagonal
+    (out, in, kh, kw) of the same map: nir 1.0.8's Conv2d types its input
+    with weight.shape[1] channels, so grouped convs fail its type check."""
+    if groups == 1:
+        return w
+    co, cig = w.shape[:2]
+    full = np.zeros((co, cig * groups, *w.shape[2:]), w.dtype)
+    for o in range(co):
+        g = o // (co // groups)
+        full[o, g * cig:(g + 1) * cig] = w[o]
+    return full
+
+
+def _conv(syn: Synapse, src: tuple, out: tuple, name: str) -> dict:
+    w = _ungrouped(_float(syn.weight), syn.groups)
+    return {name: nir.Conv2d(input_shape=tuple(src[1:]), weight=w, stride=_pair(syn.stride),
+                             padding=_pair(syn.padding), dilation=_pair(syn.dilation), groups=1,
+                             bias=np.zeros(w.shape[0], np.float32))}
+
+
+def _dense(syn: Synapse, src: tuple, out: tuple, name: str) -> dict:
+    nodes = {}
+    if len(src) > 1:
+        nodes[f"{name}.flatten"] = nir.Flatten(input_type={"input": np.array(src)}, start_dim=0)
+    nodes[name] = nir.Linear(weight=_float(syn.weight))
     return nodes
 
 
-SYNAPSE_NODES = {
-    slayer.synapse.Conv: _conv,
-    slayer.synapse.Dense: _conv,
-    slayer.synapse.Pool: _pool,
-}
+def _pool(syn: Synapse, src: tuple, out: tuple, name: str) -> dict:
+    k = np.asarray(syn.weight)
+    spatial = zip(src[1:], syn.kernel, syn.stride, syn.padding, syn.dilation)
+    if tuple(out[1:]) != tuple((n + 2 * p - d * (kk - 1) - 1) // s + 1 for n, kk, s, p, d in spatial):
+        raise ToolchainError(f"{name}: pool windows reach past the input edge (output {tuple(out[1:])} "
+                             f"from input {tuple(src[1:])}); NIR pooling has no such edge rule")
+    if np.any(k != k.flat[0]) or tuple(syn.dilation) != (1, 1):
+        depthwise = Synapse("conv", np.broadcast_to(k, (src[0], 1, *k.shape)).copy(), syn.stride,
+                            syn.padding, syn.dilation, groups=src[0])
+        return _conv(depthwise, src, out, name)
+    nodes = {name: nir.SumPool2d(kernel_size=_pair(syn.kernel), stride=_pair(syn.stride),
+                                 padding=_pair(syn.padding))}
+    gain = float(k.flat[0]) / W_SCALE
+    if gain != 1.0:
+        nodes[f"{name}.scale"] = nir.Scale(scale=np.full(out, gain, np.float32))
+    return nodes
 
 
-def cuba_lif(node: Node, shape: tuple[int, ...]):
-    """The NIR CubaLIF equivalent of a node's slayer CUBA neuron (module docstring)."""
-    n = node.neuron
-    a_u = float(n.cx_current_decay) / DECAY_SCALE
-    a_v = float(n.cx_voltage_decay) / DECAY_SCALE
-    if np.ndim(n.cx_current_decay) or np.ndim(n.cx_voltage_decay):
-        raise ToolchainError(f"node {node.name!r}: per-channel decays are not supported in NIR export")
+SYNAPSE_NODES: dict[str, Callable[[Synapse, tuple, tuple, str], dict]] = {
+    "conv": _conv, "dense": _dense, "pool": _pool}
+
+
+def cuba_lif(neuron: Neuron, shape: tuple[int, ...], name: str) -> nir.CubaLIF:
+    """The NIR CubaLIF equivalent of a layer's Loihi CUBA neuron (module docstring)."""
+    a_u, a_v = neuron.iDecay / DECAY_SCALE, neuron.vDecay / DECAY_SCALE
     if a_u == 0 or a_v == 0:
-        raise ToolchainError(f"node {node.name!r}: zero current or voltage decay (a perfect "
-                             "integrator) has no finite NIR time constant")
-    if n.graded_spike or n.norm is not None:
-        raise ToolchainError(f"node {node.name!r}: graded spikes / neuron normalization have no NIR form")
+        raise ToolchainError(f"{name}: zero current or voltage decay (a perfect integrator) has no "
+                             "finite NIR time constant")
 
     def full(value: float) -> np.ndarray:
         return np.full(shape, value, dtype=np.float32)
 
-    return nir.CubaLIF(tau_syn=full(1 / a_u), tau_mem=full(1 / a_v), r=full(1 / a_v),
-                       v_leak=full(0.0), v_threshold=full(float(n.threshold)), v_reset=full(0.0),
-                       w_in=full(1 / a_u))
+    return nir.CubaLIF(tau_syn=full(1 / a_u), tau_mem=full(1 / a_v), r=full(1 / a_v), v_leak=full(0.0),
+                       v_threshold=full(neuron.vThMant / W_SCALE), v_reset=full(0.0), w_in=full(1 / a_u))
 
 
-def build_nir(model: SpikingGraph, *, time_steps: int | None = None, axon_delay: bool = True):
-    """The nir.NIRGraph of `model` (see the module docstring for its layout)."""
-    shapes = {k[:-2]: v for k, v in state_shapes(model).items() if k.endswith(".u")}
-    readout = model.nodes[-1]
-    shapes[readout.name] = state_shapes(model)["readout.acc"]
-    shapes[INPUT] = tuple(model.input_shape)
-    nodes = {INPUT: nir.Input(input_type={"input": np.array(model.input_shape)})}
+def build_nir(net: NetFile, *, axon_delay: bool = True) -> nir.NIRGraph:
+    """The nir.NIRGraph of `net` (see the module docstring for its layout)."""
+    names = [INPUT, OUTPUT] + [layer.name for layer in net.layers]
+    if len(set(names)) != len(names):
+        raise ToolchainError(f"layer names must be unique and not {INPUT!r} or {OUTPUT!r}, got {names[2:]}")
+    # a layer fed by dense synapses is 1-D in NIR (Linear's output)
+    shapes = [tuple(net.input_shape)] + [
+        (layer.shape[0],) if any(s.type == "dense" for s in layer.synapses) else tuple(layer.shape)
+        for layer in net.layers]
+    nodes = {INPUT: nir.Input(input_type={"input": np.array(net.input_shape)})}
     edges: list[tuple[str, str]] = []
-    exits = {INPUT: INPUT}  # the NIR node whose output carries a graph node's spikes
+    exits = {0: INPUT}  # the NIR node whose output carries a layer's spikes
     problems = []
-    for node in model.nodes:
-        for k, (source, syn) in enumerate(zip(node.sources, node.synapses)):
-            name = f"{node.name}.syn{k}"
-            make = SYNAPSE_NODES.get(type(syn))
+    for i, layer in enumerate(net.layers, start=1):
+        for k, (src, syn) in enumerate(zip(layer.sources, layer.synapses)):
+            name = f"{layer.name}.syn{k}"
+            make = SYNAPSE_NODES.get(syn.type)
             if make is None:
-                problems.append(f"{name} ({type(syn).__name__})")
+                problems.append(f"{name} ({syn.type})")
                 continue
-            chain = make(syn, shapes[source], name)
-            names = list(chain)
+            if len(shapes[src]) == 1 and syn.type != "dense":
+                problems.append(f"{name} ({syn.type} on the 1-D output of a dense layer)")
+                continue
+            try:
+                chain = make(syn, shapes[src], shapes[i], name)
+            except ToolchainError as e:
+                problems.append(str(e))
+                continue
             nodes.update(chain)
-            edges += [(exits[source], names[0])] + list(zip(names, names[1:])) + [(names[-1], node.name)]
-        if node.is_readout:
-            steps = 1 if time_steps is None else int(time_steps)
-            nodes[node.name] = nir.I(r=np.full(shapes[node.name], 1.0 / steps, np.float32))
-            nodes["output"] = nir.Output(output_type={"output": np.array(shapes[node.name])})
-            edges.append((node.name, "output"))
-        else:
-            nodes[node.name] = cuba_lif(node, shapes[node.name])
-            exits[node.name] = node.name
-            if axon_delay:
-                nodes[f"{node.name}.delay"] = nir.Delay(delay=np.ones(shapes[node.name], np.float32))
-                edges.append((node.name, f"{node.name}.delay"))
-                exits[node.name] = f"{node.name}.delay"
+            order = list(chain)
+            edges += [(exits[src], order[0])] + list(zip(order, order[1:])) + [(order[-1], layer.name)]
+        if i == len(net.layers):
+            nodes[layer.name] = nir.I(r=np.full(shapes[i], 1.0 / net.time_steps, np.float32))
+            nodes[OUTPUT] = nir.Output(output_type={"output": np.array(shapes[i])})
+            edges.append((layer.name, OUTPUT))
+            continue
+        nodes[layer.name] = cuba_lif(layer.neuron, shapes[i], f"layer {i} ({layer.name})")
+        exits[i] = layer.name
+        if axon_delay:
+            nodes[f"{layer.name}.delay"] = nir.Delay(delay=np.ones(shapes[i], np.float32))
+            edges.append((layer.name, f"{layer.name}.delay"))
+            exits[i] = f"{layer.name}.delay"
     if problems:
-        raise ToolchainError("NIR cannot express these synapses: " + ", ".join(problems)
-                             + f" (NIR export supports {', '.join(t.__name__ for t in SYNAPSE_NODES)})")
+        raise ToolchainError("NIR cannot express these synapses: " + "; ".join(problems)
+                             + f" (NIR export supports {', '.join(SYNAPSE_NODES)})")
     metadata = {"producer": "toolchain", "dt": 1.0, "axon_delay": int(axon_delay),
-                "readout": "integrator state after T steps" + ("" if time_steps else " (sum; divide by T)")}
-    if time_steps:
-        metadata["time_steps"] = int(time_steps)
+                "time_steps": int(net.time_steps),
+                "readout": "integrator state after T steps (NIR step t = Lava step t+1)"}
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
 
 
-def export_nir(model: SpikingGraph, path: str | os.PathLike, *, time_steps: int | None = None,
-               axon_delay: bool = True) -> Path:
-    """Write `model` as a NIR HDF5 file; returns the path.
-
-    `time_steps` sets the readout integrator's r = 1/T (without it r = 1 and
-    the readout is the sum over steps). Raises ToolchainError naming every
-    synapse that NIR cannot express (transposed conv, unpooling, ...).
-    """
+def export_nir(net: NetFile, path: str | os.PathLike, *, axon_delay: bool = True) -> Path:
+    """Write `net` as a NIR HDF5 file; returns the path. The readout's r is 1/T
+    with T = `net.time_steps`. Raises ToolchainError naming every synapse NIR
+    cannot express; nothing is written then."""
     path = Path(path)
-    if not isinstance(model, SpikingGraph):
-        raise ToolchainError(f"{path}: NIR export needs a SpikingGraph, got {type(model).__name__}")
-    if time_steps is not None and int(time_steps) < 1:
-        raise ToolchainError(f"{path}: time_steps must be >= 1, got {time_steps}")
+    if not isinstance(net, NetFile):
+        raise ToolchainError(f"{path}: NIR export is built from a .net file (deploy.netfile.read or "
+                             f"deploy.export.build_netfile), got {type(net).__name__}")
     try:
-        graph = build_nir(model.eval(), time_steps=time_steps, axon_delay=axon_delay)
+        graph = build_nir(net, axon_delay=axon_delay)
     except ToolchainError as e:
         raise ToolchainError(f"{path}: {e}") from None
     with atomic_path(path) as tmp:

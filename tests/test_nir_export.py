@@ -1,6 +1,7 @@
-"""NIR export: the written graph reads back with `nir.read` with the expected
-nodes, edges and parameters, and, simulated with forward Euler at dt = 1,
-reproduces slayer's spikes."""
+"""NIR export of a `.net` file: the written graph reads back with `nir.read`
+with the documented nodes, edges and parameters, and, simulated in float
+with forward Euler at dt = 1, reproduces the emulator's spikes and readout
+where Loihi's fixed point is exact."""
 from __future__ import annotations
 
 import nir
@@ -8,29 +9,56 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from lava.lib.dl import slayer
 
 import models
+from deploy import emulator, netfile
+from deploy.export import build_netfile
+from deploy.netfile import Layer, NetFile, Neuron, Synapse
 from deploy.nir_export import export_nir
-from models.graph import NeuronParams, Node, SpikingGraph
 from toolchain.errors import ToolchainError
+from toolchain.loihi import READOUT_NEURON, readout_value
 
-Q = slayer.utils.quantize_hook_fx
+READOUT = Neuron(**READOUT_NEURON)
 
 
-def small_graph(neuron: NeuronParams, pool_weight: float = 0.5) -> SpikingGraph:
-    torch.manual_seed(0)
-    nodes = [
-        Node("c1", ["input"], [slayer.synapse.Conv(2, 4, 3, padding=1, weight_scale=3, pre_hook_fx=Q)],
-             neuron.make()),
-        Node("p1", ["c1"], [slayer.synapse.Pool(2, weight_scale=pool_weight, pre_hook_fx=Q)], neuron.make()),
-        Node("c2", ["p1", "p1"], [slayer.synapse.Conv(4, 4, 3, padding=2, dilation=2, weight_scale=3,
-                                                      pre_hook_fx=Q),
-                                  slayer.synapse.Conv(4, 4, 1, weight_scale=2, pre_hook_fx=Q)], neuron.make()),
-        Node("out", ["c2", "c1"], [slayer.synapse.Conv(4, 3, 1, pre_hook_fx=Q),
-                                   slayer.synapse.Conv(4, 3, 2, stride=2, pre_hook_fx=Q)], None),
+def weights(rng, shape, mean=0.0, spread=40) -> np.ndarray:
+    w = 2 * np.round((mean + spread * rng.standard_normal(shape)) / 2)
+    return np.clip(w, -256, 254).astype(np.int32)
+
+
+def small_net(neuron: Neuron, pool_weight: int = 32, time_steps: int = 10) -> NetFile:
+    """conv -> pool -> add of a dilated and a 1x1 conv -> readout adding a skip from c1."""
+    rng = np.random.default_rng(0)
+    layers = [
+        Layer("c1", "conv", (4, 8, 12), [0], [Synapse("conv", weights(rng, (4, 2, 3, 3), 16), padding=(1, 1))],
+              neuron),
+        Layer("p1", "pool", (4, 4, 6), [1], [Synapse("pool", np.full((2, 2), pool_weight), (2, 2))], neuron),
+        Layer("c2", "add", (4, 4, 6), [2, 2], [Synapse("conv", weights(rng, (4, 4, 3, 3), 8), padding=(2, 2),
+                                                       dilation=(2, 2)),
+                                               Synapse("conv", weights(rng, (4, 4, 1, 1), 30))], neuron),
+        Layer("out", "add", (3, 4, 6), [3, 1], [Synapse("conv", weights(rng, (3, 4, 1, 1))),
+                                                Synapse("conv", weights(rng, (3, 4, 2, 2)), (2, 2))], READOUT),
     ]
-    return SpikingGraph(nodes, (2, 8, 12), neuron).eval()
+    net = NetFile((2, 8, 12), time_steps, layers)
+    netfile.validate(net)
+    return net
+
+
+def dense_net(neuron: Neuron, time_steps: int = 8) -> NetFile:
+    """A pool with unequal kernel weights (a per-channel conv in NIR), a grouped conv, dense layers."""
+    rng = np.random.default_rng(1)
+    layers = [
+        Layer("c1", "conv", (4, 8, 12), [0], [Synapse("conv", weights(rng, (4, 2, 3, 3), 16), padding=(1, 1))],
+              neuron),
+        Layer("p1", "pool", (4, 4, 6), [1], [Synapse("pool", np.array([[40, 20], [20, 10]]), (2, 2))], neuron),
+        Layer("g", "conv", (4, 4, 6), [2], [Synapse("conv", weights(rng, (4, 2, 3, 3), 16), padding=(1, 1),
+                                                    groups=2)], neuron),
+        Layer("d1", "dense", (12, 1, 1), [3], [Synapse("dense", weights(rng, (12, 96), 6))], neuron),
+        Layer("out", "dense", (5, 1, 1), [4], [Synapse("dense", weights(rng, (5, 12)))], READOUT),
+    ]
+    net = NetFile((2, 8, 12), time_steps, layers)
+    netfile.validate(net)
+    return net
 
 
 def simulate(graph: nir.NIRGraph, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -73,10 +101,12 @@ def simulate(graph: nir.NIRGraph, x: np.ndarray) -> tuple[np.ndarray, dict[str, 
             elif isinstance(node, nir.SumPool2d):
                 out[name] = F.avg_pool2d(z, tuple(node.kernel_size), tuple(node.stride), tuple(node.padding),
                                          divisor_override=1)
-            elif isinstance(node, nir.AvgPool2d):
-                out[name] = F.avg_pool2d(z, tuple(node.kernel_size), tuple(node.stride), tuple(node.padding))
             elif isinstance(node, nir.Scale):
                 out[name] = z * torch.as_tensor(node.scale)
+            elif isinstance(node, nir.Flatten):
+                out[name] = z.flatten(1 + node.start_dim)
+            elif isinstance(node, nir.Linear):
+                out[name] = z @ torch.as_tensor(node.weight).T
             elif isinstance(node, nir.CubaLIF):
                 p = {k: torch.as_tensor(getattr(node, k)) for k in
                      ("tau_syn", "tau_mem", "r", "v_leak", "v_threshold", "v_reset", "w_in")}
@@ -102,8 +132,7 @@ def simulate(graph: nir.NIRGraph, x: np.ndarray) -> tuple[np.ndarray, dict[str, 
 
 
 def test_round_trip_has_expected_nodes_and_edges(tmp_path):
-    graph = small_graph(NeuronParams(threshold=0.5, current_decay=0.25, voltage_decay=0.03))
-    back = nir.read(export_nir(graph, tmp_path / "net.nir", time_steps=10))
+    back = nir.read(export_nir(small_net(Neuron(1024, 123, 32)), tmp_path / "net.nir"))
     kinds = {name: type(node).__name__ for name, node in back.nodes.items()}
     assert kinds == {
         "input": "Input", "output": "Output",
@@ -125,86 +154,102 @@ def test_round_trip_has_expected_nodes_and_edges(tmp_path):
 
 
 def test_round_trip_parameters_follow_the_documented_mapping(tmp_path):
-    neuron = NeuronParams(threshold=0.5, current_decay=0.25, voltage_decay=0.03)
-    graph = small_graph(neuron)
-    back = nir.read(export_nir(graph, tmp_path / "net.nir", time_steps=10))
+    net = small_net(Neuron(1024, 123, 32))
+    back = nir.read(export_nir(net, tmp_path / "net.nir"))
 
-    conv = graph.nodes[2].synapses[0]
-    np.testing.assert_array_equal(back.nodes["c2.syn0"].weight, Q(conv.weight.detach())[..., 0].numpy())
+    np.testing.assert_array_equal(back.nodes["c2.syn0"].weight, net.layers[2].synapses[0].weight / 64)
     np.testing.assert_array_equal(back.nodes["c2.syn0"].dilation, [2, 2])
     np.testing.assert_array_equal(back.nodes["c2.syn0"].padding, [2, 2])
     np.testing.assert_array_equal(back.nodes["p1.syn0"].kernel_size, [2, 2])
-    assert np.all(back.nodes["p1.syn0.scale"].scale == 0.5)
+    assert np.all(back.nodes["p1.syn0.scale"].scale == 0.5)  # pool weight 32 / 64
 
     lif = back.nodes["c1"]
-    a_u, a_v = 1024 / 4096, 123 / 4096  # round(4096 * 0.25), round(4096 * 0.03)
+    a_u, a_v = 1024 / 4096, 123 / 4096
     assert lif.tau_syn.shape == (4, 8, 12)
     np.testing.assert_allclose(lif.tau_syn, 1 / a_u, rtol=1e-6)
     np.testing.assert_allclose(lif.w_in, 1 / a_u, rtol=1e-6)
     np.testing.assert_allclose(lif.tau_mem, 1 / a_v, rtol=1e-6)
     np.testing.assert_allclose(lif.r, 1 / a_v, rtol=1e-6)
-    assert np.all(lif.v_threshold == 0.5) and np.all(lif.v_leak == 0) and np.all(lif.v_reset == 0)
+    assert np.all(lif.v_threshold == 0.5)  # vThMant 32 / 64
+    assert np.all(lif.v_leak == 0) and np.all(lif.v_reset == 0)
     assert np.all(back.nodes["c1.delay"].delay == 1)
-    np.testing.assert_allclose(back.nodes["out"].r, 0.1)
+    np.testing.assert_allclose(back.nodes["out"].r, 0.1)  # 1 / T
 
 
-def test_euler_simulation_of_the_nir_graph_reproduces_slayer(tmp_path):
-    # Decays 1 and 1/2 keep every state on slayer's 1/4096 grid for T = 8
-    # (2/64 weight steps halved at most 7 times), so the fixed point is exact.
-    graph = small_graph(NeuronParams(threshold=0.5, current_decay=1.0, voltage_decay=0.5))
-    torch.manual_seed(1)
-    x = (torch.rand(2, 2, 8, 12, 8) < 0.4).float()
-    with torch.no_grad():
-        readout, spikes = graph(x)
-    back = nir.read(export_nir(graph, tmp_path / "net.nir", time_steps=8))
-    got_readout, got_spikes = simulate(back, x.numpy())
-    for name, s in spikes.items():
-        assert float(s.mean()) > 0.02, f"{name} too quiet to test anything"
-        np.testing.assert_array_equal(got_spikes[name], s.numpy(), err_msg=name)
-    np.testing.assert_allclose(got_readout, readout.numpy(), rtol=1e-5, atol=1e-6)
+def test_pool_weight_of_64_has_no_scale_and_unequal_pool_weights_are_a_per_channel_conv(tmp_path):
+    back = nir.read(export_nir(small_net(Neuron(1024, 123, 32), pool_weight=64), tmp_path / "a.nir"))
+    assert isinstance(back.nodes["p1.syn0"], nir.SumPool2d) and "p1.syn0.scale" not in back.nodes
+    back = nir.read(export_nir(dense_net(Neuron(1024, 123, 32)), tmp_path / "b.nir"))
+    pool = back.nodes["p1.syn0"]
+    assert isinstance(pool, nir.Conv2d) and pool.groups == 1 and pool.weight.shape == (4, 4, 2, 2)
+    np.testing.assert_array_equal(pool.weight[2, 2], [[40 / 64, 20 / 64], [20 / 64, 10 / 64]])
+    assert np.count_nonzero(pool.weight[2]) == 4  # channel 2 reads channel 2 only
+    grouped = back.nodes["g.syn0"]  # groups 2 as its block-diagonal weight
+    assert grouped.weight.shape == (4, 4, 3, 3) and not grouped.weight[:2, 2:].any() and not grouped.weight[2:, :2].any()
+    assert isinstance(back.nodes["d1.syn0.flatten"], nir.Flatten) and isinstance(back.nodes["d1.syn0"], nir.Linear)
+    assert "out.syn0.flatten" not in back.nodes  # d1 is already 1-D
+    np.testing.assert_array_equal(back.nodes["output"].input_type["input"], [5])
 
 
-def test_average_pool_weight_becomes_avgpool2d(tmp_path):
-    graph = small_graph(NeuronParams(), pool_weight=0.25)
-    back = nir.read(export_nir(graph, tmp_path / "net.nir"))
-    assert isinstance(back.nodes["p1.syn0"], nir.AvgPool2d)
-    assert "p1.syn0.scale" not in back.nodes
-    np.testing.assert_allclose(back.nodes["out"].r, 1.0)  # no T given: the readout sums
+@pytest.mark.parametrize("make", [small_net, dense_net])
+def test_euler_simulation_of_the_nir_graph_reproduces_the_emulator(make, tmp_path):
+    # iDecay 4096 and vDecay 2048 (u is the step's input, v halves) keep every
+    # state on Loihi's integer grid for T = 8 (even weights x 64, halved at most
+    # 7 times), so the float NIR dynamics are exact.
+    net = make(Neuron(4096, 2048, 40), time_steps=8)
+    x = (torch.rand(2, *net.input_shape, 8, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+    ref = emulator.run(net, x, device="cpu")
+    got_readout, got_spikes = simulate(nir.read(export_nir(net, tmp_path / "net.nir")), x.numpy())
+    assert set(got_spikes) == set(ref.spikes)
+    for name, s in ref.spikes.items():
+        assert 0.02 < float(s.float().mean()) < 0.9, f"{name} too quiet or saturated to test anything"
+        # NIR step t is Lava step t+1: the delay's output at t is the layer's spikes at Lava step t
+        # (a dense layer is 1-D in NIR, (C, 1, 1) in the .net)
+        np.testing.assert_array_equal(got_spikes[name].reshape(s.shape), s.numpy(), err_msg=name)
+    expected = readout_value(ref.voltage.numpy().astype(np.float64), 8)
+    assert np.count_nonzero(expected) > expected.size // 2
+    np.testing.assert_allclose(got_readout.reshape(expected.shape), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_without_axon_delay_neurons_feed_consumers_directly(tmp_path):
-    back = nir.read(export_nir(small_graph(NeuronParams()), tmp_path / "net.nir", axon_delay=False))
+    back = nir.read(export_nir(small_net(Neuron(1024, 123, 32)), tmp_path / "net.nir", axon_delay=False))
     assert not any(isinstance(n, nir.Delay) for n in back.nodes.values())
     assert ("c1", "p1.syn0") in map(tuple, back.edges)
 
 
 def test_transposed_conv_layers_are_named_in_the_error_and_nothing_is_written(tmp_path):
-    graph = models.build("spiking-fcn-tiny", 2, 6, (16, 16)).eval()
+    torch.manual_seed(0)
+    net = build_netfile(models.build("spiking-fcn-tiny", 2, 6, (16, 16), quantized=True), time_steps=4)
     path = tmp_path / "fcn.nir"
     with pytest.raises(ToolchainError) as err:
-        export_nir(graph, path)
-    assert "up1.syn0 (ConvTranspose)" in str(err.value) and "readout.syn0 (ConvTranspose)" in str(err.value)
+        export_nir(net, path)
+    assert "up1.syn0 (convT)" in str(err.value) and "readout.syn0 (convT)" in str(err.value)
     assert str(path) in str(err.value)
     assert not path.exists()
 
 
-def test_channel_mixing_pool_and_zero_decay_are_refused(tmp_path):
-    neuron = NeuronParams()
-    mixing = SpikingGraph([Node("p", ["input"], [slayer.synapse.Pool(3, stride=2, padding=1)], neuron.make()),
-                           Node("out", ["p"], [slayer.synapse.Conv(2, 2, 1)], None)], (2, 8, 8), neuron)
-    with pytest.raises(ToolchainError, match="p.syn0: slayer Pool .* mixes channels"):
-        export_nir(mixing, tmp_path / "a.nir")
-    perfect = NeuronParams(voltage_decay=0.0)
-    integrator = SpikingGraph([Node("c", ["input"], [slayer.synapse.Conv(2, 2, 1)], perfect.make()),
-                               Node("out", ["c"], [slayer.synapse.Conv(2, 2, 1)], None)], (2, 4, 4), perfect)
-    with pytest.raises(ToolchainError, match="node 'c': zero current or voltage decay"):
+def test_pool_past_the_edge_zero_decay_and_non_nets_are_refused(tmp_path):
+    edge = NetFile((2, 5, 5), 4, [
+        Layer("p", "pool", (2, 3, 3), [0], [Synapse("pool", np.full((2, 2), 32), (2, 2))], Neuron(1024, 100, 10)),
+        Layer("out", "conv", (2, 3, 3), [1], [Synapse("conv", np.full((2, 2, 1, 1), 64))], READOUT)])
+    netfile.validate(edge)
+    with pytest.raises(ToolchainError, match=r"p.syn0: pool windows reach past the input edge"):
+        export_nir(edge, tmp_path / "a.nir")
+    integrator = small_net(Neuron(1024, 0, 32))
+    with pytest.raises(ToolchainError, match=r"layer 1 \(c1\): zero current or voltage decay"):
         export_nir(integrator, tmp_path / "b.nir")
+    with pytest.raises(ToolchainError, match="NIR export is built from a .net file"):
+        export_nir(models.build("spiking-deeplab-tiny", 2, 6, (16, 16)), tmp_path / "c.nir")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_spiking_deeplab_tiny_exports_and_reads_back(tmp_path):
-    graph = models.build("spiking-deeplab-tiny", 2, 6, (16, 16), quantized=True).eval()
-    back = nir.read(export_nir(graph, tmp_path / "deeplab.nir", time_steps=20))
+    torch.manual_seed(0)
+    net = build_netfile(models.build("spiking-deeplab-tiny", 2, 6, (16, 16), quantized=True), time_steps=20)
+    back = nir.read(export_nir(net, tmp_path / "deeplab.nir"))
     lifs = [name for name, n in back.nodes.items() if isinstance(n, nir.CubaLIF)]
-    assert sorted(lifs) == sorted(n.name for n in graph.nodes[:-1])
+    assert sorted(lifs) == sorted(layer.name for layer in net.layers[:-1])
     assert isinstance(back.nodes["classifier"], nir.I)
+    np.testing.assert_allclose(back.nodes["classifier"].r, 1 / 20)
     np.testing.assert_array_equal(back.nodes["output"].input_type["input"], [6, 4, 4])
+    np.testing.assert_array_equal(back.nodes["conv1.syn0"].weight, net.layers[0].synapses[0].weight / 64)
