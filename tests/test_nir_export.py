@@ -185,7 +185,8 @@ def test_pool_weight_of_64_has_no_scale_and_unequal_pool_weights_are_a_per_chann
     np.testing.assert_array_equal(pool.weight[2, 2], [[40 / 64, 20 / 64], [20 / 64, 10 / 64]])
     assert np.count_nonzero(pool.weight[2]) == 4  # channel 2 reads channel 2 only
     grouped = back.nodes["g.syn0"]  # groups 2 as its block-diagonal weight
-    assert grouped.weight.shape == (4, 4, 3, 3) and not grouped.weight[:2, 2:].any() and not grouped.weight[2:, :2].any()
+    assert grouped.weight.shape == (4, 4, 3, 3)
+    assert not grouped.weight[:2, 2:].any() and not grouped.weight[2:, :2].any()
     assert isinstance(back.nodes["d1.syn0.flatten"], nir.Flatten) and isinstance(back.nodes["d1.syn0"], nir.Linear)
     assert "out.syn0.flatten" not in back.nodes  # d1 is already 1-D
     np.testing.assert_array_equal(back.nodes["output"].input_type["input"], [5])
