@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-import click
 import numpy as np
 import torch
 from PIL import GifImagePlugin, Image
@@ -284,34 +283,3 @@ def predict(source, out_dir, *, net: Optional[str] = None, checkpoint: Optional[
         gif=str(out / "recording.gif") if gif else None)
     write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary
-
-
-@click.command("predict")
-@click.option("--net", "net_path", type=click.Path(dir_okay=False), default=None, help="The .net file.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-              help="A training checkpoint instead of a .net (runs the torch model).")
-@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
-              help="Event recording: .aedat4 (DAVIS), .npz or .h5/.hdf5 with x, y, t, p.")
-@click.option("--window-ms", type=float, default=WINDOW_US / 1000, show_default=True,
-              help="Window length; DDD17 frames accumulate 50 ms.")
-@click.option("--backend", type=click.Choice(["emulator", "lava"]), default="emulator", show_default=True)
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--batch", "batch_size", type=int, default=8, show_default=True, help="Windows run together.")
-@click.option("--resize", "resize_mode", type=click.Choice(RESIZE_MODES), default=None,
-              help="Sensor frame to model input [default: the checkpoint's data.resize, else resize].")
-@click.option("--sensor-crop/--no-sensor-crop", default=None,
-              help="Keep the DDD17 release's top 200 rows of a DAVIS346 [default: only for 346x260 recordings].")
-@click.option("--sensor-size", nargs=2, type=int, default=None, metavar="W H",
-              help="Sensor size when the file does not record one.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the poisson input draws.")
-@click.option("--no-gif", is_flag=True, help="Skip the animated GIF.")
-def predict_cmd(net_path, checkpoint, input_path, window_ms, backend, out_dir, batch_size, resize_mode,
-                sensor_crop, sensor_size, seed, no_gif):
-    """Segment an event recording window by window: class maps (.npz), overlays (PNG) and a GIF."""
-    s = predict(input_path, out_dir, net=net_path, checkpoint=checkpoint, window_ms=window_ms, backend=backend,
-                batch_size=batch_size, resize_mode=resize_mode, sensor_crop=sensor_crop,
-                sensor_size=tuple(sensor_size) if sensor_size else None, seed=seed, gif=not no_gif)
-    click.echo(f"{s['windows']} windows of {s['window_ms']:g} ms from {s['sensor'][0]}x{s['sensor'][1]} events "
-               f"-> {s['input_shape'][1]}x{s['input_shape'][2]} ({s['backend']}, {s['windows_per_second']} "
-               f"windows/s); wrote {out_dir}/maps, {out_dir}/overlays"
-               + (f", {s['gif']}" if s["gif"] else ""))

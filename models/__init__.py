@@ -17,6 +17,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from toolchain import checkpoint
+from toolchain.config import config_from_dict
+from toolchain.errors import ToolchainError
+
 from . import deeplab, fcn
 from .ann import AnnGraph
 from .blocks import firing_rates, fold_for_export, parameter_count, set_quantized
@@ -45,8 +49,6 @@ def build(name: str, in_channels: int, num_classes: int, input_hw: tuple[int, in
     if name.endswith("-ann"):
         name, ann = name[: -len("-ann")], True
     if name not in _REGISTRY:
-        from toolchain.errors import ToolchainError
-
         raise ToolchainError(f"model {name!r} is not registered; known: {', '.join(names())}")
     builder, preset = _REGISTRY[name]
     args = {**preset, **kw}
@@ -92,17 +94,9 @@ def load_checkpoint(path: str | Path, quantized: bool | None = None, data_root: 
     (call `fold_for_export` for plain weights) and quantized as trained
     unless `quantized` says otherwise. `data_root`, when given, replaces the
     config's `data.root` (the data is no longer where training read it)."""
-    from toolchain.config import config_from_dict
-    from toolchain.errors import ToolchainError
-
     path = Path(path)
-    if not path.is_file():
-        raise ToolchainError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises many kinds on a damaged file
-        raise ToolchainError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})".splitlines()[0]) from e
-    if not isinstance(ckpt, dict) or not {"model", "config", "dataset"} <= set(ckpt):
+    ckpt = checkpoint.load(path)
+    if not {"model", "config", "dataset"} <= set(ckpt):
         raise ToolchainError(f"{path}: not a toolchain training checkpoint (needs model, config, dataset entries)")
     ds = ckpt["dataset"]
     facts = {k: ds.get(k) if isinstance(ds, dict) else None for k in ("in_channels", "num_classes")}

@@ -20,11 +20,16 @@ that quantize and export like any other.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from lava.lib.dl import slayer
 
 from .graph import INPUT, NeuronParams, Node, SpikingGraph
+
+# slayer's synapses call torch.nn.utils.weight_norm, which warns on every call
+# that a newer API exists; slayer 0.6 is final, so the notice says nothing to act on.
+warnings.filterwarnings("ignore", message=r"torch\.nn\.utils\.weight_norm is deprecated", category=UserWarning)
 
 # Pooling is a sum-pooling synapse with a fixed weight into a neuron group.
 # 1/k^2 would be a true average, but a neuron then needs k^2 input spikes (a

@@ -73,7 +73,7 @@ def test_compiled_lif_kernel_equals_reference_cuba_step(i_decay, v_decay, scale)
 @pytest.mark.lava
 @pytest.mark.slow
 def test_quick_bench_reports_every_backend_and_measure():
-    from deploy.bench import format_table, run_bench
+    from toolchain.bench import format_table, run_bench
 
     report = run_bench(quick=True, progress=lambda m: None)
     (case,) = report["cases"]
@@ -99,7 +99,7 @@ def test_quick_bench_reports_every_backend_and_measure():
 def test_bench_stops_when_two_backends_count_different_spikes(tmp_path, monkeypatch):
     """Speeds of different computations are not compared: one spike more in one
     layer of one frame stops the bench, naming the backends and the layer."""
-    from deploy import bench
+    from toolchain import bench
     from toolchain.errors import ToolchainError
 
     def fake_measure(kind, tmp, timeout=None, **spec):

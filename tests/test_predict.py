@@ -17,6 +17,7 @@ from tests.conftest import aedat4_bytes
 from toolchain.config import Config, DataConfig, to_dict
 from toolchain.data.ddd17 import DDD17
 from toolchain.data.events import Recording, to_ddd17
+from toolchain import checkpoint
 from toolchain.errors import ToolchainError
 
 CLASSES = ["flat", "construction+sky", "object", "nature", "human", "vehicle"]
@@ -128,8 +129,8 @@ def test_checkpoint_runs_the_torch_model_on_the_same_frames(tmp_path, recording)
     torch.manual_seed(1)
     model = models.from_config(cfg, 2, 6)
     ckpt = tmp_path / "last.pt"
-    torch.save({"model": model.state_dict(), "config": to_dict(cfg),
-                "dataset": {"in_channels": 2, "num_classes": 6, "class_names": CLASSES}}, ckpt)
+    checkpoint.save(ckpt, model=model.state_dict(), config=to_dict(cfg),
+                    dataset={"in_channels": 2, "num_classes": 6, "class_names": CLASSES})
     predict(path, tmp_path / "out", checkpoint=str(ckpt), batch_size=4, progress=False, gif=False)
     x = training_inputs(path, rows, tmp_path / "ddd17")
     loaded, _ = models.load_checkpoint(ckpt)

@@ -21,7 +21,7 @@ from tests.test_lava_equivalence import CASES, graph
 from toolchain.errors import ToolchainError
 from toolchain import loihi
 from toolchain.files import write_text
-from toolchain.train import checkpoint
+from toolchain import checkpoint
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ WRITERS = {
             "hook = netfile._write_synapse\n"
             "netfile._write_synapse = lambda g, s: (hook(g, s), DIE())\n"
             "netfile.write(PATH, net)\n"),
-    "checkpoint": ("import torch; from toolchain.train import checkpoint\n"
+    "checkpoint": ("import torch; from toolchain import checkpoint\n"
                    "save = torch.save\n"
                    "torch.save = lambda obj, f: (save(obj, f), DIE())\n"
                    "checkpoint.save(PATH, model={'w': torch.ones(300_000)}, epoch=9)\n"),

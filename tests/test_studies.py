@@ -86,7 +86,7 @@ def test_loihi_resources_use_exported_bit_widths_and_core_limits(toy_net):
 
 @pytest.fixture
 def ann_ckpt(tmp_path, data_cfg):
-    from toolchain.train import checkpoint
+    from toolchain import checkpoint
 
     cfg = Config(data=data_cfg)
     cfg.model.name = "spiking-deeplab-tiny"

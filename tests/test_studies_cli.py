@@ -13,7 +13,7 @@ from toolchain.config import Config, to_dict
 
 @pytest.fixture
 def ann_ckpt(tmp_path, data_cfg):
-    from toolchain.train import checkpoint
+    from toolchain import checkpoint
 
     cfg = Config(data=data_cfg)
     cfg.train.ann = True

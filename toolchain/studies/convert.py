@@ -169,7 +169,7 @@ def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "la
                        log: Callable[[str], None] = print) -> dict:
     """Convert a trained ANN-twin checkpoint into a spiking checkpoint at `out`."""
     from ..config import to_dict
-    from ..train import checkpoint
+    from .. import checkpoint
 
     ann, cfg = models.load_checkpoint(ann_ckpt, data_root=data_root)
     if isinstance(ann, models.SpikingGraph):

@@ -16,14 +16,18 @@ import gc
 import io
 import json
 import math
+import os
 import signal
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
 
 import models
 from models.blocks import firing_rates, set_quantized
@@ -32,7 +36,8 @@ from ..config import Config, config_from_dict, save_config, to_dict
 from ..errors import ToolchainError
 from ..files import write_text
 from ..metrics import SegmentationMetric
-from . import checkpoint, distributed, plots
+from .. import checkpoint
+from . import distributed, plots
 
 IGNORE = 255
 CHECKPOINT = "checkpoint.pt"
@@ -106,19 +111,19 @@ def loss_fn(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model, dataset, device, d: distributed.Dist = distributed.Dist(), batch_size: int = 16,
-             amp: bool = False, progress: bool = False) -> dict:
+             amp: bool = False, progress: bool = False, frames: Optional[int] = None) -> dict:
     """mIoU, per-class IoU, pixel accuracy, loss and firing rate per layer
-    over `dataset` (the ranks split it; results are reduced over all)."""
+    over `dataset`, or its first `frames` samples (the ranks split them;
+    results are reduced over all). The one evaluation of a torch model."""
     model.eval()
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(0)  # the same Poisson draw at every evaluation
-    indices = list(range(d.rank, len(dataset), d.world))
+    count = len(dataset) if frames is None else min(frames, len(dataset))
+    indices = list(range(d.rank, count, d.world))
     loader = DataLoader(dataset, batch_size=batch_size, sampler=indices)
     metric = SegmentationMetric(dataset.num_classes, IGNORE)
     loss_sum, pixels, fire_sum, fire_n = 0.0, 0.0, {}, 0
-    from tqdm import tqdm
-
-    for x, y in tqdm(loader, desc="eval", leave=False, disable=not (progress and d.main)):
+    for x, y in tqdm(loader, desc="eval", leave=False, disable=not (progress and d.main and sys.stderr.isatty())):
         x, y = x.to(device), y.to(device)
         with torch.autocast(device.type, enabled=amp):
             scores, spikes = models.predict(model, x, y.shape[-2:])
@@ -200,6 +205,162 @@ def _all_flag(d: distributed.Dist, flag: bool) -> bool:
     return bool(distributed.all_sum(d, [float(flag)])[0]) if d.enabled else flag
 
 
+@dataclass
+class Session:
+    """Everything one training run holds between epochs."""
+
+    cfg: Config
+    run_dir: Path
+    d: distributed.Dist
+    device: torch.device
+    amp: bool
+    model: torch.nn.Module
+    net: torch.nn.Module  # the model, wrapped for DDP when distributed
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object
+    dataset_facts: dict
+    history: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.dataset_facts["class_names"]
+
+    def save(self, epoch: int, step: int, aug_state=None, partial=None) -> None:
+        if self.d.main:
+            checkpoint.save(self.checkpoint_path, model=self.model.state_dict(),
+                            optimizer=self.optimizer.state_dict(), lr_scheduler=self.scheduler.state_dict(),
+                            scaler=self.scaler.state_dict(), epoch=epoch, step=step, aug_rng=aug_state,
+                            partial=partial, history=self.history, extra=self.extra, config=to_dict(self.cfg),
+                            dataset=self.dataset_facts)
+        distributed.barrier(self.d)
+
+
+def setup_device(t) -> tuple[torch.device, distributed.Dist, bool]:
+    """The device, the distributed context and whether to use mixed precision."""
+    device = pick_device(t.device)
+    d = distributed.setup(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(d.local_rank)
+        device = torch.device("cuda", d.local_rank)
+        torch.backends.cudnn.benchmark = True
+    elif d.enabled:
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // d.world))
+    return device, d, bool(t.amp and device.type == "cuda")
+
+
+def setup(cfg: Config, run_dir: Path, train_ds, device: torch.device, d: distributed.Dist, amp: bool) -> Session:
+    """Model, optimiser, schedule and scaler for `cfg` on the data set's channels and classes."""
+    t = cfg.train
+    torch.manual_seed(t.seed)
+    facts = dict(in_channels=int(train_ds.in_channels), num_classes=int(train_ds.num_classes),
+                 class_names=list(train_ds.class_names))
+    model = models.from_config(cfg, facts["in_channels"], facts["num_classes"]).to(device)
+    if not t.ann:
+        set_quantized(model, t.qat)
+    net = torch.nn.parallel.DistributedDataParallel(model) if d.enabled else model
+    optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    return Session(cfg, run_dir, d, device, amp, model, net, optimizer, make_scheduler(cfg, optimizer),
+                   torch.cuda.amp.GradScaler(enabled=amp), facts)
+
+
+def restore(s: Session, state: dict) -> tuple[int, int]:
+    """Load a checkpoint's states into the session; returns (epoch, step) to continue from."""
+    s.model.load_state_dict(state["model"])
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.scheduler.load_state_dict(state["lr_scheduler"])
+    if "scaler" in state:
+        s.scaler.load_state_dict(state["scaler"])
+    checkpoint.set_rng_state(state["rng"])
+    s.history, s.extra = state["history"], state["extra"]
+    return state["epoch"], state["step"]
+
+
+def baselines(s: Session, train_ds, test_ds, given_datasets: bool) -> dict:
+    """Epoch 0: the untrained model and the majority-class baseline."""
+    cfg = s.cfg
+    t0 = time.time()
+    ev = evaluate(s.model, test_ds, s.device, s.d, cfg.train.batch_size, s.amp)
+    s.history.append(dict(epoch=0, lr=None, train_loss=None, seconds=time.time() - t0, **ev))
+    n = s.dataset_facts["num_classes"]
+    if given_datasets:
+        cls, base = majority_baseline(cfg, (train_ds[i][1] for i in range(len(train_ds))),
+                                      (test_ds[i][1] for i in range(len(test_ds))), n)
+    else:
+        cls, base = majority_baseline(cfg, _labels(cfg, "train"), _labels(cfg, "test"), n)
+    s.extra = dict(untrained=ev, majority_class=cls, majority=base, train_seconds=0.0, samples=0)
+    return dict(untrained=ev["miou"], majority_class=s.class_names[cls], majority=base["miou"])
+
+
+def train_one_epoch(s: Session, train_ds, sampler, epoch: int, interrupt, *, resume_state=None,
+                    callback: Optional[Callable[[int, int], None]] = None,
+                    log: Callable[[str], None] = print) -> tuple[float, float]:
+    """One pass over the training split; returns (summed loss, samples) over all ranks.
+
+    `resume_state` continues an epoch interrupted mid-way from its recorded
+    step, augmentation generator and partial loss. On an interrupt the
+    position is checkpointed and KeyboardInterrupt raised."""
+    t = s.cfg.train
+    per_rank = max(1, t.batch_size // s.d.world)
+    s.model.train()
+    sampler.set_epoch(epoch)
+    train_ds.set_epoch(epoch)
+    torch.manual_seed(t.seed * 1_000_003 + epoch)
+    gen = torch.Generator().manual_seed(t.seed * 7919 + epoch)
+    order = list(sampler)
+    n_steps = math.ceil(len(order) / per_rank)
+    loss_sum, seen, step0 = 0.0, 0, 0
+    if resume_state is not None and resume_state["step"] > 0:
+        gen.set_state(resume_state["aug_rng"])
+        loss_sum, seen = resume_state["partial"]
+        step0 = resume_state["step"]
+    loader = DataLoader(train_ds, batch_size=per_rank, sampler=order[step0 * per_rank:], num_workers=t.workers)
+    # a bar on a terminal; in a log file the one line per epoch says it all
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", initial=step0, total=n_steps, unit="batch",
+               disable=not (s.d.main and sys.stderr.isatty()), leave=False)
+    for step, (x, y) in enumerate(bar, start=step0):
+        if t.augment:
+            x, y = augment(x, y, gen)
+        x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
+        with torch.autocast(s.device.type, enabled=s.amp):
+            scores, _ = models.predict(s.net, x, y.shape[-2:])
+            loss = loss_fn(scores.float(), y)
+        s.optimizer.zero_grad(set_to_none=True)
+        s.scaler.scale(loss).backward()
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+        loss_sum += float(loss) * len(x)
+        seen += len(x)
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        if callback is not None:
+            callback(epoch, step)
+        if _all_flag(s.d, interrupt.flag) and step + 1 < n_steps:
+            s.save(epoch, step + 1, gen.get_state(), (loss_sum, seen))
+            log(f"interrupted: checkpoint saved to {s.checkpoint_path}; continue with --resume")
+            raise KeyboardInterrupt
+    bar.close()
+    loss_sum, samples = distributed.all_sum(s.d, [loss_sum, float(seen)])
+    return loss_sum, samples
+
+
+def log_epoch(s: Session, log: Callable[[str], None], writer, samples_per_s: float) -> None:
+    """The epoch's line, TensorBoard scalars, log.csv, curves and metrics.json (rank 0 only)."""
+    if not s.d.main:
+        return
+    h = s.history[-1]
+    log(f"epoch {h['epoch']}/{s.cfg.train.epochs}  loss {h['train_loss']:.4f}  test mIoU {h['miou']:.4f}  "
+        f"pixel acc {h['pixel_acc']:.4f}  {samples_per_s:.1f} samples/s")
+    _log_epoch(writer, h, s.class_names)
+    _write_csv(s.history, s.class_names, s.run_dir / "log.csv")
+    plots.curves(s.history, s.run_dir / "curves.png")
+    _write_metrics(s.run_dir, s.cfg, s.history, s.extra, s.class_names, final=False)
+
+
 def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, epochs: Optional[int] = None,
           datasets=None, callback: Optional[Callable[[int, int], None]] = None,
           log: Callable[[str], None] = print) -> Optional[dict]:
@@ -212,163 +373,68 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, epochs: Opt
     run started with). `datasets` (train, test) replaces the configured data;
     `callback(epoch, step)` runs after every optimiser step."""
     run_dir = Path(run_dir)
-    ckpt_path = run_dir / CHECKPOINT
-    state = None
-    if resume:
-        state = checkpoint.load(ckpt_path)
+    if resume and not (run_dir / CHECKPOINT).is_file():
+        raise ToolchainError(f"{run_dir / CHECKPOINT}: no checkpoint to resume from")
+    state = checkpoint.load(run_dir / CHECKPOINT) if resume else None
+    if state is not None:
         cfg = config_from_dict(state["config"])
     if epochs is not None:
         cfg.train.epochs = int(epochs)
     t = cfg.train
-
-    device = pick_device(t.device)
-    d = distributed.setup(device)
-    if device.type == "cuda":
-        torch.cuda.set_device(d.local_rank)
-        device = torch.device("cuda", d.local_rank)
-        torch.backends.cudnn.benchmark = True
-    elif d.enabled:
-        import os
-
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) // d.world))
-    amp = bool(t.amp and device.type == "cuda")
-    torch.manual_seed(t.seed)
-
+    device, d, amp = setup_device(t)
     train_ds, test_ds = datasets if datasets is not None else build_datasets(cfg, d)
     if len(train_ds) == 0 or len(test_ds) == 0:
         raise ToolchainError(f"data: empty split (train {len(train_ds)}, test {len(test_ds)} samples)")
-    class_names = list(train_ds.class_names)
-    in_channels, num_classes = int(train_ds.in_channels), int(train_ds.num_classes)
-
-    model = models.from_config(cfg, in_channels, num_classes).to(device)
-    if not t.ann:
-        set_quantized(model, t.qat)
-    net = torch.nn.parallel.DistributedDataParallel(model) if d.enabled else model
-    optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-    scheduler = make_scheduler(cfg, optimizer)
-    scaler = torch.cuda.amp.GradScaler(enabled=amp)
-
+    s = setup(cfg, run_dir, train_ds, device, d, amp)
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir)
-    start_epoch, start_step, history, extra = 0, 0, [], {}
+    start_epoch = 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["lr_scheduler"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        checkpoint.set_rng_state(state["rng"])
-        start_epoch, start_step = state["epoch"], state["step"]
-        history, extra = state["history"], state["extra"]
-        log(f"resumed from {ckpt_path}: epoch {start_epoch + 1}, step {start_step}")
-
-    dataset_facts = dict(in_channels=in_channels, num_classes=num_classes, class_names=class_names)
-
-    def save(epoch, step, aug_state=None, partial=None):
-        if d.main:
-            checkpoint.save(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                            lr_scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), epoch=epoch,
-                            step=step, aug_rng=aug_state, partial=partial, history=history, extra=extra,
-                            config=to_dict(cfg), dataset=dataset_facts)
-        distributed.barrier(d)
-
+        start_epoch, start_step = restore(s, state)
+        log(f"resumed from {s.checkpoint_path}: epoch {start_epoch + 1}, step {start_step}")
     writer = None
     if d.main:
         from torch.utils.tensorboard import SummaryWriter
-
         writer = SummaryWriter(str(run_dir / "tensorboard"))
+    if not s.history:
+        b = baselines(s, train_ds, test_ds, datasets is not None)
+        log(f"untrained: mIoU {b['untrained']:.4f}   majority class ({b['majority_class']}): "
+            f"mIoU {b['majority']:.4f}")
 
-    if not history:  # epoch 0: the untrained model and the majority-class baseline
-        t0 = time.time()
-        ev = evaluate(model, test_ds, device, d, t.batch_size, amp)
-        history.append(dict(epoch=0, lr=None, train_loss=None, seconds=time.time() - t0, **ev))
-        if datasets is None:
-            cls, base = majority_baseline(cfg, _labels(cfg, "train"), _labels(cfg, "test"), num_classes)
-        else:
-            cls, base = majority_baseline(cfg, (train_ds[i][1] for i in range(len(train_ds))),
-                                          (test_ds[i][1] for i in range(len(test_ds))), num_classes)
-        extra = dict(untrained=ev, majority_class=cls, majority=base, train_seconds=0.0, samples=0)
-        log(f"untrained: mIoU {ev['miou']:.4f}   majority class ({class_names[cls]}): mIoU {base['miou']:.4f}")
-
-    per_rank = max(1, t.batch_size // d.world)
     sampler = DistributedSampler(train_ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=t.seed,
                                  drop_last=False)
-    from tqdm import tqdm
-
     with _Interrupt() as interrupt:
         for epoch in range(start_epoch, t.epochs):
             t0 = time.time()
-            model.train()
-            sampler.set_epoch(epoch)
-            train_ds.set_epoch(epoch)
-            torch.manual_seed(t.seed * 1_000_003 + epoch)
-            gen = torch.Generator().manual_seed(t.seed * 7919 + epoch)
-            order = list(sampler)
-            n_steps = math.ceil(len(order) / per_rank)
-            loss_sum, seen = 0.0, 0
-            if state is not None and epoch == start_epoch and start_step > 0:
-                gen.set_state(state["aug_rng"])
-                loss_sum, seen = state["partial"]
-            step0 = start_step if epoch == start_epoch else 0
-            loader = DataLoader(train_ds, batch_size=per_rank, sampler=order[step0 * per_rank:],
-                                num_workers=t.workers)
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", initial=step0, total=n_steps,
-                       disable=not d.main, leave=False, unit="batch")
-            for step, (x, y) in enumerate(bar, start=step0):
-                if t.augment:
-                    x, y = augment(x, y, gen)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with torch.autocast(device.type, enabled=amp):
-                    scores, _ = models.predict(net, x, y.shape[-2:])
-                    loss = loss_fn(scores.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                loss_sum += float(loss) * len(x)
-                seen += len(x)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
-                if callback is not None:
-                    callback(epoch, step)
-                if _all_flag(d, interrupt.flag) and step + 1 < n_steps:
-                    save(epoch, step + 1, gen.get_state(), (loss_sum, seen))
-                    log(f"interrupted: checkpoint saved to {ckpt_path}; continue with --resume")
-                    raise KeyboardInterrupt
-            bar.close()
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            train_loss, samples = distributed.all_sum(d, [loss_sum, float(seen)])
+            loss_sum, samples = train_one_epoch(s, train_ds, sampler, epoch, interrupt, callback=callback, log=log,
+                                                resume_state=state if epoch == start_epoch else None)
+            lr = s.optimizer.param_groups[0]["lr"]
+            s.scheduler.step()
             train_seconds = time.time() - t0
-            ev = evaluate(model, test_ds, device, d, t.batch_size, amp)
-            history.append(dict(epoch=epoch + 1, lr=lr, train_loss=train_loss / max(samples, 1.0),
-                                seconds=time.time() - t0, **ev))
-            extra["train_seconds"] += train_seconds
-            extra["samples"] += samples
-            save(epoch + 1, 0)
-            if d.main:
-                h = history[-1]
-                log(f"epoch {epoch + 1}/{t.epochs}  loss {h['train_loss']:.4f}  test mIoU {h['miou']:.4f}  "
-                    f"pixel acc {h['pixel_acc']:.4f}  {samples / train_seconds:.1f} samples/s")
-                _log_epoch(writer, h, class_names)
-                _write_csv(history, class_names, run_dir / "log.csv")
-                plots.curves(history, run_dir / "curves.png")
-                _write_metrics(run_dir, cfg, history, extra, class_names, final=False)
+            ev = evaluate(s.model, test_ds, s.device, d, t.batch_size, s.amp)
+            s.history.append(dict(epoch=epoch + 1, lr=lr, train_loss=loss_sum / max(samples, 1.0),
+                                  seconds=time.time() - t0, **ev))
+            s.extra["train_seconds"] += train_seconds
+            s.extra["samples"] += samples
+            s.save(epoch + 1, 0)
+            log_epoch(s, log, writer, samples / train_seconds)
             if _all_flag(d, interrupt.flag):
-                log(f"interrupted: checkpoint saved to {ckpt_path}; continue with --resume")
+                log(f"interrupted: checkpoint saved to {s.checkpoint_path}; continue with --resume")
                 raise KeyboardInterrupt
 
     result = None
     if d.main:
         writer.close()
-        if len(history) == 1:  # nothing trained in this run (epochs already done)
-            plots.curves(history, run_dir / "curves.png")
-        _gallery(model, test_ds, device, class_names, run_dir / "gallery.png", amp)
-        result = _write_metrics(run_dir, cfg, history, extra, class_names, final=True)
+        if len(s.history) == 1:  # nothing trained in this run (epochs already done)
+            plots.curves(s.history, run_dir / "curves.png")
+        _gallery(s.model, test_ds, s.device, s.class_names, run_dir / "gallery.png", s.amp)
+        result = _write_metrics(run_dir, cfg, s.history, s.extra, s.class_names, final=True)
     distributed.barrier(d)
     # The DDP wrapper must go before its process group: freeing it afterwards
     # can block forever in gloo's destructor (collect: it may sit in a cycle).
-    del net
+    s.net = None
+    del s
     gc.collect()
     distributed.teardown(d)
     return result

@@ -29,7 +29,7 @@ def synth(out, n_train, n_test, height, width, seed, raw_events, force) -> None:
     Example:
       toolchain data synth --out data --n-train 256 --n-test 64 --height 100 --width 173
     """
-    from .synth import synthesize
+    from ..data.synth import synthesize
 
     t0 = time.perf_counter()
     root = synthesize(out, n_train, n_test, height, width, seed, raw_events=raw_events, force=force)
@@ -51,7 +51,7 @@ def check(root, out_png, skip_bad, examples) -> None:
     Example:
       toolchain data check data --out data-check.png
     """
-    from .check import check_folder, gallery
+    from ..data.check import check_folder, gallery
 
     rep = check_folder(root, skip_bad=skip_bad, examples=max(1, examples))
     click.echo(rep.table())

@@ -3,7 +3,7 @@ training throughput, and the time to evaluate a whole test split.
 
 Everything is measured in one run, so the ratios compare like with like on a
 machine shared with other jobs. Each measurement runs in its own child
-process (`python -m deploy.bench SPEC.json`) so that its peak memory is its
+process (`python -m toolchain.bench SPEC.json`) so that its peak memory is its
 own: the child samples the proportional set size (PSS: resident memory,
 shared pages split between their sharers) of itself and all its descendants
 (Lava runs every process of a graph in a worker process of its own).
@@ -24,11 +24,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import click
 import numpy as np
 
-from toolchain.errors import ToolchainError
-from toolchain.files import write_text
+from .errors import ToolchainError
+from .files import write_text
 
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "ddd17-tiny.yaml"
 PAPER_MODELS = ("spiking-deeplab", "spiking-fcn")  # benched at DDD17's 200x346
@@ -99,8 +98,8 @@ class PeakMemory:
 
 # ------------------------------------------------------------ measurements (child side)
 def _measure_lava(spec: dict) -> dict:
-    from . import load
-    from .lava_graph import LavaNetwork
+    from deploy import load
+    from deploy.lava_graph import LavaNetwork
 
     net = load(spec["net"]).net
     frames = np.load(spec["frames"])[: spec["n_frames"]]
@@ -132,8 +131,8 @@ def _measure_stock_conv(spec: dict) -> dict:
     few output channels and scaled to all of them."""
     from lava.proc.conv import utils
 
-    from . import load
-    from .synapses import lava_conv_weight, lava_shape
+    from deploy import load
+    from deploy.synapses import lava_conv_weight, lava_shape
 
     net = load(spec["net"]).net
     rng = np.random.default_rng(0)
@@ -157,7 +156,7 @@ def _measure_stock_conv(spec: dict) -> dict:
 def _measure_emulator(spec: dict) -> dict:
     import torch
 
-    from . import emulator, load
+    from deploy import emulator, load
 
     net = load(spec["net"]).net
     frames = torch.as_tensor(np.load(spec["frames"]))
@@ -182,8 +181,8 @@ def _measure_training(spec: dict) -> dict:
     import torch
 
     import models
-    from toolchain.config import load_config
-    from toolchain.train.bench import PlainLIF, throughput
+    from .config import load_config
+    from .train.bench import PlainLIF, throughput
 
     cfg = load_config(spec["config"], spec.get("overrides", []))
     torch.manual_seed(0)
@@ -199,9 +198,9 @@ def _measure_training(spec: dict) -> dict:
 
 
 def _measure_evaluation(spec: dict) -> dict:
-    from toolchain.config import load_config
+    from .config import load_config
 
-    from .runner import evaluate
+    from deploy.runner import evaluate
 
     cfg = load_config(None, spec.get("overrides", []))
     report, _ = evaluate(spec["net"], cfg.data, split="test", backend="emulator", progress=False,
@@ -234,7 +233,7 @@ def _measure(kind: str, tmp: Path, timeout: float | None = None, **spec) -> dict
     spec_path.write_text(json.dumps(dict(kind=kind, out=str(out), **spec)))
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     # a session of its own, so that a timeout ends Lava's workers too
-    child = subprocess.Popen([sys.executable, "-m", "deploy.bench", str(spec_path)], stdout=subprocess.PIPE,
+    child = subprocess.Popen([sys.executable, "-m", "toolchain.bench", str(spec_path)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
                              cwd=Path(__file__).resolve().parents[1])
     try:
@@ -280,7 +279,7 @@ def _case(name: str, net, frames: np.ndarray, tmp: Path, *, lava_frames: int, em
     or with `stock_run=False` bounded from its conv work), Lava as `toolchain run
     --backend lava` runs it (BLAS Conv model), and the emulator at batch 1 and
     batched; ratios are to both Lava rows."""
-    from .netfile import write
+    from deploy.netfile import write
 
     net_path, frames_path = tmp / f"{name}.net", tmp / f"{name}-frames.npy"
     write(net_path, net)
@@ -328,7 +327,7 @@ def _case(name: str, net, frames: np.ndarray, tmp: Path, *, lava_frames: int, em
 
 
 def _frames_from_split(data_cfg, n: int, seed: int = 0) -> np.ndarray:
-    from toolchain.data import build_dataset
+    from .data import build_dataset
 
     ds = build_dataset(data_cfg, "test")
     if len(ds) == 0:
@@ -342,10 +341,10 @@ def run_bench(*, quick: bool = False, checkpoint: str | None = None, paper_steps
     import torch
 
     import models
-    from toolchain.config import load_config
-    from toolchain.data.synth import synthesize
+    from .config import load_config
+    from .data.synth import synthesize
 
-    from .export import build_netfile
+    from deploy.export import build_netfile
 
     report = dict(quick=quick, cpus=os.cpu_count(), load_avg_start=os.getloadavg()[0], cases=[])
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
@@ -390,7 +389,7 @@ def run_bench(*, quick: bool = False, checkpoint: str | None = None, paper_steps
                                       batch=2 if quick else 8, steps=1 if quick else 3)
         progress("evaluation of the test split (emulator)")
         net_path = tmp / "eval.net"
-        from .netfile import write
+        from deploy.netfile import write
         write(net_path, net)
         report["evaluation"] = _measure("evaluation", tmp, net=str(net_path), overrides=data_overrides)
         report["evaluation"]["split"] = cfg.data.root or "generated default set"
@@ -439,29 +438,6 @@ def format_table(report: dict) -> str:
 
 def write_report(report: dict, path: str | Path) -> None:
     write_text(path, json.dumps(report, indent=2))
-
-
-@click.command("bench")
-@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Write the report here.")
-@click.option("--quick", is_flag=True, help="A tiny net and a few frames: the table's shape in seconds.")
-@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
-              help="Bench this trained model instead of the untrained tiny preset.")
-@click.option("--paper-steps", type=int, default=16, show_default=True,
-              help="Time steps T of the paper-size frames (Lava runs T+1 steps per frame; the paper trains "
-                   "with T=20).")
-@click.option("--lava-limit", type=float, default=900.0, show_default=True,
-              help="Seconds each paper-size model's two Lava frames may take; past it the table gives a bound.")
-def bench_cmd(json_path, quick, checkpoint, paper_steps, lava_limit):
-    """Lava vs the emulator (steps/s, ratios, build time, peak memory) on the tiny preset and on
-    paper-size Spiking DeepLab and Spiking FCN at 200x346, training throughput, and test-split
-    evaluation time."""
-    if paper_steps < 1:
-        raise ToolchainError(f"--paper-steps: {paper_steps} is not a positive number of steps")
-    report = run_bench(quick=quick, checkpoint=checkpoint, paper_steps=paper_steps, lava_limit=lava_limit,
-                       progress=lambda m: click.echo(f"bench: {m}", err=True))
-    click.echo(format_table(report))
-    if json_path is not None:
-        write_report(report, json_path)
 
 
 if __name__ == "__main__":

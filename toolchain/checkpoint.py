@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ToolchainError
-from ..files import atomic_path
+from .errors import ToolchainError
+from .files import atomic_path
 
 FORMAT = "toolchain-train-checkpoint"
 VERSION = 1
@@ -48,13 +48,14 @@ def save(path: str | Path, **entries) -> None:
 
 
 def load(path: str | Path) -> dict:
+    """The one checkpoint reader: a readable file of this format and version, or a ToolchainError."""
     path = Path(path)
     if not path.is_file():
-        raise ToolchainError(f"{path}: no checkpoint to resume from")
+        raise ToolchainError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a damaged file raises many different kinds
-        raise ToolchainError(f"{path}: not a readable checkpoint ({type(e).__name__})") from e
+        raise ToolchainError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})".splitlines()[0]) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ToolchainError(f"{path}: not a toolchain training checkpoint")
     if ckpt.get("version") != VERSION:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from ..cli import config_options
 from ..config import load_config
 from ..errors import ToolchainError
 from ..files import write_text
+from . import config_options
 
 
 @click.command()
@@ -24,7 +24,7 @@ from ..files import write_text
 @click.option("--ann", is_flag=True, help="Train the non-spiking twin (ReLU, average pooling) for conversion.")
 def train(config_path, overrides, data_dir, model_name, epochs, out_dir, resume, ann):
     """Train a spiking segmenter; write checkpoint, logs, plots and metrics.json."""
-    from .loop import train as run
+    from ..train.loop import train as run
 
     cfg = load_config(config_path, overrides)
     if data_dir is not None:
@@ -64,7 +64,7 @@ def evaluate(ckpt, data_dir, split, json_out, quantized, batch_size):
     import models
     from toolchain.data import build_dataset
 
-    from .loop import evaluate as run, pick_device
+    from ..train.loop import evaluate as run, pick_device
 
     model, cfg = models.load_checkpoint(ckpt, quantized=quantized, data_root=data_dir)
     ds = build_dataset(cfg.data, split)

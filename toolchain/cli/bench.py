@@ -1,0 +1,31 @@
+"""`toolchain bench`."""
+from __future__ import annotations
+
+import click
+
+from ..errors import ToolchainError
+
+
+@click.command("bench")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Write the report here.")
+@click.option("--quick", is_flag=True, help="A tiny net and a few frames: the table's shape in seconds.")
+@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
+              help="Bench this trained model instead of the untrained tiny preset.")
+@click.option("--paper-steps", type=int, default=16, show_default=True,
+              help="Time steps T of the paper-size frames (Lava runs T+1 steps per frame; the paper trains "
+                   "with T=20).")
+@click.option("--lava-limit", type=float, default=900.0, show_default=True,
+              help="Seconds each paper-size model's two Lava frames may take; past it the table gives a bound.")
+def bench_cmd(json_path, quick, checkpoint, paper_steps, lava_limit):
+    """Lava vs the emulator (steps/s, ratios, build time, peak memory) on the tiny preset and on
+    paper-size Spiking DeepLab and Spiking FCN at 200x346, training throughput, and test-split
+    evaluation time."""
+    from ..bench import format_table, run_bench, write_report
+
+    if paper_steps < 1:
+        raise ToolchainError(f"--paper-steps: {paper_steps} is not a positive number of steps")
+    report = run_bench(quick=quick, checkpoint=checkpoint, paper_steps=paper_steps, lava_limit=lava_limit,
+                       progress=lambda m: click.echo(f"bench: {m}", err=True))
+    click.echo(format_table(report))
+    if json_path is not None:
+        write_report(report, json_path)

@@ -1,0 +1,135 @@
+"""`toolchain export`, `toolchain run` and `toolchain predict`."""
+from __future__ import annotations
+
+import json
+import click
+
+from ..errors import ToolchainError
+from ..files import write_text
+from . import config_options
+
+TARGETS = ("loihi-sim", "onnx", "nir")
+
+
+@click.command("export")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Training checkpoint.")
+@click.option("--target", type=click.Choice(TARGETS), default="loihi-sim", show_default=True)
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="The file to write: .net (loihi-sim), .onnx or .nir.")
+@click.option("--frames", type=int, default=32, show_default=True,
+              help="Test frames for the float vs quantized mIoU check (0 skips it).")
+@click.option("--data", "data_root", default=None, help="Data root (default: the config's).")
+@config_options
+def export_cmd(checkpoint, target, out, frames, data_root, config_path, overrides):
+    """Quantize a trained model to Loihi fixed point and write it as a .net file
+    (or its step graph as ONNX, or NIR, both built from that .net)."""
+    from dataclasses import replace
+
+    import torch
+
+    import models
+    from deploy.export import build_netfile, quantized_copy
+    from deploy.netfile import write
+
+    from ..config import load_config
+    from ..data import build_dataset
+    from ..train.loop import evaluate
+
+    model, cfg = models.load_checkpoint(checkpoint, quantized=False)
+    if config_path or overrides:
+        cfg.data = load_config(config_path, overrides).data
+    if not isinstance(model, models.SpikingGraph):
+        if target != "onnx":
+            raise ToolchainError(f"{checkpoint}: holds a non-spiking model; only spiking graphs export "
+                                 f"to {target} (an ANN twin exports to onnx)")
+        from deploy.onnx_export import export_ann_onnx
+        click.echo(f"wrote {export_ann_onnx(model, out)}")
+        return
+    net = build_netfile(model, time_steps=cfg.data.time_steps, encoding=cfg.data.encoding,
+                        class_names=getattr(model, "class_names", []))
+    if target in ("onnx", "nir"):
+        from deploy.nir_export import export_nir
+        from deploy.onnx_export import export_onnx
+        click.echo(f"wrote {(export_onnx if target == 'onnx' else export_nir)(net, out)}")
+        return
+    report = dict(net=str(out), target=target, layers=len(net.layers), neurons=net.num_neurons,
+                  synapses=net.num_synapses)
+    if frames > 0:
+        data_cfg = cfg.data if data_root is None else replace(cfg.data, root=data_root)
+        dataset = build_dataset(data_cfg, "test")
+        cpu = torch.device("cpu")
+        report["miou_float"] = evaluate(model, dataset, cpu, batch_size=8, frames=frames)["miou"]
+        report["miou_quantized"] = evaluate(quantized_copy(model), dataset, cpu, batch_size=8, frames=frames)["miou"]
+        report["frames"] = min(frames, len(dataset))
+    write(out, net)
+    click.echo(f"wrote {out}: {report['layers']} layers, {report['neurons']} neurons, "
+               f"{report['synapses']} synapses, T={net.time_steps}, encoding={net.encoding}")
+    if frames > 0:
+        click.echo(f"mIoU on {report['frames']} test frames: float {100 * report['miou_float']:.2f}%  "
+                   f"quantized {100 * report['miou_quantized']:.2f}%")
+    write_text(str(out) + ".json", json.dumps(report, indent=2))
+
+
+@click.command("run")
+@click.option("--net", "net_path", required=True, type=click.Path(dir_okay=False), help="The .net file.")
+@click.option("--data", "data_root", default=None, help="Data root (default: the generated set).")
+@click.option("--split", default=None, help="Data split [default: run.split = test].")
+@click.option("--frames", type=int, default=None, help="Number of frames [default: the whole split].")
+@click.option("--workers", type=int, default=None, help="Worker processes for the lava backend.")
+@click.option("--backend", type=click.Choice(["emulator", "lava"]), default=None,
+              help="emulator (bit-exact, fast; default) or lava (the reference).")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Write the report here.")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Write prediction PNGs here.")
+@config_options
+def run_cmd(net_path, data_root, split, frames, workers, backend, json_path, out_dir, config_path, overrides):
+    """Run a .net file over a data split and report mIoU, speed and spikes per layer."""
+    from ..config import load_config
+
+    from deploy.runner import evaluate, format_report
+
+    cfg = load_config(config_path, overrides)
+    run = cfg.run
+    report, _ = evaluate(net_path, cfg.data if data_root is None else _with_root(cfg.data, data_root),
+                         split=split or run.split, frames=frames if frames is not None else run.frames,
+                         backend=backend or run.backend, workers=workers or run.workers,
+                         batch_size=run.batch_size, out_dir=out_dir, json_path=json_path)
+    click.echo(format_report(report))
+
+
+def _with_root(data_cfg, root):
+    from dataclasses import replace
+    return replace(data_cfg, root=root)
+
+
+@click.command("predict")
+@click.option("--net", "net_path", type=click.Path(dir_okay=False), default=None, help="The .net file.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="A training checkpoint instead of a .net (runs the torch model).")
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
+              help="Event recording: .aedat4 (DAVIS), .npz or .h5/.hdf5 with x, y, t, p.")
+@click.option("--window-ms", type=float, default=None,
+              help="Window length [default: 50, the milliseconds a DDD17 frame accumulates].")
+@click.option("--backend", type=click.Choice(["emulator", "lava"]), default="emulator", show_default=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--batch", "batch_size", type=int, default=8, show_default=True, help="Windows run together.")
+@click.option("--resize", "resize_mode", type=click.Choice(["resize", "crop"]), default=None,
+              help="Sensor frame to model input [default: the checkpoint's data.resize, else resize].")
+@click.option("--sensor-crop/--no-sensor-crop", default=None,
+              help="Keep the DDD17 release's top 200 rows of a DAVIS346 [default: only for 346x260 recordings].")
+@click.option("--sensor-size", nargs=2, type=int, default=None, metavar="W H",
+              help="Sensor size when the file does not record one.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the poisson input draws.")
+@click.option("--no-gif", is_flag=True, help="Skip the animated GIF.")
+def predict_cmd(net_path, checkpoint, input_path, window_ms, backend, out_dir, batch_size, resize_mode,
+                sensor_crop, sensor_size, seed, no_gif):
+    """Segment an event recording window by window: class maps (.npz), overlays (PNG) and a GIF."""
+    from deploy.predict import predict
+
+    window = {} if window_ms is None else dict(window_ms=window_ms)
+    s = predict(input_path, out_dir, net=net_path, checkpoint=checkpoint, **window, backend=backend,
+                batch_size=batch_size, resize_mode=resize_mode, sensor_crop=sensor_crop,
+                sensor_size=tuple(sensor_size) if sensor_size else None, seed=seed, gif=not no_gif)
+    click.echo(f"{s['windows']} windows of {s['window_ms']:g} ms from {s['sensor'][0]}x{s['sensor'][1]} events "
+               f"-> {s['input_shape'][1]}x{s['input_shape'][2]} ({s['backend']}, {s['windows_per_second']} "
+               f"windows/s); wrote {out_dir}/maps, {out_dir}/overlays"
+               + (f", {s['gif']}" if s["gif"] else ""))
