@@ -38,7 +38,7 @@ import torch
 
 from toolchain.errors import ToolchainError
 from toolchain.files import atomic_path
-from toolchain.loihi import U_MAX, cuba_step
+from toolchain.loihi import DECAY_SCALE, U_MAX, cuba_step
 
 from .emulator import synapse_op
 from .netfile import NetFile
@@ -94,7 +94,7 @@ def _check_net(net: NetFile, path: Path) -> None:
     if len(set(names)) != len(names):
         raise ToolchainError(f"{path}: layer names must be unique and not {INPUT!r} (they name the "
                              f"ONNX state), got {names[1:]}")
-    if net.layers[-1].neuron.iDecay != 4096:
+    if net.layers[-1].neuron.iDecay != DECAY_SCALE:
         raise ToolchainError(f"{path}: the last layer ({net.layers[-1].name}) is not the readout integrator")
     for i, layer in enumerate(net.layers, start=1):
         for k, (src, syn) in enumerate(zip(layer.sources, layer.synapses)):
