@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from toolchain.loihi import DECAY_SCALE, INPUT_SHIFT, U_MAX, cuba_run, wrap_int32
 

@@ -23,13 +23,22 @@ from lava.lib.dl import slayer
 
 from models.graph import INPUT, SpikingGraph
 from toolchain.errors import ToolchainError
-from toolchain.loihi import (INPUT_SHIFT, READOUT_NEURON, STATE_SCALE, VTH_MAX, W_SCALE, WEIGHT_MAX,
-                             WEIGHT_MIN, quantize_weight)
+from toolchain.loihi import (
+    INPUT_SHIFT,
+    READOUT_NEURON,
+    STATE_SCALE,
+    VTH_MAX,
+    W_SCALE,
+    WEIGHT_MAX,
+    WEIGHT_MIN,
+    quantize_weight,
+)
 
 from . import netfile
 from .netfile import Layer, NetFile, Neuron
 from .synapses import Synapse, check_shape, fan_in_bound
 from .synapses import apply as synapse_op
+
 
 def effective_weight(syn: torch.nn.Module) -> torch.Tensor:
     """The float weight the synapse computes with, weight norm folded in."""

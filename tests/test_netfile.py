@@ -9,7 +9,6 @@ import torch
 import deploy
 from deploy import netfile
 from deploy.export import build_netfile
-from models.graph import INPUT
 from tests.test_lava_equivalence import CASES, graph, spikes
 from toolchain.errors import ToolchainError
 

@@ -14,10 +14,10 @@ from deploy.export import export
 from deploy.predict import geometry, predict
 from models import NeuronParams
 from tests.conftest import aedat4_bytes
+from toolchain import checkpoint
 from toolchain.config import Config, DataConfig, to_dict
 from toolchain.data.ddd17 import DDD17
 from toolchain.data.events import Recording, to_ddd17
-from toolchain import checkpoint
 from toolchain.errors import ToolchainError
 
 CLASSES = ["flat", "construction+sky", "object", "nature", "human", "vehicle"]

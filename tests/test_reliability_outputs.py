@@ -18,10 +18,9 @@ import models
 from deploy import netfile
 from deploy.export import build_netfile
 from tests.test_lava_equivalence import CASES, graph
+from toolchain import checkpoint, loihi
 from toolchain.errors import ToolchainError
-from toolchain import loihi
 from toolchain.files import write_text
-from toolchain import checkpoint
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ import models
 from deploy import synapses
 from deploy.netfile import Layer, NetFile, Neuron
 from deploy.synapses import Synapse
-from toolchain.loihi import READOUT_NEURON
 from toolchain.config import Config, to_dict
 from toolchain.errors import ToolchainError
+from toolchain.loihi import READOUT_NEURON
 from toolchain.studies import convert, energy, report, robustness
 
 LIF = Neuron(iDecay=4096, vDecay=0, vThMant=64)  # fires when one max weight (254 > 64 << 6 / 64) arrives

@@ -2,9 +2,9 @@
 and the same training under torchrun with two CPU processes (DDP)."""
 import json
 import os
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch

@@ -181,6 +181,7 @@ def _measure_training(spec: dict) -> dict:
     import torch
 
     import models
+
     from .config import load_config
     from .train.bench import PlainLIF, throughput
 
@@ -198,9 +199,9 @@ def _measure_training(spec: dict) -> dict:
 
 
 def _measure_evaluation(spec: dict) -> dict:
-    from .config import load_config
-
     from deploy.runner import evaluate
+
+    from .config import load_config
 
     cfg = load_config(None, spec.get("overrides", []))
     report, _ = evaluate(spec["net"], cfg.data, split="test", backend="emulator", progress=False,
@@ -341,10 +342,10 @@ def run_bench(*, quick: bool = False, checkpoint: str | None = None, paper_steps
     import torch
 
     import models
+    from deploy.export import build_netfile
+
     from .config import load_config
     from .data.synth import synthesize
-
-    from deploy.export import build_netfile
 
     report = dict(quick=quick, cpus=os.cpu_count(), load_avg_start=os.getloadavg()[0], cases=[])
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:

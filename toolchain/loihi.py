@@ -49,6 +49,10 @@ def wrap_int32(x: torch.Tensor) -> torch.Tensor:
     return torch.remainder(x + (1 << 31), 1 << 32) - (1 << 31)
 
 
+def _unchanged(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 def cuba_step(a: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *, i_decay: int, v_decay: int,
               v_th_mant: int, wrap: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step of Loihi's CUBA-LIF (Lava `PyLifModelBitAcc`, hard reset).
@@ -57,8 +61,7 @@ def cuba_step(a: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *, i_decay: int
     state units. Returns (u, v after reset, spikes as bool). `wrap=False`
     skips the 32-bit wrap-arounds, which change nothing while |a| < 2^24.
     """
-    same = (lambda z: z)
-    w = wrap_int32 if wrap else same
+    w = wrap_int32 if wrap else _unchanged
     u = w(decay(u, DECAY_SCALE - i_decay) + w(w(a) * (1 << INPUT_SHIFT)))
     u = torch.where(u > U_MAX, u - 2 * U_MAX, u)  # Lava wraps the current once, asymmetrically
     u = torch.where(u <= -U_MAX, u + 2 * U_MAX, u)

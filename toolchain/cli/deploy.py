@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+
 import click
 
 from ..errors import ToolchainError
@@ -83,9 +84,9 @@ def export_cmd(checkpoint, target, out, frames, data_root, config_path, override
 @config_options
 def run_cmd(net_path, data_root, split, frames, workers, backend, json_path, out_dir, config_path, overrides):
     """Run a .net file over a data split and report mIoU, speed and spikes per layer."""
-    from ..config import load_config
-
     from deploy.runner import evaluate, format_report
+
+    from ..config import load_config
 
     cfg = load_config(config_path, overrides)
     run = cfg.run

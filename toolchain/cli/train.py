@@ -64,7 +64,8 @@ def evaluate(ckpt, data_dir, split, json_out, quantized, batch_size):
     import models
     from toolchain.data import build_dataset
 
-    from ..train.loop import evaluate as run, pick_device
+    from ..train.loop import evaluate as run
+    from ..train.loop import pick_device
 
     model, cfg = models.load_checkpoint(ckpt, quantized=quantized, data_root=data_dir)
     ds = build_dataset(cfg.data, split)

@@ -168,8 +168,8 @@ def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "la
                        scale: float = 0.7, frames: int = 64, data_root: Optional[str] = None,
                        log: Callable[[str], None] = print) -> dict:
     """Convert a trained ANN-twin checkpoint into a spiking checkpoint at `out`."""
-    from ..config import to_dict
     from .. import checkpoint
+    from ..config import to_dict
 
     ann, cfg = models.load_checkpoint(ann_ckpt, data_root=data_root)
     if isinstance(ann, models.SpikingGraph):

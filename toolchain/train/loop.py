@@ -32,11 +32,11 @@ from tqdm import tqdm
 import models
 from models.blocks import firing_rates, set_quantized
 
+from .. import checkpoint
 from ..config import Config, config_from_dict, save_config, to_dict
 from ..errors import ToolchainError
 from ..files import write_text
 from ..metrics import SegmentationMetric
-from .. import checkpoint
 from . import distributed, plots
 
 IGNORE = 255
