@@ -12,7 +12,7 @@ import models
 from deploy import synapses
 from deploy.netfile import Layer, NetFile, Neuron
 from deploy.synapses import Synapse
-from toolchain.config import Config, to_dict
+from toolchain.config import Config, save_config, to_dict
 from toolchain.errors import ToolchainError
 from toolchain.loihi import READOUT_NEURON
 from toolchain.studies import convert, energy, report, robustness
@@ -203,6 +203,44 @@ def test_report_gathers_metrics_and_studies_into_markdown_and_html(tmp_path, toy
     assert "ANN/SNN energy ratio" in text and "Loihi 2 resource estimate" in text
     assert "](img/01_gallery.png)" in text and (tmp_path / "report" / "img" / "01_gallery.png").is_file()
     page = hp.read_text()
-    assert page.startswith("<!DOCTYPE html>") and "<td>31.41</td>" in page and "<img src=\"img/01_gallery.png\"" in page
+    assert page.startswith("<!DOCTYPE html>") and "<td>31.41</td>" in page
+    assert "<img src=\"data:image/png;base64," in page and "src=\"img/" not in page  # one self-contained file
     with pytest.raises(ToolchainError, match="no metrics.json"):
         report.build([tmp_path / "report" / "img"], tmp_path / "r2")
+
+
+def test_report_leads_with_the_summary_and_reports_an_ann_twin_as_an_ann(tmp_path):
+    run = tmp_path / "demo"
+    ious = {"flat": 0.7, "human": float("nan")}
+    for name, ann, miou in (("train", False, 0.30), ("ann", True, 0.25)):
+        (run / name).mkdir(parents=True)
+        (run / name / "metrics.json").write_text(json.dumps(dict(
+            model="spiking-deeplab-tiny", epochs=1, quantized=True, miou=miou, pixel_acc=0.6, untrained_miou=0.01,
+            majority_miou=0.08, iou_per_class=ious, firing={"conv1": 0.05})))
+        cfg = Config()
+        cfg.train.qat, cfg.train.ann = True, ann  # the demo trains its twin from the QAT config
+        save_config(cfg, run / name)
+    (run / "model.net.json").write_text(json.dumps(dict(
+        net=str(run / "model.net"), layers=7, neurons=100, synapses=1000, miou_float=0.29, miou_quantized=0.2875,
+        frames=4)))
+    for backend in ("lava", "emulator"):
+        (run / f"run-{backend}.json").write_text(json.dumps(dict(
+            net="demo/model.net", backend=backend, split="test", frames=4, time_steps=10, miou=0.2811,
+            pixel_acc=0.7, iou_per_class=ious, frames_per_s=1.0, spikes_per_frame={"conv1": 1500.0})))
+    md, hp = report.build([run], tmp_path / "report", title="Demo")
+    text = md.read_text()
+    summary = text.split("## Summary", 1)[1].split("\n\n", 2)[1]
+    assert text.index("## Summary") < text.index("Training:")
+    rows = {r.split(" | ")[0].strip("| "): r.split(" | ") for r in summary.splitlines()[2:]}
+    # float, quantized, emulator, Lava, frames, spikes
+    assert rows["train (model.net)"][2:8] == ["29.00", "28.75", "28.11", "28.11", "4", "1,500"]
+    assert "SNN, trained 8-bit (QAT)" in rows["train (model.net)"][1]
+    ann = rows["ann"]
+    assert "ANN" in ann[1] and "SNN" not in ann[1] and "QAT" not in ann[1]
+    assert ann[2:6] == ["25.00", "n/a", "n/a", "n/a"] and ann[7] == "n/a"  # no quantized, emulator, Lava, spikes
+    assert "train: Lava mIoU 28.11% = emulator 28.11% on the same 4 frames." in text
+    ann_details = text.split("Training: ann", 1)[1].split("### ", 1)[0]
+    assert "mean ReLU activation per neuron" in ann_details and "spikes per neuron" not in ann_details
+    assert "quantized" not in ann_details.replace("not quantized", "")
+    page = hp.read_text()
+    assert page.index('<table id="summary">') < page.index("<h2>Details")
