@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from lava.lib.dl import slayer
 
+from .fused_cuba import cuba_forward, synapse_forward
+
 INPUT = "input"
 
 
@@ -75,7 +77,7 @@ class Node(torch.nn.Module):
         """Summed synaptic input, (N, C, H, W, T)."""
         total = None
         for synapse, x in zip(self.synapses, inputs):
-            z = synapse(x)
+            z = synapse_forward(synapse, x)
             total = z if total is None else total + z
         return total
 
@@ -83,7 +85,7 @@ class Node(torch.nn.Module):
         z = self.current(inputs)
         if self.neuron is None:
             return z
-        return slayer.axon.delay(self.neuron(z), 1)
+        return slayer.axon.delay(cuba_forward(self.neuron, z), 1)
 
 
 class SpikingGraph(torch.nn.Module):
