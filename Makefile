@@ -3,13 +3,19 @@ PY := $(VENV)/bin/python
 TC := $(VENV)/bin/toolchain
 DEMO ?= demo
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup lock demo test test-fast bench clean
 
-# The environment is rebuilt when the pinned dependencies change.
-$(VENV)/.installed: pyproject.toml scripts/setup-venv.sh
+# The environment is updated when the pins or the lock change; it holds
+# exactly the versions in requirements.lock.
+$(VENV)/.installed: pyproject.toml requirements.lock scripts/setup-venv.sh
 	bash scripts/setup-venv.sh $(VENV)
 
 setup: $(VENV)/.installed
+
+# Re-resolves pyproject.toml's pins (transitive dependencies at their newest
+# compatible versions) in a scratch environment and writes requirements.lock.
+lock:
+	bash scripts/setup-venv.sh --lock requirements.lock
 
 demo: setup
 	bash examples/demo.sh $(DEMO)
