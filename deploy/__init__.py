@@ -23,7 +23,8 @@ BACKENDS = ("emulator", "lava")
 class Result:
     """One run over N frames.
 
-    spikes: {layer name: (N, C, H, W, T) bool} (empty when not kept);
+    spikes: {layer name: (N, C, H, W, T + D - 1) bool} (empty when not kept; D
+    the net's pipeline depth: the steps whose spikes reach the readout);
     counts: {layer name: (N,) spikes per frame}; voltage: the readout's final
     integer voltage (N, K, H', W'); readout: voltage / (4096*T)
     (`toolchain.loihi.readout_value`), the float the torch model's readout equals; class_map: (N, H, W) argmax after bilinear

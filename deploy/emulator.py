@@ -3,7 +3,7 @@
 It reproduces, integer for integer, what `Loihi2SimCfg(select_tag="fixed_pt")`
 computes (`lava.proc.lif.models.PyLifModelBitAcc`, the Conv, Dense and Sparse
 fixed-point models), but vectorised: a network is feed-forward, so each
-layer's synaptic input for all T+1 steps and all frames is one batched torch
+layer's synaptic input for all T+D steps and all frames is one batched torch
 convolution; only the neuron state runs step by step (on the CPU in a
 compiled numba kernel that keeps each neuron's state in registers over all
 steps, elsewhere as a torch loop over steps).
@@ -12,7 +12,9 @@ Lava facts it follows:
 - every connection process sends at step t what it accumulated at step t-1;
 - Conv clamps its output to signed 24 bits, Dense and Sparse do not;
 - LIF: `toolchain.loihi.cuba_step` (24-bit state, hard reset);
-- the run lasts T+1 steps: input at steps 0..T-1, zeros at step T.
+- a frame runs T + D steps (`NetFile.frame_steps`): input at steps 0..T-1,
+  zeros after; its spikes are those of the first T + D - 1 steps, the last
+  step's reach nothing inside the frame (`toolchain.loihi`).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from .synapses import apply as synapse_op
 
 @dataclass
 class EmulatorOutput:
-    """`spikes[name]`: (N, C, H, W, T) bool, Lava steps 0..T-1 (absent when not kept);
+    """`spikes[name]`: (N, C, H, W, T + D - 1) bool, Lava steps 0..T+D-2 (absent when not kept);
     `counts[name]`: spikes per frame over those steps, (N,); `voltage`: the readout
     integrator's final voltage, (N, K, H, W) int64."""
 
@@ -125,10 +127,10 @@ def run(net: NetFile, frames: torch.Tensor, *, device: torch.device | str | None
     n, t_steps = frames.shape[0], frames.shape[-1]
     if tuple(frames.shape[1:4]) != tuple(net.input_shape):
         raise ValueError(f"frames of shape {tuple(frames.shape[1:4])}, the net takes {net.input_shape}")
-    steps = t_steps + 1
+    steps, kept = net.frame_steps(t_steps), net.spike_steps(t_steps)
     # time-major (S, N, C, H, W): one step is contiguous, all steps batch into one conv
     x = frames.to(device=device, dtype=torch.bool).permute(4, 0, 1, 2, 3)
-    outputs = {0: torch.cat([x, torch.zeros_like(x[:1])])}
+    outputs = {0: torch.cat([x, x.new_zeros((steps - t_steps, *x.shape[1:]))])}
     last_use = {}
     for i, layer in enumerate(net.layers, start=1):
         for s in layer.sources:
@@ -146,7 +148,7 @@ def run(net: NetFile, frames: torch.Tensor, *, device: torch.device | str | None
                 # the kernel rounds, clamps and integrates the synapse's output as it is
                 syn, z = zs[0]
                 sp, cnt, v = _lif_cpu(z.reshape(steps - 1, -1).numpy(), steps, nrn.iDecay, nrn.vDecay,
-                                      nrn.vThMant, clamp24=syn.kind.clamp24, count_steps=t_steps)
+                                      nrn.vThMant, clamp24=syn.kind.clamp24, count_steps=kept)
                 s = torch.from_numpy(sp).reshape(steps, n, c, h, w)
                 v = torch.from_numpy(v).reshape(n, c, h, w)
                 count = torch.from_numpy(cnt).reshape(n, -1).sum(1)
@@ -160,7 +162,7 @@ def run(net: NetFile, frames: torch.Tensor, *, device: torch.device | str | None
                 if bool((a.abs() >= (1 << 31)).any()):
                     a = wrap_int32(a)
                 s, v = lif_steps(a, nrn.iDecay, nrn.vDecay, nrn.vThMant)
-                count = s[:t_steps].sum(dim=(0, 2, 3, 4))
+                count = s[:kept].sum(dim=(0, 2, 3, 4))
             del zs
             if i == len(net.layers):
                 voltage = v
@@ -168,7 +170,7 @@ def run(net: NetFile, frames: torch.Tensor, *, device: torch.device | str | None
                 outputs[i] = s
                 counts[layer.name] = count
                 if keep_spikes:
-                    spikes[layer.name] = s[:t_steps].permute(1, 2, 3, 4, 0).bool()
+                    spikes[layer.name] = s[:kept].permute(1, 2, 3, 4, 0).bool()
             for src in [k for k, last in last_use.items() if last == i and k in outputs]:
                 del outputs[src]
     return EmulatorOutput(spikes=spikes, counts=counts, voltage=voltage)

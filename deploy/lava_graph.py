@@ -10,7 +10,7 @@ synapse, the same processes netx builds for the layers it knows:
   flattened source to the flattened layer, exact and shape-agnostic.
 Several connections into one LIF are summed at its `a_in` (additive skips).
 Input spikes come from a file-backed source, hidden spikes go to file-backed
-sinks, and the readout integrator's voltage is written after each frame's T+1
+sinks, and the readout integrator's voltage is written after each frame's T+D
 steps (`lava_procs`: Lava's own RingBuffer I/O is far too slow to read back).
 """
 from __future__ import annotations
@@ -63,7 +63,7 @@ CHANNEL_SLOTS = 2
 class LavaNetwork:
     """A `.net` built once as a Lava process graph that runs any number of frames.
 
-    Frames run back to back, T+1 steps each, in one Lava runtime; every LIF
+    Frames run back to back, T+D steps each (D the pipeline depth), in one Lava runtime; every LIF
     restarts at a frame's first step (`lava_procs.FrameLIF`), so frame k gives
     what a freshly built network gives for frame k alone. Inputs and outputs
     travel through memory-mapped files in a private temporary folder.
@@ -82,7 +82,8 @@ class LavaNetwork:
         from . import lava_procs
         self.net = net
         self.time_steps = int(time_steps or net.time_steps)
-        self.steps = self.time_steps + 1
+        self.steps = net.frame_steps(self.time_steps)
+        self.kept = net.spike_steps(self.time_steps)  # steps whose spikes the sinks record
         self.capacity = int(capacity)
         self.keep_spikes = keep_spikes
         self._tmp = tempfile.TemporaryDirectory(prefix="lava-net-")
@@ -112,10 +113,10 @@ class LavaNetwork:
                 (proc.a_out.reshape(shape) if flat else proc.a_out).connect(lif.a_in)
             outs[i] = lif.s_out
             if not last:
-                spike_file = self._file(f"spikes{i}.b", np.bool_, (self.capacity,) + shape + (self.time_steps,)) \
+                spike_file = self._file(f"spikes{i}.b", np.bool_, (self.capacity,) + shape + (self.kept,)) \
                     if keep_spikes else None
                 count_file = self._file(f"counts{i}.i64", np.int64, (self.capacity,))
-                sink = lava_procs.FileSink(shape=shape, time_steps=self.time_steps, path=spike_file,
+                sink = lava_procs.FileSink(shape=shape, time_steps=self.kept, path=spike_file,
                                            count_path=count_file, **common)
                 lif.s_out.connect(sink.a_in)
                 procs.append(sink)
@@ -136,7 +137,7 @@ class LavaNetwork:
     def run(self, frames: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
         """Run frames (N, C, H, W, T) of 0/1 spikes.
 
-        Returns hidden spikes {name: (N, C, H, W, T) bool} (empty unless
+        Returns hidden spikes {name: (N, C, H, W, T+D-1) bool} (empty unless
         keep_spikes), spike counts {name: (N,)} and the readout's final voltage
         (N, K, H', W') int64, all in slayer order."""
         from .lava_procs import open_memmap
@@ -164,7 +165,7 @@ class LavaNetwork:
                 c = open_memmap(count_file, np.int64, (self.capacity,), mode="r")
                 counts[name].append(np.array(c[slots]))
                 if self.keep_spikes:
-                    s = open_memmap(spike_file, np.bool_, (self.capacity,) + shape + (self.time_steps,), mode="r")
+                    s = open_memmap(spike_file, np.bool_, (self.capacity,) + shape + (self.kept,), mode="r")
                     spikes[name].append(np.stack([from_lava(np.array(s[k])) for k in slots]))
             v = open_memmap(self._v_path, np.int32, (self.capacity,) + lava_shape(self.net.layers[-1].shape),
                             mode="r")
@@ -244,7 +245,7 @@ class LavaNetwork:
 def run_frame(net: NetFile, frame: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Run one frame (C, H, W, T) of 0/1 spikes in Lava's fixed-point simulator.
 
-    Returns hidden spikes {name: (C, H, W, T) bool, Lava steps 0..T-1} and the
+    Returns hidden spikes {name: (C, H, W, T+D-1) bool, Lava steps 0..T+D-2} and the
     readout integrator's final voltage (K, H', W') int64.
     """
     frame = np.asarray(frame)

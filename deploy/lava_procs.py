@@ -153,7 +153,7 @@ class PyFileSinkModel(PyLoihiProcessModel):
         s = self.a_in.recv()
         slot, step = _frame_step(self)
         if step >= self.proc_params["time_steps"]:
-            return  # the extra readout step: not part of the frame's spikes
+            return  # the frame's last step: its spikes reach nothing inside the frame
         if step == 0:
             self._counts[slot] = 0
         self._counts[slot] += int(np.count_nonzero(s))

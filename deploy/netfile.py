@@ -25,7 +25,13 @@ readout: a CUBA group whose neuron is the non-spiking integrator
 conv/dense layers is a network netx loads unchanged.
 
 Root attributes: format, version, inputShape (C, H, W), encoding, timeSteps,
-classNames, readoutRule.
+classNames, readoutRule, pipelineDepth (version 2).
+
+Time (`toolchain.loihi`): a frame of T input steps runs T + D steps, D the
+pipeline depth (connections on the longest input-to-readout path), and the
+readout is the integrator's final voltage / (4096*T). Version 1 files (no
+pipelineDepth) were written for frames of T + 1 steps and are still run that
+way, so they give the answers they gave when written.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from toolchain import loihi
 from toolchain.errors import ToolchainError
 from toolchain.files import atomic_path
 from toolchain.loihi import DECAY_SCALE, READOUT_NEURON, VTH_MAX, WEIGHT_MAX, WEIGHT_MIN
@@ -45,9 +52,10 @@ from .synapses import TYPES as SYNAPSE_TYPES
 from .synapses import Synapse, check_shape, field_values, kind
 
 FORMAT = "toolchain-net"
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)
 LAYER_TYPES = SYNAPSE_TYPES + ("add",)
-READOUT_RULE = ("final voltage of the readout integrator after T+1 steps / (4096*T), "
+READOUT_RULE = ("final voltage of the readout integrator after T+D steps (D = pipelineDepth) / (4096*T), "
                 "then bilinear upsampling to the input size; class = argmax")
 MAX_NEURONS = 200_000_000  # far above paper size (about 10 M): anything larger is a corrupt file
 MAX_WEIGHTS = 500_000_000
@@ -86,6 +94,18 @@ class NetFile:
     encoding: str = "poisson"
     class_names: list[str] = field(default_factory=list)
     readout_rule: str = READOUT_RULE
+    version: int = VERSION
+
+    @property
+    def pipeline_depth(self) -> int:
+        """D: a frame runs T + D steps (version 1 files: D = 1, their rule)."""
+        return 1 if self.version == 1 else loihi.pipeline_depth([l.sources for l in self.layers])
+
+    def frame_steps(self, time_steps: int | None = None) -> int:
+        return loihi.frame_steps(self.time_steps if time_steps is None else time_steps, self.pipeline_depth)
+
+    def spike_steps(self, time_steps: int | None = None) -> int:
+        return loihi.spike_steps(self.time_steps if time_steps is None else time_steps, self.pipeline_depth)
 
     def shape_of(self, index: int) -> tuple[int, int, int]:
         """Output shape of file layer `index` (0 is the input)."""
@@ -128,12 +148,14 @@ def write(path: str | Path, net: NetFile) -> Path:
     with atomic_path(path) as tmp:
         with h5py.File(buf, "w") as f:
             f.attrs["format"] = FORMAT
-            f.attrs["version"] = VERSION
+            f.attrs["version"] = net.version
             f.attrs["inputShape"] = np.array(net.input_shape)
             f.attrs["encoding"] = net.encoding
             f.attrs["timeSteps"] = net.time_steps
             f.attrs["classNames"] = json.dumps(list(net.class_names))
             f.attrs["readoutRule"] = net.readout_rule
+            if net.version >= 2:
+                f.attrs["pipelineDepth"] = net.pipeline_depth
             g0 = f.create_group("layer/0")
             _put_str(g0, "type", "input")
             g0.create_dataset("shape", data=np.array(net.input_shape))
@@ -255,9 +277,9 @@ def _read_open(f: h5py.File, where: str) -> NetFile:
         raise ToolchainError(f"{where}: not a toolchain .net file (root attribute 'format' is "
                              f"{f.attrs.get('format')!r}, expected {FORMAT!r})")
     version = f.attrs.get("version")
-    if version != VERSION:
+    if version not in VERSIONS:
         raise ToolchainError(f"{where}: format version {version} is not supported (this reader "
-                             f"reads version {VERSION}); re-export the model")
+                             f"reads versions {', '.join(map(str, VERSIONS))}); re-export the model")
     for key in ("inputShape", "timeSteps", "encoding", "classNames", "readoutRule"):
         if key not in f.attrs:
             raise ToolchainError(f"{where}: missing root attribute '{key}'")
@@ -312,9 +334,17 @@ def _read_open(f: h5py.File, where: str) -> NetFile:
             synapses = [_read_synapse(g, typ, lw)]
         layers.append(Layer(name, typ, shape, sources, synapses, neuron))
     shape_in = tuple(int(s) for s in np.asarray(f.attrs["inputShape"]).reshape(-1))
-    return NetFile(input_shape=shape_in, time_steps=int(f.attrs["timeSteps"]), layers=layers,
-                   encoding=str(f.attrs["encoding"]), class_names=list(class_names),
-                   readout_rule=str(f.attrs["readoutRule"]))
+    net = NetFile(input_shape=shape_in, time_steps=int(f.attrs["timeSteps"]), layers=layers,
+                  encoding=str(f.attrs["encoding"]), class_names=list(class_names),
+                  readout_rule=str(f.attrs["readoutRule"]), version=int(version))
+    if version >= 2:
+        if "pipelineDepth" not in f.attrs:
+            raise ToolchainError(f"{where}: missing root attribute 'pipelineDepth'")
+        validate(net, where)  # the depth below is computed from valid sources only
+        if int(f.attrs["pipelineDepth"]) != net.pipeline_depth:
+            raise ToolchainError(f"{where}: root attribute 'pipelineDepth' = {f.attrs['pipelineDepth']} "
+                                 f"disagrees with the layers' longest path, {net.pipeline_depth}")
+    return net
 
 
 def validate(net: NetFile, where: str = "net") -> None:

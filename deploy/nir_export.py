@@ -21,7 +21,8 @@ Timing: in Lava every connection delays by one step, the input's included.
 Here only the layers' outputs are delayed: that shifts every path from the
 input alike, so NIR step t is Lava step t+1 (Lava's step 0 receives
 nothing), `L.delay`'s output at step t is L's spikes at Lava step t, and the
-readout after T steps is Lava's after T+1.
+readout after T+D-1 steps (the input's T, then zeros; D the pipeline depth)
+is Lava's after a frame's T+D.
 
 Parameter mapping, dt = 1. Loihi's CUBA neuron (in weight units) is
     u[t] = (1 - a_u) u[t-1] + x[t],   v[t] = (1 - a_v) v[t-1] + u[t],

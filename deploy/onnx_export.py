@@ -15,9 +15,10 @@ the state after step t, for every state `X` in the same order (metadata
   `toolchain.readout`). Its current is not state: with iDecay 4096 it is the
   step's input alone.
 Protocol, as Lava runs a `.net` file: start from zeros, feed the input of
-steps 0..T-1 and zeros at step T (T+1 steps). `<layer>.s.next` after step t is
-the layer's spikes at step t, `run(frames).spikes[layer][..., t]`; the readout
-voltage after step T is `run(frames).voltage`, and / (4096 T)
+steps 0..T-1 and zeros after, T + D steps in all (D the pipeline depth,
+metadata `toolchain.pipeline_depth`). `<layer>.s.next` after step t is the
+layer's spikes at step t, `run(frames).spikes[layer][..., t]`; the readout
+voltage after the last step is `run(frames).voltage`, and / (4096 T)
 (`toolchain.loihi.readout_value`) the network output `run(frames).readout`.
 
 Arithmetic: every synapse is `deploy.emulator.synapse_op` (float32
@@ -38,15 +39,15 @@ import torch
 
 from toolchain.errors import ToolchainError
 from toolchain.files import atomic_path
-from toolchain.loihi import DECAY_SCALE, U_MAX, cuba_step
+from toolchain.loihi import DECAY_SCALE, U_MAX, cuba_step, frame_steps, spike_steps
 
 from .emulator import synapse_op
 from .netfile import NetFile
 
 OPSET = 17
 INPUT = "input"
-PROTOCOL = ("start from zeros; run T+1 steps feeding input spikes at steps 0..T-1 and zeros at "
-            "step T, each step's '.next' outputs as the next step's state; '<layer>.s.next' after "
+PROTOCOL = ("start from zeros; run T+D steps (D = toolchain.pipeline_depth) feeding input spikes at "
+            "steps 0..T-1 and zeros after, each step's '.next' outputs as the next step's state; '<layer>.s.next' after "
             "step t = the layer's spikes at step t; readout = readout voltage / (4096*T)")
 
 
@@ -122,6 +123,7 @@ def export_onnx(net: NetFile, path: str | os.PathLike) -> Path:
     meta = {"toolchain.mode": "step", "toolchain.input_shape": json.dumps(list(net.input_shape)),
             "toolchain.state": json.dumps(module.state_names), "toolchain.readout": module.readout,
             "toolchain.time_steps": str(net.time_steps), "toolchain.protocol": PROTOCOL,
+            "toolchain.pipeline_depth": str(net.pipeline_depth),
             "toolchain.class_names": json.dumps(list(net.class_names))}
     with atomic_path(path) as tmp:
         _export(module, args, tmp, [INPUT] + module.state_names,
@@ -211,15 +213,17 @@ def run_onnx_step(path: str | os.PathLike, frames) -> tuple[np.ndarray, dict[str
     shape = tuple(json.loads(meta["toolchain.input_shape"]))
     if frames.ndim != 5 or frames.shape[1:4] != shape:
         raise ToolchainError(f"{path}: frames of shape {frames.shape}; expected (N, {', '.join(map(str, shape))}, T)")
-    n, steps = frames.shape[0], frames.shape[-1]
+    n, time_steps = frames.shape[0], frames.shape[-1]
+    depth = int(meta.get("toolchain.pipeline_depth", 1))
+    steps, kept = frame_steps(time_steps, depth), spike_steps(time_steps, depth)
     inputs = {i.name: i for i in sess.get_inputs()}
     state = {k: np.zeros((n, *inputs[k].shape[1:]), _NUMPY[inputs[k].type]) for k in names}
     layers = [k[:-2] for k in names[1:] if k.endswith(".s")]
-    spikes = {k: np.zeros((n, *inputs[f"{k}.s"].shape[1:], steps), bool) for k in layers}
-    for t in range(steps + 1):
-        x = frames[..., t] if t < steps else np.zeros_like(frames[..., 0])
+    spikes = {k: np.zeros((n, *inputs[f"{k}.s"].shape[1:], kept), bool) for k in layers}
+    for t in range(steps):
+        x = frames[..., t] if t < time_steps else np.zeros_like(frames[..., 0])
         state = dict(zip(names, sess.run(None, {INPUT: np.ascontiguousarray(x), **state})))
-        if t < steps:
+        if t < kept:
             for k in layers:
                 spikes[k][..., t] = state[f"{k}.s"] > 0
     return state[readout], spikes

@@ -114,9 +114,10 @@ def evaluate(net_path, data_cfg, *, split: str = "test", frames: int | None = No
         raise ToolchainError(f"{split}: labels {tuple(labels.shape[1:])} differ from the net's input size")
     metric.update(pred, labels)
     scores = metric.compute()
-    steps = n * (deployed.time_steps + 1)
+    steps = n * deployed.net.frame_steps()
     names = deployed.net.class_names or [str(k) for k in range(num_classes)]
     report = dict(net=str(net_path), backend=backend, split=split, frames=n, time_steps=deployed.time_steps,
+                  frame_steps=deployed.net.frame_steps(),
                   miou=scores["miou"], pixel_acc=scores["pixel_acc"],
                   iou_per_class=dict(zip(names, scores["iou_per_class"])),
                   wall_s=wall, steps_per_s=steps / wall, frames_per_s=n / wall,

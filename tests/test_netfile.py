@@ -84,7 +84,10 @@ def test_run_refuses_frames_of_another_shape(net_path):
 
 
 def test_loaded_net_runs_and_gives_class_maps_at_input_size(net_path):
-    r = deploy.load(net_path).run(spikes((2, 2, 6, 6, 4)))
+    net = deploy.load(net_path)
+    r = net.run(spikes((2, 2, 6, 6, 4)))
     assert r.class_map.shape == (2, 6, 6) and r.readout.shape == (2, 3, 6, 6)
-    assert set(r.spikes) == {"c1", "c2", "sum"} and r.spikes["c1"].shape == (2, 4, 6, 6, 4)
+    # spikes of every step that reaches the readout: T + D - 1
+    assert net.net.pipeline_depth == 4 and net.net.frame_steps(4) == 8
+    assert set(r.spikes) == {"c1", "c2", "sum"} and r.spikes["c1"].shape == (2, 4, 6, 6, 7)
     np.testing.assert_array_equal(r.counts["c1"], r.spikes["c1"].sum(axis=(1, 2, 3, 4)))

@@ -8,6 +8,7 @@ import torch
 
 import models
 from toolchain.config import Config
+from toolchain.errors import ToolchainError
 from toolchain.train import augment, loss_fn, train
 from toolchain.train.loop import IGNORE
 
@@ -132,3 +133,12 @@ def test_resume_after_interrupt_equals_uninterrupted_run(cfg, data, tmp_path, wh
     for key in ("miou", "pixel_acc", "loss"):
         assert resumed[key] == straight[key]
     assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in straight["history"]]
+
+
+def test_a_readout_that_hears_nothing_stops_training_with_what_to_change(cfg, data, tmp_path):
+    """A threshold no input can reach leaves the readout at zero (loss ln K for
+    ever): the run stops after its first epoch, naming T, the depth and the fix."""
+    cfg.model.threshold = 200.0
+    with pytest.raises(ToolchainError, match=r"readout stayed all zero after epoch 1 \(T=12, pipeline depth D=7"):
+        train(cfg, tmp_path / "run", datasets=data, log=lambda m: None)
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()

@@ -8,8 +8,8 @@ own: the child samples the proportional set size (PSS: resident memory,
 shared pages split between their sharers) of itself and all its descendants
 (Lava runs every process of a graph in a worker process of its own).
 
-Steps are frame-steps: one frame of T time steps is T+1 Lava steps (the
-readout needs one more), for both backends.
+Steps are frame-steps: one frame of T time steps is T+D Lava steps (D the
+net's pipeline depth), for both backends.
 """
 from __future__ import annotations
 
@@ -113,9 +113,9 @@ def _measure_lava(spec: dict) -> dict:
         if len(frames) > 1:
             t0 = time.perf_counter()
             runs.append(lava.run(frames[1:]))
-            steps_per_s = (len(frames) - 1) * (t_steps + 1) / (time.perf_counter() - t0)
+            steps_per_s = (len(frames) - 1) * net.frame_steps(t_steps) / (time.perf_counter() - t0)
         else:  # one frame only: its time includes compiling the graph
-            steps_per_s = (t_steps + 1) / first
+            steps_per_s = net.frame_steps(t_steps) / first
     counts = {k: np.concatenate([r[1][k] for r in runs]).tolist() for k in runs[0][1]}
     return dict(build_s=build, first_frame_s=first, frames=len(frames), steps_per_s=steps_per_s,
                 includes_compile=len(frames) == 1, voltage=np.concatenate([r[2] for r in runs]).tolist(),
@@ -170,7 +170,7 @@ def _measure_emulator(spec: dict) -> dict:
     outs = [emulator.run(net, frames[i:i + batch], device="cpu", keep_spikes=False) for i in range(0, n, batch)]
     wall = time.perf_counter() - t0
     counts = {k: torch.cat([o.counts[k] for o in outs]).tolist() for k in outs[0].counts}
-    return dict(first_frame_s=warm, frames=n, batch=batch, steps_per_s=n * (t_steps + 1) / wall,
+    return dict(first_frame_s=warm, frames=n, batch=batch, steps_per_s=n * net.frame_steps(t_steps) / wall,
                 voltage=torch.cat([o.voltage for o in outs]).tolist(), counts=counts)
 
 

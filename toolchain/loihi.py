@@ -10,6 +10,15 @@ Units (slayer's CUBA conventions, which Lava's `PyLifModelBitAcc` and Loihi 2 sh
   step, truncated towards zero;
 - currents wrap at 24 bits and voltages clip there (`U_MAX`).
 
+Time: every connection delivers at step t what its source sent at t-1, so a
+net whose longest input-to-readout path crosses D connections (its pipeline
+depth) answers D steps late. A frame of T input steps runs `frame_steps` =
+T + D steps: input during the first T, zeros after; the readout integrates
+all of them, so every layer, the deepest included, passes on T informative
+steps. Spikes sent in the last step reach nothing inside the frame, so a
+frame's spikes are those of its first T + D - 1 steps (`spike_steps`), the
+length of slayer's time axis in training.
+
 `cuba_step` is the reference every backend is tested against: the emulator's
 compiled kernel, Lava's own model and the ONNX step graph compute exactly it.
 It runs on integer tensors, or float64 tensors holding integers (ONNX has
@@ -81,6 +90,25 @@ def cuba_run(a: torch.Tensor, i_decay: int, v_decay: int, v_th_mant: int, *, wra
         u, v, spikes[t] = cuba_step(a[t], u, v, i_decay=i_decay, v_decay=v_decay, v_th_mant=v_th_mant,
                                     wrap=wrap)
     return spikes, v
+
+
+def pipeline_depth(sources: list[list[int]]) -> int:
+    """Connections on the longest path from the input (0) to the last layer;
+    `sources[i - 1]` lists the layers that layer i reads."""
+    depth = [0]
+    for srcs in sources:
+        depth.append(1 + max(depth[s] for s in srcs))
+    return depth[-1]
+
+
+def frame_steps(time_steps: int, depth: int) -> int:
+    """Steps one frame runs: its T input steps and D more while the deepest path drains."""
+    return time_steps + depth
+
+
+def spike_steps(time_steps: int, depth: int) -> int:
+    """Steps whose spikes reach the readout inside the frame (slayer's time axis)."""
+    return time_steps + depth - 1
 
 
 def readout_value(voltage, time_steps: int):

@@ -12,8 +12,8 @@ from ..errors import ToolchainError
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
               help="Bench this trained model instead of the untrained tiny preset.")
 @click.option("--paper-steps", type=int, default=16, show_default=True,
-              help="Time steps T of the paper-size frames (Lava runs T+1 steps per frame; the paper trains "
-                   "with T=20).")
+              help="Time steps T of the paper-size frames (Lava runs T+D steps per frame, D the pipeline "
+                   "depth; the paper trains with T=20).")
 @click.option("--lava-limit", type=float, default=900.0, show_default=True,
               help="Seconds each paper-size model's two Lava frames may take; past it the table gives a bound.")
 def bench_cmd(json_path, quick, checkpoint, paper_steps, lava_limit):

@@ -8,7 +8,8 @@ Everything is counted on the exported `.net` graph, from a real run of it
   a padded 3x3 conv reaches fewer output positions than one in the middle.
   Every weight of the kernel counts, zero or not (the hardware walks them all).
 - synaptic operations (SynOps, the paper's accumulates): sum over source
-  neurons of spikes x fan-out, over all T steps; the input spikes count too.
+  neurons of spikes x fan-out, over all T + D steps of a frame (D the
+  pipeline depth: no free steps); the input spikes count too.
 - MACs of the non-spiking twin: the same connections, each used once per frame
   (every ANN activation is "one spike"), so ANN MACs = connections.
 - energy per frame: 45 nm model (SynOps x E_AC vs MACs x E_MAC) and a Loihi
@@ -67,10 +68,10 @@ def count_run(net: NetFile, frames: torch.Tensor, backend: str = "emulator") -> 
         neurons = int(np.prod(layer.shape))
         layers.append(dict(name=layer.name, type=layer.type, neurons=neurons,
                            spikes=float(maps[i].sum()) / n if i in maps else 0.0,
-                           synops=ops / n, neuron_updates=neurons * t_steps,
+                           synops=ops / n, neuron_updates=neurons * net.frame_steps(t_steps),
                            macs=sum(connections(s, net.shape_of(src), layer.shape)
                                     for src, s in zip(layer.sources, layer.synapses))))
-    return dict(frames=int(n), time_steps=int(t_steps), backend=backend,
+    return dict(frames=int(n), time_steps=int(t_steps), frame_steps=net.frame_steps(t_steps), backend=backend,
                 input_spikes=float(maps[0].sum()) / n, layers=layers, readout=result.readout,
                 class_map=result.class_map)
 

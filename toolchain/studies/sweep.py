@@ -100,7 +100,7 @@ def sweep(checkpoints: list[tuple[str, str]], steps: list[int], frames: int = 32
             net = quiet_export(model, t) if spiking else None
             value = miou(predict_classes(model, x, net), y, len(model.class_names))
             rows.append(dict(label=label, checkpoint=str(path), kind=kind, time_steps=int(t), miou=value,
-                             frames=int(len(x))))
+                             frames=int(len(x)), pipeline_depth=int(model.pipeline_depth) if spiking else None))
             log(f"{label:<20} T={t:<4d} mIoU {100 * value:6.2f}%")
     return dict(steps=[int(t) for t in steps], rows=rows)
 
@@ -134,9 +134,15 @@ def plot(result: dict, path: str | Path) -> Path:
     for label in dict.fromkeys(r["label"] for r in result["rows"]):
         rs = sorted((r for r in result["rows"] if r["label"] == label), key=lambda r: r["time_steps"])
         style = "--" if rs[0]["kind"] == "ANN twin" else "-o"
-        ax.plot([r["time_steps"] for r in rs], [100 * r["miou"] for r in rs], style, label=f"{label} ({rs[0]['kind']})")
+        line, = ax.plot([r["time_steps"] for r in rs], [100 * r["miou"] for r in rs], style,
+                        label=f"{label} ({rs[0]['kind']})")
+        depth = rs[0].get("pipeline_depth")
+        if depth:  # a frame answers T + D steps after it starts: the latency T does not show
+            ax.axvline(depth, color=line.get_color(), linestyle=":", alpha=0.7)
+            ax.annotate(f"D={depth}", (depth, 0.02), xycoords=("data", "axes fraction"), color=line.get_color(),
+                        fontsize=8, rotation=90, ha="right", va="bottom")
     ax.set_xscale("log")
-    ax.set_xlabel("time steps T")
+    ax.set_xlabel("time steps T (a frame runs T + D steps; dotted: pipeline depth D)")
     ax.set_ylabel("mIoU (%)")
     ax.set_title("mIoU against latency")
     ax.grid(True, alpha=0.3)

@@ -41,14 +41,18 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
-def all_sum(d: Dist, values: list[float]) -> list[float]:
+def all_sum(d: Dist, values: list[float], op=None) -> list[float]:
     if not d.enabled:
         return values
     t = torch.tensor(values, dtype=torch.float64)
     if dist.get_backend() == "nccl":
         t = t.cuda()
-    dist.all_reduce(t)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM if op is None else op)
     return t.cpu().tolist()
+
+
+def all_max(d: Dist, value: float) -> float:
+    return all_sum(d, [value], op=dist.ReduceOp.MAX)[0] if d.enabled else value
 
 
 def teardown(d: Dist) -> None:

@@ -122,12 +122,13 @@ def evaluate(model, dataset, device, d: distributed.Dist = distributed.Dist(), b
     indices = list(range(d.rank, count, d.world))
     loader = DataLoader(dataset, batch_size=batch_size, sampler=indices)
     metric = SegmentationMetric(dataset.num_classes, IGNORE)
-    loss_sum, pixels, fire_sum, fire_n = 0.0, 0.0, {}, 0
+    loss_sum, pixels, fire_sum, fire_n, readout_max = 0.0, 0.0, {}, 0, 0.0
     for x, y in tqdm(loader, desc="eval", leave=False, disable=not (progress and d.main and sys.stderr.isatty())):
         x, y = x.to(device), y.to(device)
         with torch.autocast(device.type, enabled=amp):
             scores, spikes = models.predict(model, x, y.shape[-2:])
         scores = scores.float()
+        readout_max = max(readout_max, float(scores.abs().max()))
         valid = int((y != IGNORE).sum())
         if valid:
             loss_sum += float(F.cross_entropy(scores, y, ignore_index=IGNORE, reduction="sum"))
@@ -142,6 +143,7 @@ def evaluate(model, dataset, device, d: distributed.Dist = distributed.Dist(), b
     out = metric.compute()
     out["loss"] = totals[0] / max(totals[1], 1.0)
     out["firing"] = {k: v / max(totals[2], 1.0) for k, v in zip(names, totals[3:])}
+    out["readout_max"] = distributed.all_max(d, readout_max)
     return out
 
 
@@ -361,6 +363,20 @@ def log_epoch(s: Session, log: Callable[[str], None], writer, samples_per_s: flo
     _write_metrics(s.run_dir, s.cfg, s.history, s.extra, s.class_names, final=False)
 
 
+def check_readout_hears(s: Session, ev: dict) -> None:
+    """A spiking readout that stays all zero after an epoch trains at loss ln K
+    for ever (no gradient reaches the weights through silent layers): stop and
+    say what to change instead of training silently."""
+    if s.cfg.train.ann or ev["readout_max"] > 0:
+        return
+    t, depth = s.cfg.data.time_steps, s.model.pipeline_depth
+    raise ToolchainError(
+        f"the readout stayed all zero after epoch {s.history[-1]['epoch']} (T={t}, pipeline depth D={depth}, "
+        f"{t + depth} steps per frame): no spike reaches it, so nothing trains. Raise the input rate or T "
+        f"(data.time_steps), lower model.threshold, or start from larger weights; the checkpoint is kept "
+        f"in {s.run_dir}")
+
+
 def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, epochs: Optional[int] = None,
           datasets=None, callback: Optional[Callable[[int, int], None]] = None,
           log: Callable[[str], None] = print) -> Optional[dict]:
@@ -419,6 +435,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, epochs: Opt
             s.extra["samples"] += samples
             s.save(epoch + 1, 0)
             log_epoch(s, log, writer, samples / train_seconds)
+            check_readout_hears(s, ev)
             if _all_flag(d, interrupt.flag):
                 log(f"interrupted: checkpoint saved to {s.checkpoint_path}; continue with --resume")
                 raise KeyboardInterrupt
