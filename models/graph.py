@@ -8,20 +8,26 @@ that is how additive skips are expressed, and it maps one to one onto Lava,
 where several connection processes feed one LIF's `a_in`.
 
 The last node is the readout: its neurons never spike; the network output
-is its synaptic input accumulated over time and divided by T (the paper's
-non-spiking membrane readout).
+is its synaptic input accumulated over the whole frame and divided by T
+(the paper's non-spiking membrane readout).
 
 Tensors are slayer-ordered (N, C, H, W, T). Every spiking node's output is
 delayed by one step, as slayer's blocks do (`delay_shift`), so that the
 torch model has exactly the one-step-per-layer pipeline delay of Loihi and
-Lava: the same spikes appear at the same step in all three executions.
+Lava: the same spikes appear at the same step in all three executions. The
+input of T steps is followed by D - 1 zero steps, D the graph's pipeline
+depth (`toolchain.loihi`), so that the deepest layer passes all T
+informative steps on to the readout, as Lava's frame of T + D steps does.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from lava.lib.dl import slayer
+
+from toolchain.loihi import pipeline_depth, spike_steps
 
 from .fused_cuba import cuba_forward, synapse_forward
 
@@ -111,11 +117,15 @@ class SpikingGraph(torch.nn.Module):
         self.nodes = torch.nn.ModuleList(nodes)
         self.input_shape = tuple(input_shape)
         self.neuron_params = neuron
+        index = {name: i for i, name in enumerate(names)}
+        self.pipeline_depth = pipeline_depth([[index[s] for s in n.sources] for n in nodes])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        outputs = {INPUT: x}
+        """x (N, C, H, W, T) -> (readout (N, K, H', W'), spikes {node: (N, C, H, W, T + D - 1)})."""
+        time_steps = x.shape[-1]
+        outputs = {INPUT: F.pad(x, (0, spike_steps(time_steps, self.pipeline_depth) - time_steps))}
         for node in self.nodes:
             outputs[node.name] = node([outputs[s] for s in node.sources])
-        readout = outputs[self.nodes[-1].name].mean(dim=-1)
+        readout = outputs[self.nodes[-1].name].sum(dim=-1) / time_steps
         spikes = {n.name: outputs[n.name] for n in self.nodes[:-1]}
         return readout, spikes
