@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 TC := $(VENV)/bin/toolchain
 DEMO ?= demo
 
-.PHONY: setup lock demo test test-fast bench clean
+.PHONY: setup lock lint demo test test-fast bench clean
 
 # The environment is updated when the pins or the lock change; it holds
 # exactly the versions in requirements.lock.
@@ -20,8 +20,11 @@ lock:
 demo: setup
 	bash examples/demo.sh $(DEMO)
 
-test: setup
+test: setup lint
 	$(PY) -m pytest -n 2 --timeout 900
+
+lint: setup
+	$(VENV)/bin/ruff check toolchain models deploy tests scripts examples
 
 test-fast: setup
 	$(PY) -m pytest -n 2 -m "not slow"

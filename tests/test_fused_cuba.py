@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from lava.lib.dl import slayer
 
 import models
-from models import fused_cuba
 from models.fused_cuba import cuba_dynamics, cuba_forward, fused_calls, neuron_impl, set_neuron_impl, synapse_forward
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -25,11 +25,11 @@ COMMANDS = {
     "export": ("deploy", "export_cmd", "Quantize a trained model to Loihi fixed point; write .net, ONNX or NIR."),
     "run": ("deploy", "run_cmd", "Run a .net over a data split: mIoU, speed, spikes per layer."),
     "predict": ("deploy", "predict_cmd", "Segment an event recording window by window."),
-    "convert": ("toolchain.studies.cli", "convert_cmd", "Convert a trained ANN twin into a spiking network."),
-    "sweep": ("toolchain.studies.cli", "sweep_cmd", "mIoU against the number of time steps T."),
-    "energy": ("toolchain.studies.cli", "energy_cmd", "Spikes, synaptic operations, energy per frame, Loihi 2 resources."),
-    "robustness": ("toolchain.studies.cli", "robustness_cmd", "mIoU under input corruptions, SNN against ANN."),
-    "report": ("toolchain.studies.cli", "report_cmd", "One HTML page summarising runs and studies."),
+    "convert": ("studies", "convert_cmd", "Convert a trained ANN twin into a spiking network."),
+    "sweep": ("studies", "sweep_cmd", "mIoU against the number of time steps T."),
+    "energy": ("studies", "energy_cmd", "Spikes, synaptic operations, energy per frame, Loihi 2 resources."),
+    "robustness": ("studies", "robustness_cmd", "mIoU under input corruptions, SNN against ANN."),
+    "report": ("studies", "report_cmd", "One HTML page summarising runs and studies."),
     "bench": ("bench", "bench_cmd", "Lava against the emulator, training throughput, evaluation time."),
 }
 
@@ -55,7 +55,7 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module, attr, _ = COMMANDS[name]
-        return getattr(importlib.import_module(module if "." in module else f"{__name__}.{module}"), attr)
+        return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
 
     def format_commands(self, ctx, formatter):
         # the one-line help from the table above: listing commands imports nothing

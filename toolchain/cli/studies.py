@@ -49,7 +49,7 @@ def _dump(path: Path, obj) -> None:
 @click.option("--data", "data_root", default=None, help="Data root (default: the checkpoint's).")
 def convert_cmd(ckpt, out, norm, percentile, scale, frames, data_root):
     """ANN-to-SNN conversion by threshold balancing; writes an ordinary spiking checkpoint."""
-    from .convert import convert_checkpoint
+    from ..studies.convert import convert_checkpoint
 
     info = convert_checkpoint(ckpt, out, norm=norm, percentile=percentile, scale=scale, frames=frames,
                               data_root=data_root, log=click.echo)
@@ -66,7 +66,7 @@ def convert_cmd(ckpt, out, norm, percentile, scale, frames, data_root):
               help="Folder for sweep.json and sweep.png.")
 def sweep_cmd(ckpts, steps, frames, data_root, out_dir):
     """mIoU against T for converted and directly trained models (emulator of the .net)."""
-    from . import sweep
+    from ..studies import sweep
 
     result = sweep.sweep(_labelled(ckpts), _ints(steps, "--steps"), frames, data_root, log=click.echo)
     out = Path(out_dir)
@@ -99,8 +99,8 @@ def energy_cmd(ckpt, frames, steps, backend, e_ac, e_mac, loihi_synop, loihi_neu
     """Spikes, SynOps, ANN MACs, energy per frame and the Loihi 2 resource estimate, from a real run."""
     import models
 
-    from . import energy
-    from .sweep import load_frames, quiet_export
+    from ..studies import energy
+    from ..studies.sweep import load_frames, quiet_export
 
     if str(ckpt).endswith(".net"):
         from deploy import load
@@ -145,7 +145,7 @@ def energy_cmd(ckpt, frames, steps, backend, e_ac, e_mac, loihi_synop, loihi_neu
               help="Folder for robustness.json and robustness.png.")
 def robustness_cmd(ckpts, corruptions, frames, steps, data_root, out_dir):
     """mIoU under Gaussian noise, salt-and-pepper, blur and event-camera corruptions."""
-    from . import robustness
+    from ..studies import robustness
 
     names = [c.strip() for c in corruptions.split(",") if c.strip()] if corruptions else None
     result = robustness.robustness(_labelled(ckpts), names, frames, steps, data_root=data_root, log=click.echo)
@@ -164,7 +164,7 @@ def robustness_cmd(ckpts, corruptions, frames, steps, data_root, out_dir):
 @click.option("--title", default="Toolchain report", show_default=True)
 def report_cmd(run_dirs, out_dir, title):
     """Gather metrics, studies and pictures of run folders into report.md and report.html."""
-    from .report import build
+    from ..studies.report import build
 
     md, hp = build(list(run_dirs), out_dir, title)
     click.echo(f"wrote {md} and {hp}")
