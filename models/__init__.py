@@ -5,8 +5,10 @@
     predict(model, x, size) -> (N, K, H, W) class scores at label size
     load_checkpoint(path) -> (SpikingGraph, Config)
 
-Presets: `spiking-deeplab` and `spiking-fcn` at paper size, and `-tiny`
-variants that train on two CPU cores in minutes. Append `-ann` to a name (or
+Presets: `spiking-deeplab` and `spiking-fcn` at paper size, the middle
+`spiking-deeplab-small` (the paper's layers at 1/4 of its channel widths,
+for the data's full resolution on a CPU), and `-tiny` variants that train
+on two CPU cores in minutes. Append `-ann` to a name (or
 pass `ann=True`) for the non-spiking twin of the same topology.
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .graph import NeuronParams, SpikingGraph
 # chosen so that spikes reach the readout at init (tests/test_models.py).
 _REGISTRY: dict[str, tuple[Callable, dict]] = {
     "spiking-deeplab": (deeplab.spiking_deeplab, dict(layers=deeplab.PAPER, weight_scale=8.0)),
+    "spiking-deeplab-small": (deeplab.spiking_deeplab, dict(layers=deeplab.PAPER, width=0.25, weight_scale=8.0)),
     "spiking-deeplab-tiny": (deeplab.spiking_deeplab, dict(layers=deeplab.TINY, weight_scale=8.0)),
     "spiking-fcn": (fcn.spiking_fcn, dict(**fcn.PAPER, weight_scale=8.0)),
     "spiking-fcn-tiny": (fcn.spiking_fcn, dict(**fcn.TINY, weight_scale=8.0)),

@@ -25,16 +25,24 @@ def test_unknown_model_is_a_clean_error():
         build("no-such-net", 2, 6, (64, 64))
 
 
-@pytest.mark.parametrize("name", ["spiking-deeplab-tiny", "spiking-fcn-tiny"])
-def test_spikes_reach_every_layer_at_init(name):
+@pytest.mark.parametrize("name,channels", [("spiking-deeplab-tiny", 2), ("spiking-fcn-tiny", 2),
+                                           ("spiking-deeplab-small", 6)])
+def test_spikes_reach_every_layer_at_init(name, channels):
     torch.manual_seed(0)
-    model = build(name, 2, 6, (64, 64), quantized=True)
+    model = build(name, channels, 6, (64, 64), quantized=True)
     with torch.no_grad():
-        readout, spikes = model(_spikes(2, 2, 64, 64, 16))
+        readout, spikes = model(_spikes(2, channels, 64, 64, 16))
     rates = models.firing_rates(spikes)
     print(name, {k: round(v, 4) for k, v in rates.items()})
     assert all(r > 0 for r in rates.values()), rates
     assert readout.abs().sum() > 0
+
+
+def test_small_deeplab_is_the_paper_layers_at_a_quarter_width():
+    small = build("spiking-deeplab-small", 2, 6, (64, 64))
+    convs = [n.synapses[0].out_channels for n in small.nodes if isinstance(n.synapses[0], slayer.synapse.Conv)]
+    assert convs == [16, 16, 32, 32, 64, 64, 64, 256, 6]
+    assert small.pipeline_depth == build("spiking-deeplab", 2, 6, (64, 64)).pipeline_depth == 11
 
 
 def test_deeplab_structure_matches_paper():
