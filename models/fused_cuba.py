@@ -233,20 +233,43 @@ def _match_threads() -> None:
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 
+def _channel_minor(z: torch.Tensor) -> bool:
+    """Whether neighbouring channels of one pixel sit closer in memory than
+    neighbouring pixels (a channels-last frame layout)."""
+    return z.dim() == 5 and z.shape[1] > 1 and z.stride(1) < z.stride(3)
+
+
+def _kernel_views(channel_minor: bool, *tensors):
+    """(N, C, P, T) numpy views, or (N, P, C, T) when the kernels should step
+    through channels innermost; the kernels treat both alike."""
+    views = [_as_ncpt(t).numpy() for t in tensors]
+    return [a.swapaxes(1, 2) for a in views] if channel_minor else views
+
+
+def _alloc(shape, layout):
+    if layout is None:
+        return torch.empty(shape, dtype=torch.float32)
+    return torch.empty_strided(*layout, dtype=torch.float32)
+
+
 def _run_forward(neuron, z: torch.Tensor, keep_current: bool):
     _match_threads()
     _prepare_states(neuron, z)
     p = _Params(neuron)
-    z4 = _as_ncpt(z.detach())
-    n, c, _, _ = z4.shape
-    cur0 = neuron.current_state.detach().reshape(n, c, -1)
-    vol0 = neuron.voltage_state.detach().reshape(n, c, -1)
-    spikes = torch.empty(z.shape, dtype=z.dtype)
-    voltage = torch.empty(z.shape, dtype=z.dtype)
+    z = z.detach()
+    n, c = z.shape[:2]
+    layout = _dense_layout(z)
+    minor = _channel_minor(z)
+    spikes = torch.empty(z.shape, dtype=z.dtype)  # contiguous, as slayer's
+    voltage = _alloc(z.shape, layout)  # the kernels' own: z's memory order
     current = torch.empty(z.shape if keep_current else (1, 1, 1, 1), dtype=z.dtype)
-    _forward_kernel(z4.numpy(), cur0.numpy(), vol0.numpy(), p.cur_keep, p.vol_keep, p.scale, p.inv_scale,
-                    p.thr_reset, p.reset, p.thr_spike, _as_ncpt(spikes).numpy(), _as_ncpt(voltage).numpy(),
-                    _as_ncpt(current).numpy(), keep_current)
+    # initial states as (N, C, P, 1)
+    cur0 = neuron.current_state.detach().reshape(n, c, -1, 1)
+    vol0 = neuron.voltage_state.detach().reshape(n, c, -1, 1)
+    zv, c0, v0, sv, vv = _kernel_views(minor, z, cur0, vol0, spikes, voltage)
+    cv = _kernel_views(minor, current)[0] if keep_current else current.numpy()
+    _forward_kernel(zv, c0[..., 0], v0[..., 0], p.cur_keep, p.vol_keep, p.scale, p.inv_scale, p.thr_reset,
+                    p.reset, p.thr_spike, sv, vv, cv, keep_current)
     _state["calls"] += 1
     return (current if keep_current else None), voltage, spikes, p
 
@@ -257,7 +280,8 @@ class _FusedCuba(torch.autograd.Function):
         _, voltage, spikes, p = _run_forward(neuron, z, keep_current=False)
         ctx.save_for_backward(voltage)
         ctx.params = p
-        ctx.z_layout = _dense_layout(z)
+        ctx.minor = _channel_minor(z)
+        ctx.layout = _dense_layout(z)
         return spikes
 
     @staticmethod
@@ -265,13 +289,10 @@ class _FusedCuba(torch.autograd.Function):
         (voltage,) = ctx.saved_tensors
         p = ctx.params
         _match_threads()
-        if ctx.z_layout is not None:
-            # the synapse's backward reads this gradient in its own memory order
-            grad_z = torch.empty_strided(*ctx.z_layout, dtype=voltage.dtype)
-        else:
-            grad_z = torch.empty_like(voltage)
-        _backward_kernel(_as_ncpt(grad_spikes).numpy(), _as_ncpt(voltage).numpy(), p.thr_spike, p.tau, p.coef,
-                         p.bwd_vol_keep, p.bwd_cur_keep, _as_ncpt(grad_z).numpy())
+        # in z's memory order: the synapse's backward reads it as it wrote z
+        grad_z = _alloc(voltage.shape, ctx.layout)
+        gs, vv, gz = _kernel_views(ctx.minor, grad_spikes, voltage, grad_z)
+        _backward_kernel(gs, vv, p.thr_spike, p.tau, p.coef, p.bwd_vol_keep, p.bwd_cur_keep, gz)
         return grad_z, None
 
 
@@ -297,8 +318,17 @@ def cuba_dynamics(neuron, z: torch.Tensor):
 # and the result is handed back as a (N, C', H', W', T) view of the
 # frame-major output, which the fused neuron reads in place.
 
+# Which synapse kinds run as 2-D operations over frames, and in which memory
+# format; slayer's own forward runs the others. Chosen by measured training
+# throughput (scripts/bench_fused_cuba.py).
+FRAME_SYNAPSES = {slayer.synapse.Conv, slayer.synapse.ConvTranspose, slayer.synapse.Pool}
+CHANNELS_LAST = True
+
+
 def _frames(x: torch.Tensor) -> torch.Tensor:
     n, c, h, w, t = x.shape
+    if CHANNELS_LAST:
+        return x.permute(0, 4, 2, 3, 1).reshape(n * t, h, w, c).permute(0, 3, 1, 2)
     return x.permute(0, 4, 1, 2, 3).reshape(n * t, c, h, w)
 
 
@@ -393,6 +423,8 @@ def _synapse_kernel(synapse, x):
     if x.dim() != 5 or x.device.type != "cpu" or x.dtype != torch.float32:
         return None
     kind = type(synapse)
+    if kind not in FRAME_SYNAPSES:
+        return None
     if kind is slayer.synapse.Conv and _plain_3d(synapse):
         return _conv
     if kind is slayer.synapse.ConvTranspose and _plain_3d(synapse) and tuple(synapse.output_padding[2:]) == (0,):

@@ -34,7 +34,8 @@ def _neuron(threshold=1.0, current_decay=1.0, voltage_decay=0.01, tau_grad=1.0, 
 
 @st.composite
 def neuron_cases(draw):
-    n, c, h, w = (draw(st.integers(1, k)) for k in (3, 4, 5, 5))
+    n, c, h = (draw(st.integers(1, k)) for k in (3, 4, 5))
+    w = draw(st.integers(2, 5))  # at least two neurons: one silent, one firing
     t = draw(st.integers(2, 12))
     params = dict(
         threshold=draw(st.sampled_from([1.0, 0.5, 1.25, 3.0]) | st.floats(0.05, 4.0)),
