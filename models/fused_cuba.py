@@ -12,8 +12,9 @@ integrations of `_LIDynamics`) is one reversed pass per neuron.
 slayer's synapses are Conv3d with a (k, k, 1) kernel over (N, C, H, W, T);
 `synapse_forward` computes the same weight (weight norm, then the
 quantizing `_pre_hook_fx`) and runs it as one 2-D convolution over N*T
-frames, returning a (N, C, H, W, T) view of a frame-major result that the
-fused neuron reads in place.
+channels-last frames, returning a (N, C, H, W, T) view of that result which
+the fused neuron reads in place (and writes its input gradient back in).
+Pooling sums its k x k windows directly.
 
     cuba_forward(neuron, z)      what `neuron(z)` returns (the spikes)
     cuba_dynamics(neuron, z)     (current, voltage, spikes), for tests
@@ -300,7 +301,9 @@ def cuba_forward(neuron, z: torch.Tensor) -> torch.Tensor:
     """The spikes `neuron(z)` returns, from the fused kernel when it applies."""
     if not _use_fused(neuron, z):
         return neuron(z)
-    return _FusedCuba.apply(z, neuron)
+    if torch.is_grad_enabled() and z.requires_grad:
+        return _FusedCuba.apply(z, neuron)
+    return _run_forward(neuron, z, keep_current=False)[2]  # no voltage kept for a backward
 
 
 def cuba_dynamics(neuron, z: torch.Tensor):
