@@ -200,7 +200,9 @@ def test_euler_simulation_of_the_nir_graph_reproduces_the_emulator(make, tmp_pat
     net = make(Neuron(4096, 2048, 40), time_steps=8)
     x = (torch.rand(2, *net.input_shape, 8, generator=torch.Generator().manual_seed(1)) < 0.3).float()
     ref = emulator.run(net, x, device="cpu")
-    got_readout, got_spikes = simulate(nir.read(export_nir(net, tmp_path / "net.nir")), x.numpy())
+    # the NIR graph runs the frame's T + D - 1 steps: the input, then zeros while the pipeline drains
+    padded = F.pad(x, (0, net.spike_steps(8) - 8))
+    got_readout, got_spikes = simulate(nir.read(export_nir(net, tmp_path / "net.nir")), padded.numpy())
     assert set(got_spikes) == set(ref.spikes)
     for name, s in ref.spikes.items():
         assert 0.02 < float(s.float().mean()) < 0.9, f"{name} too quiet or saturated to test anything"

@@ -67,12 +67,14 @@ def test_counts_from_emulator_run_match_hand_numbers(toy_net):
     assert pool1["synops"] == conv1["spikes"] > 0
     assert readout["synops"] == pool1["spikes"] * 3
     assert [l["macs"] for l in c["layers"]] == [200, 2 * 16, 3 * 2 * 4]
-    assert [l["neuron_updates"] for l in c["layers"]] == [32 * 3, 8 * 3, 12 * 3]
+    # every neuron updates on every step of the frame: T = 3 and depth D = 3, so 6 steps (no free steps)
+    assert c["frame_steps"] == toy_net.frame_steps(3) == 6
+    assert [l["neuron_updates"] for l in c["layers"]] == [32 * 6, 8 * 6, 12 * 6]
     e = energy.energy(c, energy.EnergyModel(e_ac_pj=1.0, e_mac_pj=5.0, loihi_synop_pj=10.0, loihi_neuron_pj=2.0))
     syn = conv1["synops"] + pool1["synops"] + readout["synops"]
     assert e["synops_per_frame"] == syn
     assert e["ann_snn_ratio"] == pytest.approx((200 + 32 + 24) * 5.0 / syn)
-    assert e["loihi_uj"] == pytest.approx((syn * 10.0 + (96 + 24 + 36) * 2.0) * 1e-6)
+    assert e["loihi_uj"] == pytest.approx((syn * 10.0 + (192 + 48 + 72) * 2.0) * 1e-6)
 
 
 def test_loihi_resources_use_exported_bit_widths_and_core_limits(toy_net):

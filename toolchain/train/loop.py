@@ -322,9 +322,11 @@ def train_one_epoch(s: Session, train_ds, sampler, epoch: int, interrupt, *, res
         loss_sum, seen = resume_state["partial"]
         step0 = resume_state["step"]
     loader = DataLoader(train_ds, batch_size=per_rank, sampler=order[step0 * per_rank:], num_workers=t.workers)
-    # a bar on a terminal; in a log file the one line per epoch says it all
+    # a live bar on a terminal; in a log file one line per epoch (drawn at the
+    # start and completed at the end, never per batch)
+    tty = sys.stderr.isatty()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", initial=step0, total=n_steps, unit="batch",
-               disable=not (s.d.main and sys.stderr.isatty()), leave=False)
+               disable=not s.d.main, leave=not tty, mininterval=0.1 if tty else float("inf"))
     for step, (x, y) in enumerate(bar, start=step0):
         if t.augment:
             x, y = augment(x, y, gen)
@@ -338,7 +340,7 @@ def train_one_epoch(s: Session, train_ds, sampler, epoch: int, interrupt, *, res
         s.scaler.update()
         loss_sum += float(loss) * len(x)
         seen += len(x)
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=tty)
         if callback is not None:
             callback(epoch, step)
         if _all_flag(s.d, interrupt.flag) and step + 1 < n_steps:
