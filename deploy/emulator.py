@@ -9,8 +9,10 @@ compiled numba kernel that keeps each neuron's state in registers over all
 steps, elsewhere as a torch loop over steps).
 
 Lava facts it follows:
-- every connection process sends at step t what it accumulated at step t-1;
-- Conv clamps its output to signed 24 bits, Dense and Sparse do not;
+- every connection process sends at step t what it accumulated at step t-1
+  (at t + delay for a synapse with a delay: Lava's DelaySparse/DelayDense);
+- Conv clamps its output to signed 24 bits, Dense and Sparse (and their delayed
+  forms, which run every delayed synapse) do not;
 - LIF: `toolchain.loihi.cuba_step` (24-bit state, hard reset);
 - a frame runs T + D steps (`NetFile.frame_steps`): input at steps 0..T-1,
   zeros after; its spikes are those of the first T + D - 1 steps, the last
@@ -120,6 +122,11 @@ def lif_steps(a: torch.Tensor, i_decay: int, v_decay: int, v_th_mant: int
     return cuba_run(a, i_decay, v_decay, v_th_mant, wrap=bool((a.abs() >= (1 << 24)).any()))
 
 
+def _clamps24(syn) -> bool:
+    """Lava's Conv clamps its output to 24 bits; a delayed synapse runs as DelaySparse, which does not."""
+    return syn.kind.clamp24 and not syn.delay
+
+
 def run(net: NetFile, frames: torch.Tensor, *, device: torch.device | str | None = None,
         keep_spikes: bool = True) -> EmulatorOutput:
     """Run frames (N, C, H, W, T) of 0/1 spikes exactly as Lava would."""
@@ -143,12 +150,14 @@ def run(net: NetFile, frames: torch.Tensor, *, device: torch.device | str | None
             zs = []
             for src, syn in zip(layer.sources, layer.synapses):
                 inp = outputs[src][:-1]  # what step t-1 sent arrives at step t
+                if syn.delay:  # ... or at step t + delay
+                    inp = torch.cat([inp.new_zeros((syn.delay, *inp.shape[1:])), inp[:len(inp) - syn.delay]])
                 zs.append((syn, synapse_op(syn, inp.reshape(-1, *inp.shape[2:]), layer.shape, exact=False)))
             if device.type == "cpu" and len(zs) == 1:
                 # the kernel rounds, clamps and integrates the synapse's output as it is
                 syn, z = zs[0]
                 sp, cnt, v = _lif_cpu(z.reshape(steps - 1, -1).numpy(), steps, nrn.iDecay, nrn.vDecay,
-                                      nrn.vThMant, clamp24=syn.kind.clamp24, count_steps=kept)
+                                      nrn.vThMant, clamp24=_clamps24(syn), count_steps=kept)
                 s = torch.from_numpy(sp).reshape(steps, n, c, h, w)
                 v = torch.from_numpy(v).reshape(n, c, h, w)
                 count = torch.from_numpy(cnt).reshape(n, -1).sum(1)
@@ -156,7 +165,7 @@ def run(net: NetFile, frames: torch.Tensor, *, device: torch.device | str | None
                 a = torch.zeros((steps, n, c, h, w), dtype=torch.int64, device=device)
                 for syn, z in zs:
                     z = torch.round(z).to(torch.int64)
-                    if syn.kind.clamp24:
+                    if _clamps24(syn):
                         z = z.clamp(-U_MAX, U_MAX - 1)
                     a[1:] += z.reshape(steps - 1, n, c, h, w)
                 if bool((a.abs() >= (1 << 31)).any()):

@@ -165,9 +165,10 @@ def build_netfile(model: SpikingGraph, *, time_steps: int, encoding: str = "pois
             out_shape = tuple(int(d) for d in z.shape[1:4])
             outs[node.name] = z
             synapses = []
-            for src, syn in zip(node.sources, node.synapses):
+            for src, syn, delay in zip(node.sources, node.synapses, node.delays):
                 rec = _synapse_record(syn, shapes[index[src]], where)
                 _check_synapse(syn, rec, shapes[index[src]], out_shape, where)
+                rec.delay = int(delay)
                 synapses.append(rec)
             kind = synapses[0].type if len(synapses) == 1 else "add"
             layers.append(Layer(node.name, kind, out_shape, [index[s] for s in node.sources],

@@ -17,6 +17,8 @@ of CUBA neurons with the synapse(s) feeding it:
     convT: weight (in, out/groups, kh, kw), inChannels, outChannels,
            kernelSize, stride, padding, dilation, groups
     add:   synapse/<k>/{type, ...the fields above}, one per entry of sources
+    every synapse: optional delay (default 0): steps added to the connection's
+           one, 0..62 (netx's field name; Lava's DelaySparse/DelayDense)
 
 Spatial pairs are (y, x), as slayer writes them. Weights are Loihi's 8-bit
 synapse integers (slayer's weight x 64: even, -256..254). The last layer is the
@@ -28,7 +30,7 @@ Root attributes: format, version, inputShape (C, H, W), encoding, timeSteps,
 classNames, readoutRule, pipelineDepth (version 2).
 
 Time (`toolchain.loihi`): a frame of T input steps runs T + D steps, D the
-pipeline depth (connections on the longest input-to-readout path), and the
+pipeline depth (connections plus delays on the longest input-to-readout path), and the
 readout is the integrator's final voltage / (4096*T). Version 1 files (no
 pipelineDepth) were written for frames of T + 1 steps and are still run that
 way, so they give the answers they gave when written.
@@ -59,6 +61,7 @@ READOUT_RULE = ("final voltage of the readout integrator after T+D steps (D = pi
                 "then bilinear upsampling to the input size; class = argmax")
 MAX_NEURONS = 200_000_000  # far above paper size (about 10 M): anything larger is a corrupt file
 MAX_WEIGHTS = 500_000_000
+MAX_DELAY = 62  # Loihi 2 delays are 6-bit; netx clamps them to 62
 
 
 @dataclass
@@ -99,7 +102,8 @@ class NetFile:
     @property
     def pipeline_depth(self) -> int:
         """D: a frame runs T + D steps (version 1 files: D = 1, their rule)."""
-        return 1 if self.version == 1 else loihi.pipeline_depth([l.sources for l in self.layers])
+        return 1 if self.version == 1 else loihi.pipeline_depth([l.sources for l in self.layers],
+                                                                [[s.delay for s in l.synapses] for l in self.layers])
 
     def frame_steps(self, time_steps: int | None = None) -> int:
         return loihi.frame_steps(self.time_steps if time_steps is None else time_steps, self.pipeline_depth)
@@ -136,6 +140,8 @@ def _write_synapse(g: h5py.Group, syn: Synapse) -> None:
     g.create_dataset("weight", data=np.asarray(syn.weight).astype(np.int16))
     for key, value in field_values(syn).items():
         g.create_dataset(key, data=value)
+    if syn.delay:  # optional, default 0: files without delays are unchanged
+        g.create_dataset("delay", data=int(syn.delay))
 
 
 def write(path: str | Path, net: NetFile) -> Path:
@@ -231,11 +237,12 @@ def _read_synapse(g: h5py.Group, typ: str, where: str) -> Synapse:
         raise ToolchainError(f"{where}: weight must be even integers in [{WEIGHT_MIN}, {WEIGHT_MAX}] "
                              f"(Loihi 8-bit synapses), found range [{w.min()}, {w.max()}]")
     w = w.astype(np.int32)
+    delay = _int(g, "delay", where, 0, MAX_DELAY) if "delay" in g else 0
     if typ == "dense":
-        return Synapse("dense", w)
+        return Synapse("dense", w, delay=delay)
     syn = Synapse(typ, w, stride=_pair(g, "stride", where), padding=_pair(g, "padding", where),
                   dilation=_pair(g, "dilation", where),
-                  groups=_int(g, "groups", where, 1) if typ != "pool" else 1)
+                  groups=_int(g, "groups", where, 1) if typ != "pool" else 1, delay=delay)
     if _pair(g, "kernelSize", where) != syn.kernel and w.ndim >= 2:
         raise ToolchainError(f"{where}: kernelSize {_pair(g, 'kernelSize', where)} disagrees "
                              f"with weight shape {w.shape}")
@@ -375,6 +382,8 @@ def validate(net: NetFile, where: str = "net") -> None:
             if syn.type not in SYNAPSE_TYPES:
                 raise ToolchainError(f"{lw}: unknown synapse type {syn.type!r}")
             check_shape(syn, net.shape_of(src), layer.shape, f"{lw} synapse {k}")
+            if not 0 <= int(syn.delay) <= MAX_DELAY:
+                raise ToolchainError(f"{lw} synapse {k}: field 'delay' = {syn.delay} is outside [0, {MAX_DELAY}]")
         n = layer.neuron
         if n.gradedSpike:
             raise ToolchainError(f"{lw}: graded spikes are not supported")

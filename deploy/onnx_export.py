@@ -9,6 +9,8 @@ the state after step t, for every state `X` in the same order (metadata
 - `input.s`, `<layer>.s` (float32 0/1): what the input and each spiking layer
   sent one step earlier. Lava's connection processes deliver at step t what
   they received at step t-1, so every synapse reads these, never this step's;
+- `<layer>.s@j` (float32 0/1), only for a layer that feeds a synapse with a
+  delay: what it sent j steps before `<layer>.s` (a delay-d synapse reads `@d`);
 - `<layer>.u`, `<layer>.v` (int64, state units): each spiking layer's current
   and voltage;
 - `<readout>.v` (int64): the readout integrator's voltage (metadata
@@ -60,14 +62,22 @@ class _NetStep(torch.nn.Module):
         self.names = [INPUT] + [layer.name for layer in net.layers]  # by .net layer index
         spiking = self.names[1:-1]
         self.readout = f"{self.names[-1]}.v"
-        self.state_names = [f"{INPUT}.s"] + [f"{n}.{k}" for n in spiking for k in "uvs"] + [self.readout]
+        # a synapse with delay d reads what its source sent d steps before the last:
+        # '<source>.s@j' holds the source's spikes of j steps before its '.s'
+        self.history = {}
+        for layer in net.layers:
+            for src, syn in zip(layer.sources, layer.synapses):
+                self.history[src] = max(self.history.get(src, 0), int(syn.delay))
+        delayed = [f"{self.names[src]}.s@{j}" for src, d in sorted(self.history.items()) for j in range(1, d + 1)]
+        self.state_names = [f"{INPUT}.s"] + [f"{n}.{k}" for n in spiking for k in "uvs"] + delayed + [self.readout]
 
-    def _input(self, layer, sent: dict[int, torch.Tensor]) -> torch.Tensor:
+    def _input(self, layer, sent: dict[int, torch.Tensor], prev: dict) -> torch.Tensor:
         """The layer's summed synaptic input this step, int64 synapse units."""
         total = None
         for src, syn in zip(layer.sources, layer.synapses):
-            z = synapse_op(syn, sent[src], layer.shape)  # rounded to int64
-            if syn.kind.clamp24:
+            x = sent[src] if not syn.delay else prev[f"{self.names[src]}.s@{syn.delay}"]
+            z = synapse_op(syn, x, layer.shape)  # rounded to int64
+            if syn.kind.clamp24 and not syn.delay:  # a delayed synapse is Lava's DelaySparse: no clamp
                 z = z.clamp(-U_MAX, U_MAX - 1)
             total = z if total is None else total + z
         return total
@@ -78,11 +88,15 @@ class _NetStep(torch.nn.Module):
         nxt = {f"{INPUT}.s": x}
         for layer in self.net.layers[:-1]:
             n, name = layer.neuron, layer.name
-            u, v, s = cuba_step(self._input(layer, sent), prev[f"{name}.u"], prev[f"{name}.v"],
+            u, v, s = cuba_step(self._input(layer, sent, prev), prev[f"{name}.u"], prev[f"{name}.v"],
                                 i_decay=n.iDecay, v_decay=n.vDecay, v_th_mant=n.vThMant)
             nxt.update({f"{name}.u": u, f"{name}.v": v, f"{name}.s": s.to(x.dtype)})
         n, v = self.net.layers[-1].neuron, prev[self.readout]
-        _, nxt[self.readout], _ = cuba_step(self._input(self.net.layers[-1], sent), torch.zeros_like(v), v,
+        for src, d in self.history.items():
+            name = self.names[src]
+            for j in range(1, d + 1):
+                nxt[f"{name}.s@{j}"] = prev[f"{name}.s"] if j == 1 else prev[f"{name}.s@{j - 1}"]
+        _, nxt[self.readout], _ = cuba_step(self._input(self.net.layers[-1], sent, prev), torch.zeros_like(v), v,
                                             i_decay=n.iDecay, v_decay=n.vDecay, v_th_mant=n.vThMant)
         return tuple(nxt[name] for name in self.state_names)
 
@@ -118,6 +132,9 @@ def export_onnx(net: NetFile, path: str | os.PathLike) -> Path:
         for k in "uv":
             state[f"{layer.name}.{k}"] = torch.zeros(batch, *layer.shape, dtype=torch.int64)
         state[f"{layer.name}.s"] = torch.zeros(batch, *layer.shape)
+    for src, d in module.history.items():
+        for j in range(1, d + 1):
+            state[f"{module.names[src]}.s@{j}"] = torch.zeros(batch, *net.shape_of(src))
     state[module.readout] = torch.zeros(batch, *net.layers[-1].shape, dtype=torch.int64)
     args = (torch.zeros(batch, *net.input_shape), *(state[n] for n in module.state_names))
     meta = {"toolchain.mode": "step", "toolchain.input_shape": json.dumps(list(net.input_shape)),

@@ -6,7 +6,8 @@ a layer's input (C', H', W'). Each type says, in one place:
 - `check`: the shape rule (does this weight map that source onto that layer?);
 - `op`: the map itself on (B, C, H, W) torch tensors (the emulator, the ONNX
   step graph and the export check all call it);
-- `lava`: the Lava connection process that computes it;
+- `lava`: the Lava connection process that computes it (`lava_delayed`: the
+  one for a synapse with a delay, `DelaySparse`/`DelayDense`);
 - `fanout` and `targets`: how many (output neuron, weight) pairs one source
   neuron reaches, for synaptic-operation counts and synaptic memory;
 - `clamp24`: whether Lava clamps the connection's output to signed 24 bits.
@@ -37,6 +38,7 @@ class Synapse:
     padding: tuple[int, int] = (0, 0)
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
+    delay: int = 0  # steps added to the connection's one (Loihi: 0..62, as netx reads it)
 
     @property
     def kernel(self) -> tuple[int, int]:
@@ -184,6 +186,23 @@ def pool_matrix(syn: Synapse, src: tuple, out: tuple):
                    vals[ok], src, out)
 
 
+def conv_matrix(syn: Synapse, src: tuple, out: tuple):
+    """Convolution as a sparse (n_out, n_in) matrix in Lava's flat order."""
+    ci_n, hi, wi = src
+    co_n, ho, wo = out
+    w = np.asarray(syn.weight)  # (out, in/groups, kh, kw)
+    cig, cog = ci_n // syn.groups, co_n // syn.groups
+    co, cil, yo, xo, ky, kx = np.meshgrid(np.arange(co_n), np.arange(cig), np.arange(ho), np.arange(wo),
+                                          np.arange(w.shape[2]), np.arange(w.shape[3]), indexing="ij")
+    ci = (co // cog) * cig + cil
+    yi = yo * syn.stride[0] - syn.padding[0] + ky * syn.dilation[0]
+    xi = xo * syn.stride[1] - syn.padding[1] + kx * syn.dilation[1]
+    vals = w[co, cil, ky, kx]
+    ok = (yi >= 0) & (yi < hi) & (xi >= 0) & (xi < wi) & (vals != 0)
+    return _sparse(_flat_index(co[ok], yo[ok], xo[ok], out), _flat_index(ci[ok], yi[ok], xi[ok], src),
+                   vals[ok], src, out)
+
+
 def convT_matrix(syn: Synapse, src: tuple, out: tuple):
     """Transposed convolution as a sparse (n_out, n_in) matrix in Lava's flat order."""
     ci_n, hi, wi = src
@@ -224,12 +243,16 @@ def _lava_conv(syn, src, out):
     return proc, False
 
 
-def _lava_dense(syn, src, out):
-    from lava.proc.dense.process import Dense
+def _dense_weight(syn, src) -> np.ndarray:
     c, h, w = src
     # columns from (C, H, W) order into Lava's flattened (W, H, C) order
     weight = np.asarray(syn.weight).reshape(-1, c, h, w).transpose(0, 3, 2, 1).reshape(len(syn.weight), -1)
-    return Dense(weights=weight.astype(np.int32)), True
+    return weight.astype(np.int32)
+
+
+def _lava_dense(syn, src, out):
+    from lava.proc.dense.process import Dense
+    return Dense(weights=_dense_weight(syn, src)), True
 
 
 def _lava_sparse(matrix):
@@ -237,6 +260,24 @@ def _lava_sparse(matrix):
         from lava.proc.sparse.process import Sparse
         return Sparse(weights=matrix(syn, src, out)), True
     return build
+
+
+def _lava_delay_sparse(matrix):
+    """The synapse as Lava's `DelaySparse`: the same flat matrix, every entry delayed."""
+    def build(syn, src, out):
+        from lava.proc.sparse.process import DelaySparse
+        weights = matrix(syn, src, out)
+        delays = weights.astype(int)  # Lava checks for the platform's int dtype
+        delays.data[:] = int(syn.delay)
+        return DelaySparse(weights=weights, delays=delays, max_delay=int(syn.delay)), True
+    return build
+
+
+def _lava_delay_dense(syn, src, out):
+    from lava.proc.dense.process import DelayDense
+    weights = _dense_weight(syn, src)
+    return DelayDense(weights=weights, delays=np.full(weights.shape, int(syn.delay), dtype=int),
+                      max_delay=int(syn.delay)), True
 
 
 # ---------------------------------------------------------------- the registry
@@ -250,6 +291,7 @@ class SynapseKind:
     fanout: Callable  # (syn, src, out) -> (Hs, Ws) output positions x taps per source pixel
     targets: Callable  # (syn, out) -> output channels one source channel reaches per tap
     positions: Callable  # (src, out) -> places one stored kernel weight is used (shared kernels)
+    lava_delayed: Callable  # as `lava`, for a synapse with a delay (DelaySparse, DelayDense)
     clamp24: bool = False  # Lava's Conv clamps its output to signed 24 bits
 
 
@@ -257,15 +299,17 @@ _GEOMETRY = ("kernelSize", "stride", "padding", "dilation")
 _KINDS = {k.name: k for k in (
     SynapseKind("conv", ("inChannels", "outChannels", "groups") + _GEOMETRY, _check_conv, _op_conv,
                 _lava_conv, _fanout_by_gradient(_op_conv), lambda syn, out: out[0] // syn.groups,
-                lambda src, out: out[1] * out[2], clamp24=True),
+                lambda src, out: out[1] * out[2], _lava_delay_sparse(conv_matrix), clamp24=True),
     SynapseKind("convT", ("inChannels", "outChannels", "groups") + _GEOMETRY, _check_convT, _op_convT,
                 _lava_sparse(convT_matrix), _fanout_by_gradient(_op_convT),
-                lambda syn, out: out[0] // syn.groups, lambda src, out: src[1] * src[2]),
+                lambda syn, out: out[0] // syn.groups, lambda src, out: src[1] * src[2],
+                _lava_delay_sparse(convT_matrix)),
     SynapseKind("pool", _GEOMETRY, _check_pool, _op_pool, _lava_sparse(pool_matrix),
-                _fanout_by_gradient(_op_pool), lambda syn, out: 1, lambda src, out: out[0] * out[1] * out[2]),
+                _fanout_by_gradient(_op_pool), lambda syn, out: 1, lambda src, out: out[0] * out[1] * out[2],
+                _lava_delay_sparse(pool_matrix)),
     SynapseKind("dense", ("inFeatures", "outFeatures"), _check_dense, _op_dense, _lava_dense,
                 lambda syn, src, out: np.ones(src[1:]), lambda syn, out: int(syn.weight.shape[0]),
-                lambda src, out: 1),
+                lambda src, out: 1, _lava_delay_dense),
 )}
 TYPES = tuple(_KINDS)
 

@@ -64,6 +64,7 @@ class GraphBuilder:
         self.pool_weight = pool_weight
         self.input_shape = (int(in_channels), int(input_hw[0]), int(input_hw[1]))
         self.shapes: dict[str, tuple[int, int, int]] = {INPUT: self.input_shape}
+        self.depths: dict[str, int] = {INPUT: 0}  # steps from the input: connections plus delays
         self.nodes: list[Node] = []
         self.last = INPUT
 
@@ -75,12 +76,13 @@ class GraphBuilder:
                                   pre_hook_fx=quantizer if self.quantized else None)
         return syn
 
-    def _add(self, name, sources, synapses, out_shape, spiking=True):
+    def _add(self, name, sources, synapses, out_shape, spiking=True, delays=None):
         neuron = self.neuron.make() if spiking else None
         quantizer = (neuron or self.neuron.make()).quantize_8bit
         for syn in synapses:
             syn._pre_hook_fx = quantizer if self.quantized else None
-        node = Node(name, sources, synapses, neuron)
+        node = Node(name, sources, synapses, neuron, delays)
+        self.depths[name] = max(self.depths[s] + 1 + d for s, d in zip(sources, node.delays))
         # The readout has no neuron to lend its quantizer: keep one beside the
         # node, outside the module tree so it adds nothing to the state dict.
         node.__dict__["quantizer"] = quantizer
@@ -108,7 +110,12 @@ class GraphBuilder:
         `skip_src` (the FCN skip), summed into one neuron group. The kernel
         is 4 (pad 1) along an axis whose target size is even and 3 (pad 1)
         where it is odd, so the output lands exactly on the skip's size
-        without a crop."""
+        without a crop.
+
+        The skip is the shorter path, so it carries a synaptic delay that
+        makes it arrive as late as the upsampled path: every input of the
+        group then belongs to the same frame, which lets Lava stream frames
+        back to back (`deploy.lava`)."""
         cu, hu, wu = self.shapes[up_src]
         cs, hs, ws = self.shapes[skip_src]
         kernel = []
@@ -122,7 +129,10 @@ class GraphBuilder:
         up = slayer.synapse.ConvTranspose(cu, cu, tuple(kernel), stride=2, padding=1,
                                           weight_scale=self.weight_scale, weight_norm=self.weight_norm)
         score = self._conv(cs, cu, 1)
-        return self._add(name, [up_src, skip_src], [up, score], (cu, hs, ws), spiking)
+        delay = self.depths[up_src] - self.depths[skip_src]
+        if delay < 0:
+            raise ValueError(f"node {name}: the skip {skip_src!r} is deeper than {up_src!r}")
+        return self._add(name, [up_src, skip_src], [up, score], (cu, hs, ws), spiking, delays=[0, delay])
 
     def build(self) -> SpikingGraph:
         graph = SpikingGraph(self.nodes, self.input_shape, self.neuron)

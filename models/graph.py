@@ -14,7 +14,8 @@ is its synaptic input accumulated over the whole frame and divided by T
 Tensors are slayer-ordered (N, C, H, W, T). Every spiking node's output is
 delayed by one step, as slayer's blocks do (`delay_shift`), so that the
 torch model has exactly the one-step-per-layer pipeline delay of Loihi and
-Lava: the same spikes appear at the same step in all three executions. The
+Lava: the same spikes appear at the same step in all three executions (an
+edge with a synaptic delay d shifts its source's spikes d steps more). The
 input of T steps is followed by D - 1 zero steps, D the graph's pipeline
 depth (`toolchain.loihi`), so that the deepest layer passes all T
 informative steps on to the readout, as Lava's frame of T + D steps does.
@@ -61,12 +62,13 @@ class NeuronParams:
 class Node(torch.nn.Module):
     """One neuron group and the synapses that feed it.
 
-    `sources[k]` names the node whose output `synapses[k]` reads; `neuron`
-    is None for the readout node.
+    `sources[k]` names the node whose output `synapses[k]` reads, `delays[k]`
+    (default 0) the steps that edge adds to the one-step delay every
+    connection has (Loihi's synaptic delay); `neuron` is None for the readout node.
     """
 
     def __init__(self, name: str, sources: list[str], synapses: list[torch.nn.Module],
-                 neuron: slayer.neuron.cuba.Neuron | None):
+                 neuron: slayer.neuron.cuba.Neuron | None, delays: list[int] | None = None):
         super().__init__()
         if len(sources) != len(synapses) or not sources:
             raise ValueError(f"node {name}: need one synapse per source")
@@ -74,6 +76,9 @@ class Node(torch.nn.Module):
         self.sources = list(sources)
         self.synapses = torch.nn.ModuleList(synapses)
         self.neuron = neuron
+        self.delays = [int(d) for d in delays] if delays is not None else [0] * len(sources)
+        if len(self.delays) != len(self.sources) or min(self.delays) < 0:
+            raise ValueError(f"node {name}: need one delay >= 0 per source")
 
     @property
     def is_readout(self) -> bool:
@@ -118,14 +123,16 @@ class SpikingGraph(torch.nn.Module):
         self.input_shape = tuple(input_shape)
         self.neuron_params = neuron
         index = {name: i for i, name in enumerate(names)}
-        self.pipeline_depth = pipeline_depth([[index[s] for s in n.sources] for n in nodes])
+        self.pipeline_depth = pipeline_depth([[index[s] for s in n.sources] for n in nodes],
+                                             [n.delays for n in nodes])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """x (N, C, H, W, T) -> (readout (N, K, H', W'), spikes {node: (N, C, H, W, T + D - 1)})."""
         time_steps = x.shape[-1]
         outputs = {INPUT: F.pad(x, (0, spike_steps(time_steps, self.pipeline_depth) - time_steps))}
         for node in self.nodes:
-            outputs[node.name] = node([outputs[s] for s in node.sources])
+            outputs[node.name] = node([slayer.axon.delay(outputs[s], d) if d else outputs[s]
+                                       for s, d in zip(node.sources, node.delays)])
         readout = outputs[self.nodes[-1].name].sum(dim=-1) / time_steps
         spikes = {n.name: outputs[n.name] for n in self.nodes[:-1]}
         return readout, spikes

@@ -92,12 +92,14 @@ def cuba_run(a: torch.Tensor, i_decay: int, v_decay: int, v_th_mant: int, *, wra
     return spikes, v
 
 
-def pipeline_depth(sources: list[list[int]]) -> int:
-    """Connections on the longest path from the input (0) to the last layer;
-    `sources[i - 1]` lists the layers that layer i reads."""
+def pipeline_depth(sources: list[list[int]], delays: list[list[int]] | None = None) -> int:
+    """Steps on the longest path from the input (0) to the last layer: one per
+    connection plus its synaptic delay; `sources[i - 1]` lists the layers that
+    layer i reads, `delays[i - 1]` (default 0) the delay of each."""
     depth = [0]
-    for srcs in sources:
-        depth.append(1 + max(depth[s] for s in srcs))
+    for i, srcs in enumerate(sources):
+        dl = delays[i] if delays is not None else [0] * len(srcs)
+        depth.append(max(depth[s] + 1 + d for s, d in zip(srcs, dl)))
     return depth[-1]
 
 
