@@ -114,8 +114,10 @@ class _Net:
         self.class_names = list(net.class_names)
         self.channels, self.resize = None, None
 
-    def class_maps(self, x: torch.Tensor) -> np.ndarray:
-        return self.deployed.run(x, backend=self.backend, keep_spikes=False).class_map
+    def class_maps(self, x: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Class maps (N, H, W) and spikes per layer per frame {name: (N,)}."""
+        r = self.deployed.run(x, backend=self.backend, keep_spikes=False)
+        return r.class_map, r.counts
 
 
 class _Checkpoint:
@@ -132,12 +134,12 @@ class _Checkpoint:
         self.channels, self.resize = d.channels, d.resize
         self.backend = "torch"
 
-    def class_maps(self, x: torch.Tensor) -> np.ndarray:
+    def class_maps(self, x: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         import models
 
         with torch.no_grad():
             scores, _ = models.predict(self.model, x, tuple(self.input_shape[1:]))
-        return scores.argmax(1).numpy().astype(np.uint8)
+        return scores.argmax(1).numpy().astype(np.uint8), {}
 
 
 # ---------------------------------------------------------------- images
@@ -210,7 +212,8 @@ def predict(source, out_dir, *, net: Optional[str] = None, checkpoint: Optional[
             sensor_size: Optional[tuple[int, int]] = None, seed: int = 0, gif: bool = True,
             progress: bool = True) -> dict:
     """Segment every window of `source`; write, under `out_dir`,
-    `maps/window_NNNNNN.npz` (class_map (H, W) uint8, t_start, t_end in us),
+    `maps/window_NNNNNN.npz` (class_map (H, W) uint8, t_start, t_end in us and,
+    for a `.net`, spikes_<layer>: the window's spike count in each layer),
     `overlays/window_NNNNNN.png`, `recording.gif` and `summary.json`.
     Returns the summary."""
     if (net is None) == (checkpoint is None):
@@ -247,12 +250,13 @@ def predict(source, out_dir, *, net: Optional[str] = None, checkpoint: Optional[
             x = torch.stack([encode(f, model.encoding, model.time_steps,
                                     torch.Generator().manual_seed(sample_seed(seed, 0, index + i)))
                              for i, f in enumerate(frames)])
-            maps = model.class_maps(x)
-            for (a, b, _), frame, cm in zip(batch, frames, maps):
+            maps, spikes = model.class_maps(x)
+            for j, ((a, b, _), frame, cm) in enumerate(zip(batch, frames, maps)):
                 name = f"window_{index:06d}"
                 with atomic_path(maps_dir / f"{name}.npz") as tmp:
                     with open(tmp, "wb") as f:
-                        np.savez_compressed(f, class_map=cm, t_start=np.int64(a), t_end=np.int64(b))
+                        np.savez_compressed(f, class_map=cm, t_start=np.int64(a), t_end=np.int64(b),
+                                            **{f"spikes_{k}": np.int64(v[j]) for k, v in spikes.items()})
                 img = overlay(frame, cm)
                 with atomic_path(png_dir / f"{name}.png") as tmp:
                     img.save(tmp, format="PNG")

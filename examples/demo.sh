@@ -36,6 +36,12 @@ import json, sys
 out = sys.argv[1]
 ex = json.load(open(f"{out}/model.net.json"))
 lava, emu = json.load(open(f"{out}/run-lava.json")), json.load(open(f"{out}/run-emulator.json"))
+if lava["spikes_per_frame"] != emu["spikes_per_frame"]:
+    sys.exit(f"   Lava and emulator spike counts DIFFER: {lava['spikes_per_frame']} vs {emu['spikes_per_frame']}")
+silent = [k for k, v in emu["spikes_per_frame"].items() if v == 0]
+if silent:
+    sys.exit(f"   layers {silent} never spike, so the comparison proves nothing")
+print("   the same spike count in every layer, every layer spiking")
 rows = [("float (torch)", ex["miou_float"], ex["frames"]), ("quantized (torch)", ex["miou_quantized"], ex["frames"]),
         ("emulator (.net)", emu["miou"], emu["frames"]), ("Lava (.net)", lava["miou"], lava["frames"])]
 print(f"   {'execution':<20}{'mIoU %':>8}{'frames':>8}")
@@ -54,7 +60,23 @@ $TC train --config examples/ddd17-tiny.yaml --data "$OUT/data" --ann --epochs 2 
 $TC convert --checkpoint "$OUT/ann/checkpoint.pt" --out "$S/converted/checkpoint.pt" --data "$OUT/data" --frames 64
 $TC export --checkpoint "$S/converted/checkpoint.pt" --out "$S/converted.net" --data "$OUT/data" --frames 8 \
     --set data.time_steps=32
-$TC run --net "$S/converted.net" --data "$OUT/data" --backend lava --frames 8 --json "$S/run-converted-lava.json"
+$TC run --net "$S/converted.net" --data "$OUT/data" --backend lava --frames 8 --json "$S/run-converted-lava.json" \
+    --out "$S/pred-converted-lava"
+$TC run --net "$S/converted.net" --data "$OUT/data" --backend emulator --frames 8 \
+    --json "$S/run-converted-emulator.json" --out "$S/pred-converted-emulator"
+diff -rq "$S/pred-converted-lava" "$S/pred-converted-emulator" >/dev/null \
+    && echo "   converted net: Lava and emulator class maps identical on every frame" \
+    || { echo "   converted net: Lava and emulator class maps DIFFER"; exit 1; }
+.venv/bin/python - "$S" <<'PY'
+import json, sys
+lava, emu = (json.load(open(f"{sys.argv[1]}/run-converted-{b}.json")) for b in ("lava", "emulator"))
+if lava["spikes_per_frame"] != emu["spikes_per_frame"]:
+    sys.exit(f"   converted net: Lava and emulator spike counts DIFFER: {lava['spikes_per_frame']} vs {emu['spikes_per_frame']}")
+silent = [k for k, v in emu["spikes_per_frame"].items() if v == 0]
+if silent:
+    sys.exit(f"   converted net: layers {silent} never spike, so the comparison proves nothing")
+print("   converted net: the same spike count in every layer, every layer spiking")
+PY
 $TC sweep --checkpoint trained="$SNN" --checkpoint converted="$S/converted/checkpoint.pt" \
     --checkpoint ann="$OUT/ann/checkpoint.pt" --steps 4,12,32,64 --frames 8 --data "$OUT/data" --out "$S/sweep"
 $TC energy --checkpoint "$SNN" --frames 8 --data "$OUT/data" --out "$S/energy-trained"
