@@ -72,8 +72,9 @@ def main(argv=None):
     for name, hw, t, batch, steps in runs:
         slow, _ = throughput(name, "slayer", hw, t, batch, steps, a.rounds)
         fast, state = throughput(name, "fused", hw, t, batch, steps, a.rounds)
-        print(f"{name:<22} {hw[0]}x{hw[1]} T={t} batch {batch}: slayer {slow:7.2f} samples/s  "
-              f"fused {fast:7.2f} samples/s  x{fast / slow:5.2f}", flush=True)
+        print(f"{name:<22} {hw[0]}x{hw[1]} T={t} batch {batch}: slayer {slow:7.3g} samples/s  "
+              f"({batch / slow:6.3g} s/step)  fused {fast:7.3g} samples/s ({batch / fast:6.3g} s/step)  "
+              f"x{fast / slow:5.2f}", flush=True)
         if a.profile and name == "spiking-deeplab-tiny":
             print(profile(state), flush=True)
     set_neuron_impl("auto")
