@@ -1,11 +1,16 @@
-"""Training throughput: slayer graphs against a plain-PyTorch LIF of the same network.
+"""Training throughput: the toolchain's path against slayer's own and a plain-PyTorch LIF.
 
-`python -m toolchain.train.bench` (or `make bench`) times forward + backward
-+ optimiser step on random Poisson input for each preset, and in the same
-run a plain-PyTorch LIF network written the way the paper's code is (a
-Python loop over time steps, `nn.Conv2d` per step, membrane with leak 0.99,
-soft reset, the linear surrogate 0.3 * max(0, 1 - |u/theta - 1|)), with the
-same layers and weights. It prints samples/s and the slayer/plain ratio.
+`python -m toolchain.train.bench` times forward + backward + optimiser step
+(quantization-aware) on random Poisson input for each preset, three ways in
+one run on the same batch: the toolchain's default path (on the CPU the
+fused CUBA-LIF kernel and 2-D frame synapses of `models.fused_cuba`,
+bit-identical to slayer), slayer's reference path (`set_neuron_impl("slayer")`:
+its Python loop over time steps, 3-D convolutions), and a plain-PyTorch LIF
+network written the way the paper's code is (a Python loop over time steps,
+`nn.Conv2d` per step, leak 0.99, soft reset, the linear surrogate
+0.3 * max(0, 1 - |u/theta - 1|)) with the same layers, weights and number of
+steps (T + D - 1, the frame's steps whose spikes reach the readout). It
+prints samples/s and the ratios.
 """
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ import torch.nn.functional as F
 
 import models
 from models.ann import AnnGraph
+from models.fused_cuba import neuron_impl, set_neuron_impl
 from models.graph import INPUT
+from toolchain.loihi import spike_steps
 
 from .loop import loss_fn
 
@@ -42,9 +49,12 @@ class PlainLIF(torch.nn.Module):
     def __init__(self, graph, leak: float = 0.99, threshold: float = 1.0):
         super().__init__()
         self.net = AnnGraph(graph)
+        self.depth = graph.pipeline_depth
         self.leak, self.threshold = leak, threshold
 
-    def forward(self, x):  # x (N, C, H, W, T)
+    def forward(self, x):  # x (N, C, H, W, T), run for the spiking graph's T + D - 1 steps
+        time_steps = x.shape[-1]
+        x = F.pad(x, (0, spike_steps(time_steps, self.depth) - time_steps))
         mem, acc = {}, None
         for t in range(x.shape[-1]):
             out = {INPUT: x[..., t]}
@@ -57,7 +67,7 @@ class PlainLIF(torch.nn.Module):
                 s = _LinearSpike.apply(m, self.threshold)
                 mem[node.name] = m - s * self.threshold
                 out[node.name] = s
-        return acc / x.shape[-1], {}
+        return acc / time_steps, {}
 
 
 def throughput(model, x, y, steps: int) -> float:
@@ -79,6 +89,7 @@ def throughput(model, x, y, steps: int) -> float:
 
 
 def run(presets, hw, time_steps, batch, steps, num_classes=6, in_channels=2):
+    """Rows of (name, toolchain, slayer, plain) samples/s."""
     torch.manual_seed(0)
     rows = []
     for name in presets:
@@ -86,21 +97,29 @@ def run(presets, hw, time_steps, batch, steps, num_classes=6, in_channels=2):
         plain = PlainLIF(graph)
         x = (torch.rand(batch, in_channels, *hw, time_steps) < 0.2).float()
         y = torch.randint(0, num_classes, (batch, *hw))
-        a = throughput(graph, x, y, steps)
-        b = throughput(plain, x, y, steps)
-        rows.append((name, a, b))
-        print(f"{name:<22} {hw[0]}x{hw[1]} T={time_steps} batch {batch}:  slayer {a:7.2f} samples/s   "
-              f"plain-PyTorch LIF {b:7.2f} samples/s   ratio {a / b:5.2f}", flush=True)
+        before = neuron_impl()
+        try:
+            set_neuron_impl("slayer")
+            ref = throughput(graph, x, y, steps)
+        finally:
+            set_neuron_impl(before)
+        ours = throughput(graph, x, y, steps)
+        base = throughput(plain, x, y, steps)
+        rows.append((name, ours, ref, base))
+        print(f"{name:<22} {hw[0]}x{hw[1]} T={time_steps} batch {batch}:  toolchain ({neuron_impl()}) "
+              f"{ours:7.2f}   slayer {ref:7.2f}   plain-PyTorch LIF {base:7.2f} samples/s   "
+              f"toolchain/slayer {ours / ref:5.2f}   toolchain/plain {ours / base:5.2f}", flush=True)
     return rows
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--time-steps", type=int, default=20)
+    p.add_argument("--time-steps", type=int, default=20, help="T of the paper-size models (the paper's 20)")
+    p.add_argument("--tiny-time-steps", type=int, default=10, help="T of the tiny presets (the demo's 10)")
     a = p.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
-    run(["spiking-deeplab-tiny", "spiking-fcn-tiny"], (64, 64), a.time_steps, 8, a.steps)
+    run(["spiking-deeplab-tiny", "spiking-fcn-tiny"], (64, 64), a.tiny_time_steps, 8, a.steps)
     run(["spiking-deeplab", "spiking-fcn"], (64, 64), a.time_steps, 2, max(1, a.steps // 2))
 
 
