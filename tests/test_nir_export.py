@@ -15,6 +15,7 @@ from deploy import emulator, netfile
 from deploy.export import build_netfile
 from deploy.netfile import Layer, NetFile, Neuron, Synapse
 from deploy.nir_export import export_nir
+from tests.content import assert_output_has_content
 from toolchain.errors import ToolchainError
 from toolchain.loihi import READOUT_NEURON, readout_value
 
@@ -204,6 +205,7 @@ def test_euler_simulation_of_the_nir_graph_reproduces_the_emulator(make, tmp_pat
     padded = F.pad(x, (0, net.spike_steps(8) - 8))
     got_readout, got_spikes = simulate(nir.read(export_nir(net, tmp_path / "net.nir")), padded.numpy())
     assert set(got_spikes) == set(ref.spikes)
+    assert_output_has_content(ref, layers=[layer.name for layer in net.layers[:-1]], where="NIR vs emulator")
     for name, s in ref.spikes.items():
         assert 0.02 < float(s.float().mean()) < 0.9, f"{name} too quiet or saturated to test anything"
         # NIR step t is Lava step t+1: the delay's output at t is the layer's spikes at Lava step t
