@@ -1,17 +1,12 @@
-"""Build and run a `.net` as a Lava process graph (the reference execution).
+"""Run a `.net` in Lava fast: `deploy.lava.Network` behind host file I/O adapters.
 
-Every layer is a `lava.proc.lif.process.LIF` (as `lava_procs.FrameLIF`, which
-restarts it at each frame) fed by one connection process per
-synapse, the same processes netx builds for the layers it knows:
-- conv -> `lava.proc.conv.process.Conv` (weights laid out as netx lays them),
-  run by `lava_procs.PyConvModelBlas`;
-- dense -> `lava.proc.dense.process.Dense`;
-- pool, convT -> `lava.proc.sparse.process.Sparse`: a fixed linear map from the
-  flattened source to the flattened layer, exact and shape-agnostic.
-Several connections into one LIF are summed at its `a_in` (additive skips).
-Input spikes come from a file-backed source, hidden spikes go to file-backed
-sinks, and the readout integrator's voltage is written after each frame's T+D
-steps (`lava_procs`: Lava's own RingBuffer I/O is far too slow to read back).
+The network itself is `deploy.lava.Network`, a hierarchical process of Lava's
+stock processes (one `LIFReset` per layer, `Conv`/`Dense`/`Sparse`
+connections, frames streamed through staggered resets). This module only
+feeds it: input spikes come from a file-backed source, hidden spikes go to
+file-backed sinks, and the readout's voltage is read at each frame's last
+step (`lava_procs`: Lava's own RingBuffer I/O is far too slow to read back).
+It also holds the one conversion between slayer's and Lava's data order.
 """
 from __future__ import annotations
 
@@ -20,7 +15,7 @@ import numpy as np
 from toolchain.errors import ToolchainError
 
 from .netfile import NetFile
-from .synapses import Synapse, lava_shape
+from .synapses import lava_shape
 
 
 # ------------------------------------------------------------ data order
@@ -34,11 +29,6 @@ def to_lava(x: np.ndarray) -> np.ndarray:
 
 def from_lava(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose((2, 1, 0) + tuple(range(3, x.ndim))))
-
-
-def _connection(syn: Synapse, src: tuple, out: tuple):
-    """(Lava process, does it read and write flat vectors?)"""
-    return syn.kind.lava(syn, src, out)
 
 
 def import_lava_runtime() -> None:
@@ -61,12 +51,16 @@ CHANNEL_SLOTS = 2
 
 
 class LavaNetwork:
-    """A `.net` built once as a Lava process graph that runs any number of frames.
+    """The fast host runner: `deploy.lava.Network` between memory-mapped file I/O adapters.
 
-    Frames run back to back, T+D steps each (D the pipeline depth), in one Lava runtime; every LIF
-    restarts at a frame's first step (`lava_procs.FrameLIF`), so frame k gives
-    what a freshly built network gives for frame k alone. Inputs and outputs
-    travel through memory-mapped files in a private temporary folder.
+    The network is built once and runs any number of frames in one Lava
+    runtime, streamed back to back, T+D steps each (D the pipeline depth):
+    every layer restarts when a frame reaches it (`deploy.lava`), so frame k
+    gives what a freshly built network gives for frame k alone. Inputs and
+    outputs travel through memory-mapped files in a private temporary folder
+    (`lava_procs.FileSource`, `FileSink`, `FileReadout`). A net whose skips are
+    not delay-aligned (`Network.aligned` False) is exact one frame at a time
+    only, so each of its frames runs in a network built for it alone.
     Convolutions run `lava_procs.PyConvModelBlas`, or with `stock_conv` Lava's
     own `PyConvModelFixed` (same integers; 20 minutes or more per step at paper size).
 
@@ -80,11 +74,14 @@ class LavaNetwork:
 
         import_lava_runtime()
         from . import lava_procs
+        from .lava import Network, run_config
         self.net = net
         self.time_steps = int(time_steps or net.time_steps)
         self.steps = net.frame_steps(self.time_steps)
         self.kept = net.spike_steps(self.time_steps)  # steps whose spikes the sinks record
-        self.capacity = int(capacity)
+        self.network = Network(net, time_steps=self.time_steps)
+        self.stock_conv = stock_conv
+        self.capacity = int(capacity) if self.network.aligned else 1
         self.keep_spikes = keep_spikes
         self._tmp = tempfile.TemporaryDirectory(prefix="lava-net-")
         self._frames_done = 0
@@ -93,40 +90,27 @@ class LavaNetwork:
         in_shape = lava_shape(net.input_shape)
         self._in_path = self._file("input.u8", np.uint8, (self.capacity,) + in_shape + (self.time_steps,))
         source = lava_procs.FileSource(shape=in_shape, time_steps=self.time_steps, path=self._in_path, **common)
-        procs = [source]
-        outs = {0: source.s_out}
+        source.s_out.connect(self.network.inp)
+        adapters = [source]
         self._sinks = {}  # name -> (spike file or None, count file, Lava shape)
-        lifs = []
-        for i, layer in enumerate(net.layers, start=1):
-            last = i == len(net.layers)
+        for i, layer in enumerate(net.layers[:-1], start=1):
             shape = lava_shape(layer.shape)
-            n = layer.neuron
-            v_file = self._file("readout.i32", np.int32, (self.capacity,) + shape) if last else None
-            lif = lava_procs.FrameLIF(shape=shape, du=n.iDecay - 1, dv=n.vDecay, vth=n.vThMant, bias_mant=0,
-                                      bias_exp=0, name=layer.name, v_file=v_file, **common)
-            lifs.append(lif)
-            for src, syn in zip(layer.sources, layer.synapses):
-                proc, flat = _connection(syn, net.shape_of(src), layer.shape)
-                if syn.type == "conv" and not stock_conv:
-                    procs.append(proc)
-                (outs[src].flatten() if flat else outs[src]).connect(proc.s_in)
-                (proc.a_out.reshape(shape) if flat else proc.a_out).connect(lif.a_in)
-            outs[i] = lif.s_out
-            if not last:
-                spike_file = self._file(f"spikes{i}.b", np.bool_, (self.capacity,) + shape + (self.kept,)) \
-                    if keep_spikes else None
-                count_file = self._file(f"counts{i}.i64", np.int64, (self.capacity,))
-                sink = lava_procs.FileSink(shape=shape, time_steps=self.kept, path=spike_file,
-                                           count_path=count_file, **common)
-                lif.s_out.connect(sink.a_in)
-                procs.append(sink)
-                self._sinks[layer.name] = (spike_file, count_file, shape)
-        procs += lifs
-        self._readout = lifs[-1]
-        self._v_path = self._readout.proc_params["v_file"]
-        # keyed by instance: the compiler then takes the model as given and does
-        # not search this package's folder for process models
-        self._models = {p: lava_procs.MODELS[type(p)] for p in procs}
+            spike_file = self._file(f"spikes{i}.b", np.bool_, (self.capacity,) + shape + (self.kept,)) \
+                if keep_spikes else None
+            count_file = self._file(f"counts{i}.i64", np.int64, (self.capacity,))
+            sink = lava_procs.FileSink(shape=shape, time_steps=self.kept, path=spike_file, count_path=count_file,
+                                       offset=self.network.offsets[layer.name], **common)
+            self.network.layers[layer.name].s_out.connect(sink.a_in)
+            adapters.append(sink)
+            self._sinks[layer.name] = (spike_file, count_file, shape)
+        out_shape = lava_shape(net.layers[-1].shape)
+        self._v_path = self._file("readout.i32", np.int32, (self.capacity,) + out_shape)
+        readout = lava_procs.FileReadout(shape=out_shape, path=self._v_path,
+                                         offset=self.network.offsets[net.layers[-1].name], **common)
+        readout.v.connect_var(self.network.readout.v)
+        adapters.append(readout)
+        self._run_cfg = run_config(self.network, fast_conv=not stock_conv,
+                                   exception_proc_model_map={p: lava_procs.MODELS[type(p)] for p in adapters})
 
     def _file(self, name: str, dtype, shape: tuple) -> str:
         from .lava_procs import open_memmap
@@ -147,6 +131,8 @@ class LavaNetwork:
                 or frames.shape[-1] != self.time_steps:
             raise ValueError(f"frames of shape {frames.shape}; this network takes "
                              f"(N, {', '.join(map(str, self.net.input_shape))}, {self.time_steps})")
+        if not self.network.aligned and self._frames_done + len(frames) > 1:
+            return self._run_one_by_one(frames)
         spikes = {k: [] for k in self._sinks} if self.keep_spikes else {}
         counts = {k: [] for k in self._sinks}
         voltage = []
@@ -173,9 +159,25 @@ class LavaNetwork:
         return ({k: np.concatenate(v) for k, v in spikes.items()},
                 {k: np.concatenate(v) for k, v in counts.items()}, np.concatenate(voltage))
 
+    def _run_one_by_one(self, frames: np.ndarray):
+        """Frames of a net whose skips are not delay-aligned: each in a network of its own."""
+        parts = []
+        for k, frame in enumerate(frames):
+            if self._frames_done == 0 and k == 0:
+                parts.append(self.run(frames[:1]))
+                continue
+            with LavaNetwork(self.net, self.time_steps, capacity=1, keep_spikes=self.keep_spikes,
+                             stock_conv=self.stock_conv) as fresh:
+                try:
+                    parts.append(fresh.run(frames[k:k + 1]))
+                except ToolchainError as e:
+                    raise ToolchainError(str(e).replace("frame 0 of this call", f"frame {k} of this call")) from e
+        return ({k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]},
+                {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]},
+                np.concatenate([p[2] for p in parts]))
+
     def _run_steps(self, steps: int, *, first: int, last: int) -> None:
         from lava.magma.core.run_conditions import RunSteps
-        from lava.magma.core.run_configs import Loihi2SimCfg
 
         if not self._runtime_started:
             import multiprocessing
@@ -190,9 +192,8 @@ class LavaNetwork:
 
         def run() -> None:
             try:
-                self._readout.run(condition=RunSteps(num_steps=steps),
-                                  run_cfg=Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=self._models),
-                                  compile_config={"pypy_channel_size": CHANNEL_SLOTS})
+                self.network.run(condition=RunSteps(num_steps=steps), run_cfg=self._run_cfg,
+                                 compile_config={"pypy_channel_size": CHANNEL_SLOTS})
             except BaseException as e:  # handed to the caller's thread below
                 failure.append(e)
 
@@ -224,7 +225,7 @@ class LavaNetwork:
         if self._runtime_started:
             self._runtime_started = False
             if not failed:  # after a failure stop() waits on the dead worker forever
-                self._readout.stop()
+                self.network.stop()
             # Lava's process models run in forked children; after a failure inside
             # one, stop() can leave its siblings waiting on channels forever.
             for child in self._workers():

@@ -1,25 +1,23 @@
-"""Lava processes that let one built process graph run many frames.
+"""Host I/O adapters around `deploy.lava.Network`, and a fast model for Lava's `Conv`.
 
 Lava's own I/O processes move data through the runtime one number at a time
-(`Var.get` of a sink's buffer costs one channel message per element: about two
-minutes for one frame of the tiny preset), and a fresh LIF state needs a
-rebuild. These three processes make a graph reusable and its I/O cheap:
+(`Var.get` of a sink's buffer costs one channel message per element: seconds
+per frame of the tiny preset, hours at paper size). These adapters move it
+through memory-mapped files instead, shared with Lava's worker processes: the
+host writes the inputs before a run and reads the outputs after it. They are
+host I/O only; the network between them is `deploy.lava.Network`, stock
+processes throughout.
 
-- `FrameLIF`: Lava's LIF, bit-accurate model (`PyLifModelBitAcc`) unchanged,
-  except that at the first step of every frame of `frame_steps` steps it
-  starts from u = v = 0 and ignores the synaptic input in flight (what the
-  connections carried over from the previous frame's last step). That is
-  exactly the state of a freshly built network at step 0, where every
-  connection buffer is 0, so frame k of a long run equals a fresh run of
-  frame k alone (tests/test_bench.py checks it). With `v_file` it also writes
-  its voltage at the last step of each frame (the readout).
 - `FileSource`: sends frame f's input spikes from a memory-mapped file, zeros
   in the steps past the frame's T.
-- `FileSink`: writes the spikes it receives to a memory-mapped file, and
-  their count per frame.
+- `FileSink`: writes the spikes a layer sends to a memory-mapped file, and
+  their count per frame, each frame's steps counted from the step the frame
+  reaches that layer (its reset offset, `deploy.lava.Network.offsets`).
+- `FileReadout`: reads the readout's voltage through a `RefPort` at each
+  frame's last step and writes it to a memory-mapped file.
 
-The files are plain `np.memmap`s shared with Lava's worker processes: the host
-writes the inputs before a run and reads the outputs after it.
+`PyDelaySparseModelCached` is Lava's `DelaySparse` model with its
+delay-stacked matrix built once rather than every step.
 
 `PyConvModelBlas` is a process model for Lava's own `Conv` process: the same
 arithmetic as `PyConvModelFixed`, computed as one matrix product per kernel
@@ -33,17 +31,16 @@ from __future__ import annotations
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.model.py.model import PyLoihiProcessModel
-from lava.magma.core.model.py.ports import PyInPort, PyOutPort
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort, PyRefPort
 from lava.magma.core.model.py.type import LavaPyType
-from lava.magma.core.process.ports.ports import InPort, OutPort
+from lava.magma.core.process.ports.ports import InPort, OutPort, RefPort
 from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from lava.proc.conv.models import PyConvModelFixed
 from lava.proc.conv.process import Conv
 from lava.proc.conv.utils import signed_clamp
-from lava.proc.lif.models import PyLifModelBitAcc
-from lava.proc.lif.process import LIF
+from lava.proc.sparse.models import PyDelaySparseModelBitAcc
 
 
 def open_memmap(path: str, dtype, shape: tuple, mode: str = "r+") -> np.memmap:
@@ -51,16 +48,6 @@ def open_memmap(path: str, dtype, shape: tuple, mode: str = "r+") -> np.memmap:
 
 
 # ------------------------------------------------------------ processes
-class FrameLIF(LIF):
-    """LIF whose state restarts every `frame_steps` steps (see the module docstring)."""
-
-    def __init__(self, *, frame_steps: int, capacity: int, v_file: str | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.proc_params["frame_steps"] = int(frame_steps)
-        self.proc_params["capacity"] = int(capacity)
-        self.proc_params["v_file"] = v_file
-
-
 class FileSource(AbstractProcess):
     """Input spikes (capacity, *shape, T) uint8 from `path`; frame f at steps f*P .. f*P+T-1."""
 
@@ -71,48 +58,34 @@ class FileSource(AbstractProcess):
 
 
 class FileSink(AbstractProcess):
-    """Writes received spikes to `path` as (capacity, *shape, T) bool (when given) and
-    their count per frame to `count_path` as (capacity,) int64."""
+    """Writes received spikes to `path` as (capacity, *shape, kept) bool (when given) and
+    their count per frame to `count_path` as (capacity,) int64. Frame f reaches the
+    layer at step f*P + offset; its steps offset .. kept-1 are recorded, earlier ones are 0."""
 
     def __init__(self, *, shape: tuple, time_steps: int, frame_steps: int, capacity: int,
-                 path: str | None, count_path: str):
+                 path: str | None, count_path: str, offset: int = 0):
         super().__init__(shape=shape, time_steps=time_steps, frame_steps=frame_steps, capacity=capacity,
-                         path=path, count_path=count_path)
+                         path=path, count_path=count_path, offset=offset)
         self.a_in = InPort(shape=shape)
 
 
+class FileReadout(AbstractProcess):
+    """Writes the voltage of the LIF it is connected to (`connect_var`) at every frame's
+    last step to `path` as (capacity, *shape) int32; all zeros when no input reaches it
+    inside a frame (`offset` >= frame_steps)."""
+
+    def __init__(self, *, shape: tuple, frame_steps: int, capacity: int, path: str, offset: int = 0):
+        super().__init__(shape=shape, frame_steps=frame_steps, capacity=capacity, path=path, offset=offset)
+        self.v = RefPort(shape=shape)
+
+
 # ------------------------------------------------------------ models
-def _frame_step(model) -> tuple[int, int]:
-    """(frame slot, step inside the frame) of the step now running."""
+def _frame_step(model, offset: int = 0) -> tuple[int, int]:
+    """(frame index, step inside the frame) of the step now running, for a
+    process that frame f reaches at step f*P + offset; the index is < 0 before frame 0."""
     p = model.proc_params
-    t = model.time_step - 1
-    return (t // p["frame_steps"]) % p["capacity"], t % p["frame_steps"]
-
-
-class PyFrameLifModel(PyLifModelBitAcc):  # inherits Lava's LIF binding; chosen per instance
-    def __init__(self, proc_params):
-        super().__init__(proc_params)
-        self._v_out = None
-
-    def run_spk(self):
-        a_in = self.a_in.recv()
-        slot, step = _frame_step(self)
-        if step == 0:
-            self.u[...] = 0
-            self.v[...] = 0
-            a_in = np.zeros_like(a_in)
-        self.scale_bias()
-        if not self.isthrscaled:
-            self.scale_threshold()
-        self.subthr_dynamics(activation_in=a_in)
-        self.s_out_buff = self.spiking_activation()
-        self.reset_voltage(spike_vector=self.s_out_buff)
-        self.s_out.send(self.s_out_buff)
-        path = self.proc_params["v_file"]
-        if path is not None and step == self.proc_params["frame_steps"] - 1:
-            if self._v_out is None:
-                self._v_out = open_memmap(path, np.int32, (self.proc_params["capacity"],) + self.v.shape)
-            self._v_out[slot] = self.v
+    t = model.time_step - 1 - offset
+    return t // p["frame_steps"], t % p["frame_steps"] + offset
 
 
 @implements(proc=FileSource, protocol=LoihiProtocol)
@@ -129,9 +102,9 @@ class PyFileSourceModel(PyLoihiProcessModel):
         self._zeros = np.zeros(p["shape"], dtype=np.int32)
 
     def run_spk(self):
-        slot, step = _frame_step(self)
+        frame, step = _frame_step(self)
         if step < self.proc_params["time_steps"]:
-            self.s_out.send(self._data[slot, ..., step].astype(np.int32))
+            self.s_out.send(self._data[frame % self.proc_params["capacity"], ..., step].astype(np.int32))
         else:
             self.s_out.send(self._zeros)
 
@@ -151,14 +124,41 @@ class PyFileSinkModel(PyLoihiProcessModel):
 
     def run_spk(self):
         s = self.a_in.recv()
-        slot, step = _frame_step(self)
-        if step >= self.proc_params["time_steps"]:
-            return  # the frame's last step: its spikes reach nothing inside the frame
-        if step == 0:
+        p = self.proc_params
+        frame, step = _frame_step(self, p["offset"])
+        if frame < 0:
+            return  # before frame 0 reaches the layer: nothing
+        slot = frame % p["capacity"]
+        if step == p["offset"]:  # the frame's first step here: steps before it are 0
             self._counts[slot] = 0
+            if self._spikes is not None:
+                self._spikes[slot] = False
+        if step >= p["time_steps"]:
+            return  # past the frame's spike steps: they reach nothing inside the frame
         self._counts[slot] += int(np.count_nonzero(s))
         if self._spikes is not None:
             self._spikes[slot, ..., step] = s != 0
+
+
+@implements(proc=FileReadout, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyFileReadoutModel(PyLoihiProcessModel):
+    v: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, np.int32, precision=24)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        p = proc_params
+        self._v = open_memmap(p["path"], np.int32, (p["capacity"],) + tuple(p["shape"]))
+
+    def post_guard(self) -> bool:
+        return self.time_step % self.proc_params["frame_steps"] == 0  # a frame's last step
+
+    def run_post_mgmt(self) -> None:
+        p = self.proc_params
+        slot = (self.time_step // p["frame_steps"] - 1) % p["capacity"]
+        v = self.v.read()
+        self._v[slot] = v if p["offset"] < p["frame_steps"] else 0
 
 
 class BlasConv:
@@ -213,5 +213,17 @@ class PyConvModelBlas(PyConvModelFixed):  # Lava's Conv binding and ports; chose
         self.a_buf = self._conv(s_in)
 
 
-MODELS = {FrameLIF: PyFrameLifModel, FileSource: PyFileSourceModel, FileSink: PyFileSinkModel,
+class PyDelaySparseModelCached(PyDelaySparseModelBitAcc):  # Lava's binding and ports; chosen per instance
+    """Lava's bit-accurate `DelaySparse` model, its matrix stacked by delay once
+    instead of every step (`get_delay_wgts_mat`: one sparse product per delay
+    value over the whole matrix). Same integers."""
+
+    def calc_act(self, s_in) -> np.ndarray:
+        stacked = getattr(self, "_stacked", None)
+        if stacked is None:  # after run_spk has clipped the weights, as Lava's model uses them
+            stacked = self._stacked = self.get_delay_wgts_mat(self.weights, self.delays, self.a_buff.shape[-1] - 1)
+        return np.reshape(stacked.dot(s_in), (self.a_buff.shape[-1], self.weights.shape[0])).T
+
+
+MODELS = {FileSource: PyFileSourceModel, FileSink: PyFileSinkModel, FileReadout: PyFileReadoutModel,
           Conv: PyConvModelBlas}

@@ -68,6 +68,11 @@ def export_cmd(checkpoint, target, out, frames, data_root, config_path, override
     if frames > 0:
         click.echo(f"mIoU on {report['frames']} test frames: float {100 * report['miou_float']:.2f}%  "
                    f"quantized {100 * report['miou_quantized']:.2f}%")
+    from deploy.lava import format_mapping, mapping_report
+
+    report["lava_mapping"] = mapping_report(net)
+    click.echo("Lava process per layer (deploy.lava.Network) and its Loihi 2 cost:")
+    click.echo(format_mapping(report["lava_mapping"]))
     write_text(str(out) + ".json", json.dumps(report, indent=2))
 
 
