@@ -157,6 +157,9 @@ def build_nir(net: NetFile, *, axon_delay: bool = True) -> nir.NIRGraph:
             except ToolchainError as e:
                 problems.append(str(e))
                 continue
+            if syn.delay:  # the synapse's own delay, beyond the connection's step
+                chain = {f"{name}.delay": nir.Delay(delay=np.full(shapes[src], float(syn.delay), np.float32)),
+                         **chain}
             nodes.update(chain)
             order = list(chain)
             edges += [(exits[src], order[0])] + list(zip(order, order[1:])) + [(order[-1], layer.name)]
@@ -176,7 +179,7 @@ def build_nir(net: NetFile, *, axon_delay: bool = True) -> nir.NIRGraph:
                              + f" (NIR export supports {', '.join(SYNAPSE_NODES)})")
     metadata = {"producer": "toolchain", "dt": 1.0, "axon_delay": int(axon_delay),
                 "time_steps": int(net.time_steps),
-                "readout": "integrator state after T steps (NIR step t = Lava step t+1)"}
+                "readout": "integrator state after T+D-1 steps (NIR step t = Lava step t+1)"}
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
 
 

@@ -45,6 +45,16 @@ def small_net(neuron: Neuron, pool_weight: int = 32, time_steps: int = 10) -> Ne
     return net
 
 
+def delayed_net(neuron: Neuron, time_steps: int = 8) -> NetFile:
+    """small_net with synapse delays: c2's 1x1 synapse 2 steps (spiking dynamics change) and the
+    readout's skip from c1 2 steps, to arrive with the deep path."""
+    net = small_net(neuron, time_steps=time_steps)
+    net.layers[2].synapses[1].delay = 2
+    net.layers[-1].synapses[1].delay = 2
+    netfile.validate(net)
+    return net
+
+
 def dense_net(neuron: Neuron, time_steps: int = 8) -> NetFile:
     """A pool with unequal kernel weights (a per-channel conv in NIR), a grouped conv, dense layers."""
     rng = np.random.default_rng(1)
@@ -92,8 +102,9 @@ def simulate(graph: nir.NIRGraph, x: np.ndarray) -> tuple[np.ndarray, dict[str, 
             if isinstance(node, nir.Input):
                 out[name] = torch.as_tensor(x[..., t])
                 continue
-            if isinstance(node, nir.Delay):
-                out[name] = state.get(name, {}).get("x", torch.zeros(n_batch, *node.delay.shape))
+            if isinstance(node, nir.Delay):  # the input of `delay` steps ago
+                hist, d = state.get(name, {}).get("hist", []), int(np.asarray(node.delay).reshape(-1)[0])
+                out[name] = hist[-d] if len(hist) >= d else torch.zeros(n_batch, *node.delay.shape)
                 continue
             z = sum(out[p] for p in preds[name])
             if isinstance(node, nir.Conv2d):
@@ -128,8 +139,10 @@ def simulate(graph: nir.NIRGraph, x: np.ndarray) -> tuple[np.ndarray, dict[str, 
                 raise AssertionError(f"interpreter lacks {type(node).__name__}")
         for name in delayed:
             delayed[name].append(out[name].numpy())
-            state[name] = {"x": out[preds[name][0]]}
-    return out["output"].numpy(), {k[: -len(".delay")]: np.stack(v, -1) for k, v in delayed.items()}
+            state.setdefault(name, {"hist": []})["hist"].append(out[preds[name][0]])
+    # a layer's spikes are its axon delay's output (`L.delay`); `L.syn<k>.delay` are synapse delays
+    return out["output"].numpy(), {k[: -len(".delay")]: np.stack(v, -1) for k, v in delayed.items()
+                                   if ".syn" not in k}
 
 
 def test_round_trip_has_expected_nodes_and_edges(tmp_path):
@@ -193,7 +206,7 @@ def test_pool_weight_of_64_has_no_scale_and_unequal_pool_weights_are_a_per_chann
     np.testing.assert_array_equal(back.nodes["output"].input_type["input"], [5])
 
 
-@pytest.mark.parametrize("make", [small_net, dense_net])
+@pytest.mark.parametrize("make", [small_net, dense_net, delayed_net])
 def test_euler_simulation_of_the_nir_graph_reproduces_the_emulator(make, tmp_path):
     # iDecay 4096 and vDecay 2048 (u is the step's input, v halves) keep every
     # state on Loihi's integer grid for T = 8 (even weights x 64, halved at most
