@@ -142,3 +142,23 @@ def test_a_readout_that_hears_nothing_stops_training_with_what_to_change(cfg, da
     with pytest.raises(ToolchainError, match=r"readout stayed all zero after epoch 1 \(T=12, pipeline depth D=7"):
         train(cfg, tmp_path / "run", datasets=data, log=lambda m: None)
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
+
+
+@pytest.mark.parametrize("impl,fused", [("slayer", False), ("auto", True)])
+def test_train_neuron_switch_picks_the_neuron_implementation(cfg, data, tmp_path, impl, fused):
+    """train.neuron=slayer trains on slayer's reference path; the default runs the fused CPU kernel."""
+    from models.fused_cuba import fused_calls, set_neuron_impl
+
+    cfg.train.epochs, cfg.train.neuron = 1, impl
+    before = fused_calls()
+    try:
+        train(cfg, tmp_path / impl, datasets=data, log=lambda m: None)
+    finally:
+        set_neuron_impl("auto")
+    assert (fused_calls() > before) == fused
+
+
+def test_an_unknown_neuron_implementation_is_a_clear_error(cfg, data, tmp_path):
+    cfg.train.neuron = "gpu-magic"
+    with pytest.raises(ToolchainError, match="train.neuron.*gpu-magic"):
+        train(cfg, tmp_path / "run", datasets=data, log=lambda m: None)

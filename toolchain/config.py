@@ -61,6 +61,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # mixed precision, used on GPU only
     qat: bool = False  # quantization-aware training
+    # auto: the fused CPU neuron on the CPU, slayer's CUDA kernels on a GPU;
+    # slayer: slayer's reference path everywhere (bit-identical spikes, slower on the CPU)
+    neuron: str = "auto"  # auto | fused | slayer
     ann: bool = False  # train the non-spiking twin
 
 

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 import models
 from models.blocks import firing_rates, set_quantized
+from models.fused_cuba import set_neuron_impl
 
 from .. import checkpoint
 from ..config import Config, config_from_dict, save_config, to_dict
@@ -259,6 +260,13 @@ def setup_device(t) -> tuple[torch.device, distributed.Dist, bool]:
 def setup(cfg: Config, run_dir: Path, train_ds, device: torch.device, d: distributed.Dist, amp: bool) -> Session:
     """Model, optimiser, schedule and scaler for `cfg` on the data set's channels and classes."""
     t = cfg.train
+    if t.neuron == "fused" and device.type != "cpu":
+        raise ToolchainError(f"train.neuron=fused runs on the CPU only; this run trains on {device.type} "
+                             f"(use auto, which picks slayer's CUDA kernels there)")
+    try:
+        set_neuron_impl(t.neuron)
+    except ValueError as e:
+        raise ToolchainError(f"train.neuron: {e}") from e
     torch.manual_seed(t.seed)
     facts = dict(in_channels=int(train_ds.in_channels), num_classes=int(train_ds.num_classes),
                  class_names=list(train_ds.class_names))
