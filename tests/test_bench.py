@@ -57,6 +57,17 @@ def test_one_built_lava_graph_runs_three_frames_like_three_fresh_builds(small_ne
     np.testing.assert_array_equal(voltage, out.voltage.numpy())
 
 
+def test_emulator_batch_in_chunks_equals_one_batch(small_net, frames, monkeypatch):
+    """A CPU batch larger than the cache budget runs in chunks of frames: the same answers."""
+    whole = emulator.run(small_net, frames, device="cpu")
+    monkeypatch.setattr(emulator, "CPU_CHUNK_BYTES", 1)  # one frame per chunk
+    chunked = emulator.run(small_net, frames, device="cpu")
+    assert_has_content(whole.spikes, whole.voltage, layers=["c1", "p1"], where="chunked vs whole batch")
+    for name, s in whole.spikes.items():
+        assert torch.equal(chunked.spikes[name], s) and torch.equal(chunked.counts[name], whole.counts[name])
+    assert torch.equal(chunked.voltage, whole.voltage)
+
+
 @pytest.mark.parametrize("i_decay,v_decay", [(1024, 123), (4096, 41), (0, 0)])
 @pytest.mark.parametrize("scale", [300, 1 << 20, 1 << 30])
 def test_compiled_lif_kernel_equals_reference_cuba_step(i_decay, v_decay, scale):
@@ -73,7 +84,7 @@ def test_compiled_lif_kernel_equals_reference_cuba_step(i_decay, v_decay, scale)
 
 @pytest.mark.lava
 @pytest.mark.slow
-def test_quick_bench_reports_every_backend_and_measure():
+def test_quick_bench_times_the_same_frames_on_every_backend_and_compares_every_layer():
     from toolchain.bench import format_table, run_bench
 
     report = run_bench(quick=True, progress=lambda m: None)
@@ -81,39 +92,114 @@ def test_quick_bench_reports_every_backend_and_measure():
     assert [(r["backend"], r["batch"]) for r in case["rows"]] == [
         ("lava-stock", 1), ("lava", 1), ("emulator", 1), ("emulator", 4)]
     assert case["neurons"] > 0 and case["synapses"] > 0 and not case["trained"]
+    assert case["time_steps"] > case["pipeline_depth"]
     stock, lava, emu1, emub = case["rows"]
     assert stock["ratio_stock"] == 1.0 and lava["ratio_lava"] == 1.0
     for r in case["rows"]:
         assert r["steps_per_s"] > 0 and r["peak_pss_mb"] > 10
+        assert r["frames"] == 5 and r["timed_frames"] == 4  # the same frames, every row
     assert emu1["ratio_stock"] == pytest.approx(emu1["steps_per_s"] / stock["steps_per_s"])
     assert emub["ratio_lava"] == pytest.approx(emub["steps_per_s"] / lava["steps_per_s"])
-    assert stock["frames"] == lava["frames"] == 2  # both finished, so their readouts were compared
-    assert sum(c[0] for c in case["first_frame_spikes"].values()) > 0  # and spike counts, of a net that spikes
+    # every row was compared with Lava on all five frames, spike train by spike train
+    assert case["reference"] == "lava"
+    assert case["frames_compared"] == {"lava-stock batch 1": 5, "lava batch 1": 5, "emulator batch 1": 5,
+                                       "emulator batch 4": 5}
+    names = [layer.name for layer in build_netfile_of_quick_case().layers[:-1]]
+    assert_has_content(case["compared_spikes"], case["compared_readout"], layers=names, where="quick bench")
     t = report["training"]
     assert t["toolchain_samples_per_s"] > 0 and t["plain_torch_samples_per_s"] > 0
     assert t["ratio"] == pytest.approx(t["toolchain_samples_per_s"] / t["plain_torch_samples_per_s"])
-    assert report["evaluation"]["frames"] == 4 and 0 <= report["evaluation"]["miou"] <= 1
+    assert report["evaluation"]["frames"] == 5 and 0 <= report["evaluation"]["miou"] <= 1
     table = format_table(report)
     assert "lava-stock" in table and "emulator" in table and "plain PyTorch" in table and "(untrained)" in table
+    assert "every layer's spike trains" in table and "every layer spikes" in table
 
 
-def test_bench_stops_when_two_backends_count_different_spikes(tmp_path, monkeypatch):
+def build_netfile_of_quick_case():
+    import models
+    from toolchain.bench import TINY_CONFIG
+    from toolchain.config import load_config
+
+    cfg = load_config(TINY_CONFIG, ["data.height=16", "data.width=16"])
+    return build_netfile(models.from_config(cfg, 2, 6, quantized=False), time_steps=cfg.data.time_steps)
+
+
+def _row(backend, batch=1, frames=2, counts=None, trains=None, voltage=None, **kw):
+    counts = counts or {"c1": [5, 7], "c2": [3, 4]}
+    trains = trains or {k: [f"{k}-{f}" for f in range(len(v))] for k, v in counts.items()}
+    return dict(backend=backend, batch=batch, frames=frames, counts=counts, trains=trains,
+                voltage=voltage or [[1, 2], [2, 3]], **kw)
+
+
+def test_bench_stops_when_two_backends_count_different_spikes():
     """Speeds of different computations are not compared: one spike more in one
     layer of one frame stops the bench, naming the backends and the layer."""
+    from toolchain.bench import compare_rows
+    from toolchain.errors import ToolchainError
+
+    rows = [_row("lava-stock"), _row("lava"), _row("emulator"),
+            _row("emulator", 2, counts={"c1": [5, 7], "c2": [3, 5]})]
+    with pytest.raises(ToolchainError, match="emulator batch 2 and lava spike counts differ in layer c2"):
+        compare_rows("fake", rows)
+
+
+def test_bench_stops_when_spike_trains_differ_though_counts_agree():
+    from toolchain.bench import compare_rows
+    from toolchain.errors import ToolchainError
+
+    moved = _row("emulator", 2)
+    moved["trains"]["c1"][1] = "a spike one step later"
+    with pytest.raises(ToolchainError, match="spike trains differ in layer c1, frame 1"):
+        compare_rows("fake", [_row("lava-stock"), _row("lava"), _row("emulator"), moved])
+
+
+@pytest.mark.parametrize("problem", ["silent layer", "constant readout", "zero readout"])
+def test_bench_stops_when_the_compared_frames_have_no_content(problem):
+    from toolchain.bench import compare_rows
+    from toolchain.errors import ToolchainError
+
+    kw = dict(counts={"c1": [5, 7], "c2": [0, 0]}) if problem == "silent layer" else \
+        dict(voltage=[[4, 4], [4, 4]] if problem == "constant readout" else [[0, 0], [0, 0]])
+    with pytest.raises(ToolchainError, match="proves nothing"):
+        compare_rows("fake", [_row(b, **kw) for b in ("lava-stock", "lava", "emulator")])
+    assert compare_rows("fake", [_row(b) for b in ("lava-stock", "lava", "emulator")])["compared_spikes"] == \
+        {"c1": 12, "c2": 7}
+
+
+def test_bench_stops_when_a_row_has_nothing_to_compare(tmp_path, monkeypatch):
+    """A row that shares no frame with the reference fails loudly, and so does a
+    Lava row that timed out before its first frame."""
     from toolchain import bench
     from toolchain.errors import ToolchainError
 
-    def fake_measure(kind, tmp, timeout=None, **spec):
-        counts = {"c1": [5, 7], "c2": [3, 4]}
-        if kind == "emulator" and spec["batch"] == 2:
-            counts = {"c1": [5, 7], "c2": [3, 5]}
-        return dict(steps_per_s=10.0, frames=2, batch=spec.get("batch", 1), voltage=[[1], [2]], counts=counts,
-                    build_s=0.1, first_frame_s=0.1, peak_pss_mb=1.0, includes_compile=False)
+    with pytest.raises(ToolchainError, match="emulator batch 1 ran no frame that lava ran"):
+        bench.compare_rows("fake", [_row("lava"), _row("emulator", frames=0)])
+    with pytest.raises(ToolchainError, match="no backend finished a frame"):
+        bench.compare_rows("fake", [_row("lava", frames=0), _row("lava-stock", frames=0, estimated=True)])
 
-    monkeypatch.setattr(bench, "_measure", fake_measure)
-    monkeypatch.setattr("deploy.netfile.write", lambda path, net: None)
-    net = type("Net", (), dict(input_shape=(2, 4, 4), num_neurons=1, num_synapses=1))()
-    frames = np.zeros((2, 2, 4, 4, 3), dtype=np.uint8)
-    with pytest.raises(ToolchainError, match="emulator and lava spike counts differ in layer c2"):
-        bench._case("fake", net, frames, tmp_path, lava_frames=2, emu_frames=2, batch=2, trained=False,
-                    progress=lambda m: None)
+    def timeout(kind, tmp, timeout=None, **spec):
+        raise bench._Timeout("ran past", at=1000.0)
+
+    monkeypatch.setattr(bench, "_measure", timeout)
+    with pytest.raises(ToolchainError, match="did not finish even its first frame in 5 s, so it has nothing "
+                                             "to compare"):
+        bench._lava_row("fake", tmp_path, tmp_path / "n.net", tmp_path / "f.npy", n_frames=3, steps=10,
+                        stock_conv=False, limit=5.0, progress=lambda m: None)
+    # with frame 0's answers written, the row is a bound that compares frame 0
+    # with frame 0's answers written, the row compares frame 0, and the two timed
+    # frames unfinished 4 s after they started bound its speed
+    (tmp_path / "out0.json.partial").write_text('{"voltage": [[1]], "counts": {}, "trains": {}, "timed_start": 996}')
+    r = bench._lava_row("fake", tmp_path, tmp_path / "n.net", tmp_path / "f.npy", n_frames=3, steps=10,
+                        stock_conv=False, limit=5.0, progress=lambda m: None)
+    assert r["frames"] == 1 and r["upper_bound"] and r["steps_per_s"] == pytest.approx(2 * 10 / 4.0)
+
+
+def test_spike_train_digest_tells_one_moved_spike():
+    from toolchain.bench import train_digest
+
+    s = np.zeros((2, 3, 3, 6), bool)
+    s[1, 2, 0, 3] = True
+    moved = np.zeros_like(s)
+    moved[1, 2, 0, 4] = True
+    assert train_digest(s) == train_digest(s.copy()) != train_digest(moved)
+    assert train_digest(s) != train_digest(s.reshape(2, 3, 6, 3))

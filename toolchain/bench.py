@@ -10,9 +10,17 @@ shared pages split between their sharers) of itself and all its descendants
 
 Steps are frame-steps: one frame of T time steps is T+D Lava steps (D the
 net's pipeline depth), for both backends.
+
+Every backend runs the same frames: frame 0 first, untimed (it compiles Lava's
+graph and the emulator's kernel), then frames 1.. timed. Each run keeps every
+layer's spike trains, and the bench stops unless every row gives the reference
+row's readout and the same spike train in every layer on every frame both ran,
+and unless those frames have content (every layer spiking, the readout neither
+zero nor constant): a speed is only reported for a computation shown equal.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -97,6 +105,27 @@ class PeakMemory:
 
 
 # ------------------------------------------------------------ measurements (child side)
+def train_digest(spikes: np.ndarray) -> str:
+    """A fingerprint of one frame's spike train (C, H, W, S) of one layer: equal
+    digests mean equal trains, step for step and neuron for neuron."""
+    s = np.ascontiguousarray(spikes, dtype=np.bool_)
+    return hashlib.sha256(repr(s.shape).encode() + np.packbits(s).tobytes()).hexdigest()[:24]
+
+
+def _answers(spikes: dict, counts: dict, voltage) -> dict:
+    """What a run's rows are compared on: per frame, the readout, every layer's
+    spike count and spike-train digest."""
+    return dict(voltage=np.asarray(voltage).tolist(),
+                counts={k: np.asarray(v).tolist() for k, v in counts.items()},
+                trains={k: [train_digest(f) for f in np.asarray(v)] for k, v in spikes.items()})
+
+
+def _join(parts: list[dict]) -> dict:
+    return dict(voltage=sum((p["voltage"] for p in parts), []),
+                counts={k: sum((p["counts"][k] for p in parts), []) for k in parts[0]["counts"]},
+                trains={k: sum((p["trains"][k] for p in parts), []) for k in parts[0]["trains"]})
+
+
 def _measure_lava(spec: dict) -> dict:
     from deploy import load
     from deploy.lava_graph import LavaNetwork
@@ -105,21 +134,19 @@ def _measure_lava(spec: dict) -> dict:
     frames = np.load(spec["frames"])[: spec["n_frames"]]
     t_steps = frames.shape[-1]
     t0 = time.perf_counter()
-    with LavaNetwork(net, t_steps, keep_spikes=False, capacity=len(frames), stock_conv=spec["stock_conv"]) as lava:
+    with LavaNetwork(net, t_steps, keep_spikes=True, capacity=len(frames), stock_conv=spec["stock_conv"]) as lava:
         build = time.perf_counter() - t0
         t0 = time.perf_counter()
-        runs = [lava.run(frames[:1])]  # compiles and starts the runtime
+        runs = [_answers(*lava.run(frames[:1]))]  # compiles and starts the runtime
         first = time.perf_counter() - t0
-        if len(frames) > 1:
-            t0 = time.perf_counter()
-            runs.append(lava.run(frames[1:]))
-            steps_per_s = (len(frames) - 1) * net.frame_steps(t_steps) / (time.perf_counter() - t0)
-        else:  # one frame only: its time includes compiling the graph
-            steps_per_s = net.frame_steps(t_steps) / first
-    counts = {k: np.concatenate([r[1][k] for r in runs]).tolist() for k in runs[0][1]}
-    return dict(build_s=build, first_frame_s=first, frames=len(frames), steps_per_s=steps_per_s,
-                includes_compile=len(frames) == 1, voltage=np.concatenate([r[2] for r in runs]).tolist(),
-                counts=counts)
+        # frame 0's answers survive a timeout of the timed frames: the parent compares them
+        Path(spec["out"] + ".partial").write_text(json.dumps(dict(runs[0], build_s=build, first_frame_s=first,
+                                                                  timed_start=time.time())))
+        t0 = time.perf_counter()
+        runs.append(_answers(*lava.run(frames[1:])))
+        steps_per_s = (len(frames) - 1) * net.frame_steps(t_steps) / (time.perf_counter() - t0)
+    return dict(_join(runs), build_s=build, first_frame_s=first, frames=len(frames), timed_frames=len(frames) - 1,
+                steps_per_s=steps_per_s)
 
 
 def _measure_stock_conv(spec: dict) -> dict:
@@ -159,19 +186,25 @@ def _measure_emulator(spec: dict) -> dict:
     from deploy import emulator, load
 
     net = load(spec["net"]).net
-    frames = torch.as_tensor(np.load(spec["frames"]))
+    frames = torch.as_tensor(np.load(spec["frames"])[: spec["n_frames"]])
     t_steps = frames.shape[-1]
     batch = spec["batch"]
+
+    def run(x):
+        out = emulator.run(net, x, device="cpu", keep_spikes=True)
+        return _answers({k: v.numpy() for k, v in out.spikes.items()}, out.counts, out.voltage)
+
     t0 = time.perf_counter()
-    emulator.run(net, frames[:1], device="cpu", keep_spikes=False)  # compiles the kernel (or loads its cache)
+    runs = [run(frames[:1])]  # compiles the kernel (or loads its cache)
     warm = time.perf_counter() - t0
-    n = min(len(frames), spec["n_frames"])
+    timed = frames[1:]
+    if batch > 1:
+        run(timed[:batch])  # untimed: torch's first convolution of a new shape plans it
     t0 = time.perf_counter()
-    outs = [emulator.run(net, frames[i:i + batch], device="cpu", keep_spikes=False) for i in range(0, n, batch)]
+    runs += [run(timed[i:i + batch]) for i in range(0, len(timed), batch)]
     wall = time.perf_counter() - t0
-    counts = {k: torch.cat([o.counts[k] for o in outs]).tolist() for k in outs[0].counts}
-    return dict(first_frame_s=warm, frames=n, batch=batch, steps_per_s=n * net.frame_steps(t_steps) / wall,
-                voltage=torch.cat([o.voltage for o in outs]).tolist(), counts=counts)
+    return dict(_join(runs), first_frame_s=warm, frames=len(frames), timed_frames=len(timed), batch=batch,
+                steps_per_s=len(timed) * net.frame_steps(t_steps) / wall)
 
 
 def _measure_training(spec: dict) -> dict:
@@ -224,7 +257,9 @@ def _child_main(spec_path: str) -> None:
 
 # ------------------------------------------------------------ orchestration (parent side)
 class _Timeout(ToolchainError):
-    pass
+    def __init__(self, message: str, at: float = 0.0):
+        super().__init__(message)
+        self.at = at  # time.time() when the limit ran out
 
 
 def _measure(kind: str, tmp: Path, timeout: float | None = None, **spec) -> dict:
@@ -241,11 +276,12 @@ def _measure(kind: str, tmp: Path, timeout: float | None = None, **spec) -> dict
         _, stderr = child.communicate(timeout=timeout)
         proc = subprocess.CompletedProcess(child.args, child.returncode, "", stderr)
     except subprocess.TimeoutExpired:
+        expired = time.time()
         os.killpg(child.pid, signal.SIGKILL)
         child.communicate()
         proc = None
     if proc is None:
-        raise _Timeout(f"bench: the {kind} measurement ran past {timeout:.0f} s")
+        raise _Timeout(f"bench: the {kind} measurement ran past {timeout:.0f} s", expired)
     if proc.returncode != 0 or not out.is_file():
         tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
         raise ToolchainError(f"bench: the {kind} measurement failed (exit {proc.returncode}):\n{tail}")
@@ -260,71 +296,122 @@ def _lava_row(name: str, tmp: Path, net_path: Path, frames_path: Path, *, n_fram
     try:
         r = _measure("lava", tmp, timeout=limit, net=str(net_path), frames=str(frames_path), n_frames=n_frames,
                      stock_conv=stock_conv)
-    except _Timeout:
-        # what did not finish in the limit bounds Lava's speed from above
-        r = dict(steps_per_s=n_frames * steps / limit, upper_bound=True, timed_out=True)
+    except _Timeout as e:
+        partial = sorted(tmp.glob("out*.json.partial"), key=lambda p: p.stat().st_mtime)
+        if not partial:
+            raise ToolchainError(f"bench: {name}: {backend} did not finish even its first frame in {limit:.0f} s, "
+                                 f"so it has nothing to compare; raise --lava-limit") from None
+        # frame 0 finished and is compared; the timed frames had not finished
+        # when the limit ran out, which bounds Lava's speed from above
+        r = json.loads(partial[-1].read_text())
+        r.update(frames=1, timed_frames=0, upper_bound=True, timed_out=True,
+                 steps_per_s=(n_frames - 1) * steps / max(e.at - r.pop("timed_start"), 1e-9))
     return dict(r, backend=backend, batch=1)
 
 
 def _stock_bound_row(name: str, tmp: Path, net_path: Path, *, progress) -> dict:
-    progress(f"{name}: lava-stock, bound from the CPU time of Lava's conv per step")
+    progress(f"{name}: lava-stock, bound from the CPU time of Lava's conv per step (not run)")
     r = _measure("stock_conv", tmp, net=str(net_path), channels=2)
-    # its build time and memory were not measured: nothing was built
+    # its build time and memory were not measured: nothing was built, nothing ran
     return dict(r, backend="lava-stock", batch=1, upper_bound=True, estimated=True, peak_pss_mb=float("nan"))
 
 
-def _case(name: str, net, frames: np.ndarray, tmp: Path, *, lava_frames: int, emu_frames: int,
-          batch: int, trained: bool, progress, lava_limit: float | None = None,
-          stock_run: bool = True) -> dict:
-    """Lava with Lava's own Conv model ("lava-stock", the reference as released: run,
-    or with `stock_run=False` bounded from its conv work), Lava as `toolchain run
-    --backend lava` runs it (BLAS Conv model), and the emulator at batch 1 and
-    batched; ratios are to both Lava rows."""
+def _content(name: str, ref: dict, frames: int) -> dict[str, int]:
+    """Spikes per layer over the compared frames, after checking that every layer
+    spikes and the readout is neither zero nor constant there."""
+    totals = {layer: int(sum(c[:frames])) for layer, c in ref["counts"].items()}
+    silent = [layer for layer, n in totals.items() if n == 0]
+    v = np.asarray(ref["voltage"][:frames])
+    if silent or not np.any(v != 0) or v.min() == v.max():
+        raise ToolchainError(f"bench: {name}: on the {frames} compared frame(s) "
+                             + (f"layers {silent} never spike" if silent else "the readout is constant")
+                             + f" ({ref['backend']}), so comparing the backends proves nothing; use more time "
+                               f"steps (T above the pipeline depth) or a trained net")
+    return totals
+
+
+def compare_rows(name: str, rows: list[dict]) -> dict:
+    """Every row that ran against the reference (Lava with the project's conv model,
+    or Lava's own when that one did not run): the same readout and the same spike
+    train in every layer on every frame both ran, and content on those frames.
+    Returns {backend/batch: frames compared}, the compared spikes per layer and
+    the compared readout's range."""
+    ran = [r for r in rows if not r.get("estimated")]
+    reference = next((r for r in ran if r["backend"] == "lava" and r["frames"]), None) \
+        or next((r for r in ran if r["frames"]), None)
+    if reference is None:
+        raise ToolchainError(f"bench: {name}: no backend finished a frame, so nothing was compared")
+    compared = {}
+    for r in ran:
+        label = f"{r['backend']} batch {r['batch']}"
+        k = min(r["frames"], reference["frames"])
+        if k == 0:
+            raise ToolchainError(f"bench: {name}: {label} ran no frame that {reference['backend']} ran, "
+                                 f"so its speed compares nothing")
+        if set(r["trains"]) != set(reference["trains"]) or set(r["counts"]) != set(reference["counts"]):
+            raise ToolchainError(f"bench: {name}: {label} and {reference['backend']} report different layers")
+        if r["voltage"][:k] != reference["voltage"][:k]:
+            raise ToolchainError(f"bench: {name}: {label} and {reference['backend']} readouts differ")
+        for layer, c in reference["counts"].items():
+            if r["counts"][layer][:k] != c[:k]:
+                raise ToolchainError(f"bench: {name}: {label} and {reference['backend']} spike counts "
+                                     f"differ in layer {layer}")
+            for f, (a, b) in enumerate(zip(r["trains"][layer][:k], reference["trains"][layer][:k])):
+                if a != b:
+                    raise ToolchainError(f"bench: {name}: {label} and {reference['backend']} spike trains "
+                                         f"differ in layer {layer}, frame {f}")
+        compared[label] = k
+    # content on the frames every row was compared on (frame 0 at least)
+    k = min(compared.values())
+    v = np.asarray(reference["voltage"][:k])
+    return dict(reference=reference["backend"], frames_compared=compared,
+                compared_spikes=_content(name, reference, k), compared_readout=[int(v.min()), int(v.max())])
+
+
+def _case(name: str, net, frames: np.ndarray, tmp: Path, *, trained: bool, progress,
+          lava_limit: float | None = None, stock_run: bool = True) -> dict:
+    """Lava with Lava's own Conv model ("lava-stock": run, or with `stock_run=False`
+    bounded from its conv work), Lava as `toolchain run --backend lava` runs it
+    (BLAS Conv model), and the emulator at batch 1 and batched, all on `frames`:
+    frame 0 untimed (compiling), frames 1.. timed; ratios are to both Lava rows."""
     from deploy.netfile import write
 
     net_path, frames_path = tmp / f"{name}.net", tmp / f"{name}-frames.npy"
     write(net_path, net)
     np.save(frames_path, frames.astype(np.uint8))
     t_build = time.perf_counter()
-    steps = frames.shape[-1] + 1
-    stock = (_lava_row(name, tmp, net_path, frames_path, n_frames=lava_frames, steps=steps, stock_conv=True,
+    n, timed = len(frames), len(frames) - 1
+    if timed < 1:
+        raise ToolchainError(f"bench: {name}: needs a warm-up frame and at least one timed frame")
+    steps = net.frame_steps(frames.shape[-1])
+    stock = (_lava_row(name, tmp, net_path, frames_path, n_frames=n, steps=steps, stock_conv=True,
                        limit=None, progress=progress) if stock_run
              else _stock_bound_row(name, tmp, net_path, progress=progress))
-    rows = [stock, _lava_row(name, tmp, net_path, frames_path, n_frames=lava_frames, steps=steps,
+    rows = [stock, _lava_row(name, tmp, net_path, frames_path, n_frames=n, steps=steps,
                              stock_conv=False, limit=lava_limit, progress=progress)]
     for r in rows:  # what a row that did not run lacks
         for key in ("build_s", "first_frame_s", "peak_pss_mb"):
             r.setdefault(key, float("nan"))
         r.setdefault("frames", 0)
-        r.setdefault("voltage", [])
-        r.setdefault("counts", {})
-    progress(f"{name}: emulator, batch 1 and {batch}")
-    for b, n in ((1, emu_frames), (batch, max(batch, emu_frames))):
+        r.setdefault("timed_frames", 0)
+    progress(f"{name}: emulator, batch 1 and {timed}, the same {n} frames")
+    for b in (1, timed):
         e = _measure("emulator", tmp, net=str(net_path), frames=str(frames_path), batch=b, n_frames=n)
         rows.append(dict(e, backend="emulator", build_s=0.0))
-    # the same answers (readout and every layer's spike count per frame), or the
-    # speeds compare different computations
-    reference = rows[1] if rows[1]["frames"] else rows[0]
-    for r in rows:
-        k = min(r["frames"], reference["frames"])
-        if r["voltage"][:k] != reference["voltage"][:k]:
-            raise ToolchainError(f"bench: {name}: {r['backend']} and {reference['backend']} readouts differ")
-        for layer, c in reference["counts"].items():
-            if k and r["counts"][layer][:k] != c[:k]:
-                raise ToolchainError(f"bench: {name}: {r['backend']} and {reference['backend']} spike counts "
-                                     f"differ in layer {layer}")
-    case_counts = {layer: c[:1] for layer, c in reference["counts"].items()}  # first frame's, for the record
+    check = compare_rows(name, rows)
     stock, ours = rows[0], rows[1]
     for r in rows:
-        del r["voltage"], r["counts"]
+        for key in ("voltage", "counts", "trains"):
+            r.pop(key, None)
         r["ratio_stock"] = r["steps_per_s"] / stock["steps_per_s"]
         r["ratio_lava"] = r["steps_per_s"] / ours["steps_per_s"]
         r["stock_ratio_is_bound"] = bool(stock.get("upper_bound")) and r is not stock
         r["lava_ratio_is_bound"] = bool(ours.get("upper_bound")) and r is not ours
     c, h, w = net.input_shape
-    return dict(case=name, input=f"{c}x{h}x{w}", time_steps=int(frames.shape[-1]), neurons=net.num_neurons,
-                synapses=net.num_synapses, trained=trained, rows=rows, lava_limit_s=lava_limit,
-                first_frame_spikes=case_counts, wall_s=time.perf_counter() - t_build)
+    return dict(case=name, input=f"{c}x{h}x{w}", time_steps=int(frames.shape[-1]),
+                pipeline_depth=int(net.pipeline_depth), frame_steps=steps, frames=n, timed_frames=timed,
+                neurons=net.num_neurons, synapses=net.num_synapses, trained=trained, rows=rows,
+                lava_limit_s=lava_limit, **check, wall_s=time.perf_counter() - t_build)
 
 
 def _frames_from_split(data_cfg, n: int, seed: int = 0) -> np.ndarray:
@@ -353,8 +440,9 @@ def run_bench(*, quick: bool = False, checkpoint: str | None = None, paper_steps
         overrides: list[str] = []
         if quick:
             # a small generated set, a tiny net at 16x16: the table's shape in seconds
-            synthesize(tmp / "data", 0, 4, 24, 40, 0, progress=False)
-            overrides = [f"data.root={tmp / 'data'}", "data.height=16", "data.width=16", "data.time_steps=4"]
+            synthesize(tmp / "data", 0, 5, 24, 40, 0, progress=False)
+            # (the preset's T = 10, above its pipeline depth: every layer carries spikes)
+            overrides = [f"data.root={tmp / 'data'}", "data.height=16", "data.width=16"]
         if checkpoint is not None:
             model, cfg = models.load_checkpoint(checkpoint, quantized=False)
             cfg.data = load_config(None, overrides).data if quick else cfg.data
@@ -368,21 +456,19 @@ def run_bench(*, quick: bool = False, checkpoint: str | None = None, paper_steps
                           dict(root=cfg.data.root, height=cfg.data.height, width=cfg.data.width,
                                time_steps=t_steps, encoding=cfg.data.encoding).items() if v is not None]
         eval_cfg = load_config(None, data_overrides)
-        n_emu = 4 if quick else 16
-        frames = _frames_from_split(eval_cfg.data, n_emu)
+        # a warm-up frame, then the frames every backend times
+        frames = _frames_from_split(eval_cfg.data, 1 + (4 if quick else 8))
         name = f"{cfg.model.name} {cfg.data.height}x{cfg.data.width}"
-        report["cases"].append(_case(name, net, frames, tmp, lava_frames=2 if quick else 3, emu_frames=n_emu,
-                                     batch=n_emu, trained=trained, progress=progress))
+        report["cases"].append(_case(name, net, frames, tmp, trained=trained, progress=progress))
         if not quick:
             paper_cfg = replace(eval_cfg.data, height=200, width=346, time_steps=paper_steps)
-            paper_frames = _frames_from_split(paper_cfg, 4)
+            paper_frames = _frames_from_split(paper_cfg, 3)
             for paper_name in PAPER_MODELS:
                 torch.manual_seed(0)
                 paper = models.build(paper_name, 2, 6, (200, 346), quantized=False)
                 paper_net = build_netfile(paper.eval(), time_steps=paper_steps, encoding=paper_cfg.encoding)
                 del paper
-                report["cases"].append(_case(f"{paper_name} 200x346", paper_net, paper_frames, tmp,
-                                             lava_frames=2, emu_frames=2, batch=2, trained=False,
+                report["cases"].append(_case(f"{paper_name} 200x346", paper_net, paper_frames, tmp, trained=False,
                                              progress=progress, lava_limit=lava_limit, stock_run=False))
         progress("training throughput")
         train_overrides = list(overrides) + (["train.batch_size=2"] if quick else [])
@@ -417,14 +503,21 @@ def format_table(report: dict) -> str:
                          f"{r['build_s']:>9.2f}{r['first_frame_s']:>12.2f}{r['peak_pss_mb']:>13.0f}")
         stock, lava = case["rows"][:2]
         if stock.get("estimated"):
-            lines.append(f"{'':<30}(lava-stock: not run; Lava's conv alone needs {stock['conv_cpu_s_per_step']:.0f} "
-                         f"CPU s per step here, over {report['cpus']} cores)")
+            lines.append(f"{'':<30}(lava-stock: not run; its steps/s is an upper bound: Lava's conv alone needs "
+                         f"{stock['conv_cpu_s_per_step']:.0f} CPU s per step here, over {report['cpus']} cores)")
+        else:
+            lines.append(f"{'':<30}(lava-stock: Lava's own Conv model; its I/O is the lava row's file-backed "
+                         f"source and sinks)")
         if lava.get("timed_out"):
-            lines.append(f"{'':<30}(lava did not finish in {case['lava_limit_s']:.0f} s, graph build and "
-                         f"compile included)")
-        for r in (stock, lava):
-            if r.get("includes_compile"):
-                lines.append(f"{'':<30}({r['backend']} steps/s over one frame, compile included)")
+            lines.append(f"{'':<30}(lava: only frame 0 finished in {case['lava_limit_s']:.0f} s; its steps/s is an "
+                         f"upper bound)")
+        spikes = case["compared_spikes"]
+        others = [f"{k} {v}" for k, v in case["frames_compared"].items() if k != f"{case['reference']} batch 1"]
+        lines.append(f"{'':<30}(frames 1..{case['timed_frames']} timed on every row; frames equal to "
+                     f"{case['reference']}'s in the readout and every layer's spike trains: {', '.join(others)})")
+        lines.append(f"{'':<30}(on those frames every layer spikes, {min(spikes.values()):,} to "
+                     f"{max(spikes.values()):,} spikes per layer; readout {case['compared_readout'][0]:,} to "
+                     f"{case['compared_readout'][1]:,})")
     t = report["training"]
     lines.append(f"training step ({t['model']} {t['height']}x{t['width']} T={t['time_steps']}, batch {t['batch']}, "
                  f"qat={t['qat']}): toolchain {t['toolchain_samples_per_s']:.2f} samples/s, plain PyTorch "

@@ -15,7 +15,8 @@ from ..errors import ToolchainError
               help="Time steps T of the paper-size frames (Lava runs T+D steps per frame, D the pipeline "
                    "depth; the paper trains with T=20).")
 @click.option("--lava-limit", type=float, default=900.0, show_default=True,
-              help="Seconds each paper-size model's two Lava frames may take; past it the table gives a bound.")
+              help="Seconds each paper-size model's Lava run (a warm-up frame, then two timed frames) may take; "
+                   "past it the frames that finished are compared and Lava's speed is given as an upper bound.")
 def bench_cmd(json_path, quick, checkpoint, paper_steps, lava_limit):
     """Lava vs the emulator (steps/s, ratios, build time, peak memory) on the tiny preset and on
     paper-size Spiking DeepLab and Spiking FCN at 200x346, training throughput, and test-split
