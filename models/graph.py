@@ -96,7 +96,14 @@ class Node(torch.nn.Module):
         z = self.current(inputs)
         if self.neuron is None:
             return z
-        return slayer.axon.delay(cuba_forward(self.neuron, z), 1)
+        return delay(cuba_forward(self.neuron, z), 1)
+
+
+def delay(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """x shifted `steps` later in time, zeros first: slayer's `axon.delay`
+    (same values and gradient) in one padded copy instead of a zero fill and
+    a copy, which cost a fifth of a CPU training step."""
+    return F.pad(x[..., : x.shape[-1] - steps], (steps, 0))
 
 
 class SpikingGraph(torch.nn.Module):
@@ -131,7 +138,7 @@ class SpikingGraph(torch.nn.Module):
         time_steps = x.shape[-1]
         outputs = {INPUT: F.pad(x, (0, spike_steps(time_steps, self.pipeline_depth) - time_steps))}
         for node in self.nodes:
-            outputs[node.name] = node([slayer.axon.delay(outputs[s], d) if d else outputs[s]
+            outputs[node.name] = node([delay(outputs[s], d) if d else outputs[s]
                                        for s, d in zip(node.sources, node.delays)])
         readout = outputs[self.nodes[-1].name].sum(dim=-1) / time_steps
         spikes = {n.name: outputs[n.name] for n in self.nodes[:-1]}
