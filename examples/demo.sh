@@ -7,6 +7,25 @@ OUT=${1:-demo}
 TC=.venv/bin/toolchain
 mkdir -p "$OUT"
 
+# same_in_lava_and_emulator LABEL LAVA_MAPS EMU_MAPS LAVA_JSON EMU_JSON: the two runs of one
+# .net give identical class maps and per-layer spike counts, and every layer spikes
+# (a comparison of silent layers proves nothing); otherwise the demo stops.
+same_in_lava_and_emulator() {
+    diff -rq "$2" "$3" >/dev/null \
+        && echo "   $1: Lava and emulator class maps identical on every frame" \
+        || { echo "   $1: Lava and emulator class maps DIFFER"; exit 1; }
+    .venv/bin/python - "$@" <<'PY'
+import json, sys
+label, lava, emu = sys.argv[1], json.load(open(sys.argv[4])), json.load(open(sys.argv[5]))
+if lava["spikes_per_frame"] != emu["spikes_per_frame"]:
+    sys.exit(f"   {label}: Lava and emulator spike counts DIFFER: {lava['spikes_per_frame']} vs {emu['spikes_per_frame']}")
+silent = [k for k, v in emu["spikes_per_frame"].items() if v == 0]
+if silent:
+    sys.exit(f"   {label}: layers {silent} never spike, so the comparison proves nothing")
+print(f"   {label}: the same spike count in every layer, every layer spiking")
+PY
+}
+
 echo "== 1. data: generate the default DDD17-format set and check it"
 # The same set the default configuration uses (data.synth_*): 256 + 64 frames at 100x173.
 $TC data synth --out "$OUT/data" --n-train 256 --n-test 64 --height 100 --width 173 --seed 0 --force
@@ -28,20 +47,13 @@ $TC run --net "$OUT/model.net" --data "$OUT/data" --backend lava --workers 2 \
     --json "$OUT/run-lava.json" --out "$OUT/pred-lava"
 $TC run --net "$OUT/model.net" --data "$OUT/data" --backend emulator \
     --json "$OUT/run-emulator.json" --out "$OUT/pred-emulator"
-diff -rq "$OUT/pred-lava" "$OUT/pred-emulator" >/dev/null \
-    && echo "   Lava and emulator class maps identical on every test frame" \
-    || { echo "   Lava and emulator class maps DIFFER"; exit 1; }
+same_in_lava_and_emulator "trained net" "$OUT/pred-lava" "$OUT/pred-emulator" "$OUT/run-lava.json" \
+    "$OUT/run-emulator.json"
 .venv/bin/python - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
 ex = json.load(open(f"{out}/model.net.json"))
 lava, emu = json.load(open(f"{out}/run-lava.json")), json.load(open(f"{out}/run-emulator.json"))
-if lava["spikes_per_frame"] != emu["spikes_per_frame"]:
-    sys.exit(f"   Lava and emulator spike counts DIFFER: {lava['spikes_per_frame']} vs {emu['spikes_per_frame']}")
-silent = [k for k, v in emu["spikes_per_frame"].items() if v == 0]
-if silent:
-    sys.exit(f"   layers {silent} never spike, so the comparison proves nothing")
-print("   the same spike count in every layer, every layer spiking")
 rows = [("float (torch)", ex["miou_float"], ex["frames"]), ("quantized (torch)", ex["miou_quantized"], ex["frames"]),
         ("emulator (.net)", emu["miou"], emu["frames"]), ("Lava (.net)", lava["miou"], lava["frames"])]
 print(f"   {'execution':<20}{'mIoU %':>8}{'frames':>8}")
@@ -67,19 +79,8 @@ $TC run --net "$S/converted.net" --data "$OUT/data" --backend lava --frames 8 --
     --out "$S/pred-converted-lava"
 $TC run --net "$S/converted.net" --data "$OUT/data" --backend emulator --frames 8 \
     --json "$S/run-converted-emulator.json" --out "$S/pred-converted-emulator"
-diff -rq "$S/pred-converted-lava" "$S/pred-converted-emulator" >/dev/null \
-    && echo "   converted net: Lava and emulator class maps identical on every frame" \
-    || { echo "   converted net: Lava and emulator class maps DIFFER"; exit 1; }
-.venv/bin/python - "$S" <<'PY'
-import json, sys
-lava, emu = (json.load(open(f"{sys.argv[1]}/run-converted-{b}.json")) for b in ("lava", "emulator"))
-if lava["spikes_per_frame"] != emu["spikes_per_frame"]:
-    sys.exit(f"   converted net: Lava and emulator spike counts DIFFER: {lava['spikes_per_frame']} vs {emu['spikes_per_frame']}")
-silent = [k for k, v in emu["spikes_per_frame"].items() if v == 0]
-if silent:
-    sys.exit(f"   converted net: layers {silent} never spike, so the comparison proves nothing")
-print("   converted net: the same spike count in every layer, every layer spiking")
-PY
+same_in_lava_and_emulator "converted net" "$S/pred-converted-lava" "$S/pred-converted-emulator" \
+    "$S/run-converted-lava.json" "$S/run-converted-emulator.json"
 $TC sweep --checkpoint trained="$SNN" --checkpoint converted="$S/converted/checkpoint.pt" \
     --checkpoint ann="$OUT/ann/checkpoint.pt" --steps 4,12,32,64 --frames 8 --data "$OUT/data" --out "$S/sweep"
 $TC energy --checkpoint "$SNN" --frames 8 --data "$OUT/data" --out "$S/energy-trained"
