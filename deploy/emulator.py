@@ -131,11 +131,6 @@ def lif_steps(a: torch.Tensor, i_decay: int, v_decay: int, v_th_mant: int
     return cuba_run(a, i_decay, v_decay, v_th_mant, wrap=bool((a.abs() >= (1 << 24)).any()))
 
 
-def _clamps24(syn) -> bool:
-    """Lava's Conv clamps its output to 24 bits; a delayed synapse runs as DelaySparse, which does not."""
-    return syn.kind.clamp24 and not syn.delay
-
-
 def run(net: NetFile, frames: torch.Tensor, *, device: torch.device | str | None = None,
         keep_spikes: bool = True) -> EmulatorOutput:
     """Run frames (N, C, H, W, T) of 0/1 spikes exactly as Lava would."""
@@ -174,7 +169,7 @@ def run(net: NetFile, frames: torch.Tensor, *, device: torch.device | str | None
                 # the kernel rounds, clamps and integrates the synapse's output as it is
                 syn, z = zs[0]
                 sp, cnt, v = _lif_cpu(z.reshape(steps - 1, -1).numpy(), steps, nrn.iDecay, nrn.vDecay,
-                                      nrn.vThMant, clamp24=_clamps24(syn), count_steps=kept)
+                                      nrn.vThMant, clamp24=syn.clamps24, count_steps=kept)
                 s = torch.from_numpy(sp).reshape(steps, n, c, h, w)
                 v = torch.from_numpy(v).reshape(n, c, h, w)
                 count = torch.from_numpy(cnt).reshape(n, -1).sum(1)
@@ -182,7 +177,7 @@ def run(net: NetFile, frames: torch.Tensor, *, device: torch.device | str | None
                 a = torch.zeros((steps, n, c, h, w), dtype=torch.int64, device=device)
                 for syn, z in zs:
                     z = torch.round(z).to(torch.int64)
-                    if _clamps24(syn):
+                    if syn.clamps24:
                         z = z.clamp(-U_MAX, U_MAX - 1)
                     a[1:] += z.reshape(steps - 1, n, c, h, w)
                 if bool((a.abs() >= (1 << 31)).any()):

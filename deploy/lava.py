@@ -115,8 +115,7 @@ class Network(AbstractProcess):
             self.layers[layer.name] = lif
             lifs.append(lif)
             for src, syn in zip(layer.sources, layer.synapses):
-                proc, flat = syn.kind.lava(syn, net.shape_of(src), layer.shape) if not syn.delay \
-                    else syn.kind.lava_delayed(syn, net.shape_of(src), layer.shape)
+                proc, flat = syn.lava(net.shape_of(src), layer.shape)
                 self.connections.append(Connection(proc, src, i, flat))
                 if src == 0:
                     (self.inp.flatten() if flat else self.inp).connect(proc.s_in)

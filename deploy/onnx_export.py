@@ -77,7 +77,7 @@ class _NetStep(torch.nn.Module):
         for src, syn in zip(layer.sources, layer.synapses):
             x = sent[src] if not syn.delay else prev[f"{self.names[src]}.s@{syn.delay}"]
             z = synapse_op(syn, x, layer.shape)  # rounded to int64
-            if syn.kind.clamp24 and not syn.delay:  # a delayed synapse is Lava's DelaySparse: no clamp
+            if syn.clamps24:
                 z = z.clamp(-U_MAX, U_MAX - 1)
             total = z if total is None else total + z
         return total

@@ -48,6 +48,16 @@ class Synapse:
     def kind(self) -> "SynapseKind":
         return kind(self.type)
 
+    @property
+    def clamps24(self) -> bool:
+        """Whether Lava clamps this connection's output to signed 24 bits: its Conv
+        does; a delayed synapse runs as DelaySparse, which does not."""
+        return self.kind.clamp24 and not self.delay
+
+    def lava(self, src: tuple, out: tuple):
+        """The Lava connection process: (process, does it read and write flat vectors?)."""
+        return (self.kind.lava_delayed if self.delay else self.kind.lava)(self, src, out)
+
 
 # ---------------------------------------------------------------- shapes
 def conv_out(n: int, k: int, s: int, p: int, d: int) -> int:
