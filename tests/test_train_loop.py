@@ -10,7 +10,7 @@ import models
 from toolchain.config import Config
 from toolchain.errors import ToolchainError
 from toolchain.train import augment, loss_fn, train
-from toolchain.train.loop import IGNORE
+from toolchain.train.loop import IGNORE, class_counts, class_weights
 
 
 class StripesDataset(torch.utils.data.Dataset):
@@ -83,6 +83,36 @@ def test_loss_ignores_label_255():
     expected = torch.nn.functional.cross_entropy(scores[0].permute(1, 2, 0).reshape(-1, 3)[1:],
                                                  target.reshape(-1)[1:])
     assert torch.allclose(loss_fn(scores, masked), expected)
+
+
+def test_inverse_sqrt_class_weights_favour_thin_classes_and_skip_absent_ones():
+    counts = torch.tensor([900, 100, 0, 25])
+    w = class_weights("inverse-sqrt", counts)
+    assert w[2] == 0.0  # absent from training: nothing to learn it from
+    # 1/sqrt(frequency): a class 36x rarer weighs 6x more; mean 1 over the present classes
+    assert w[3] / w[0] == pytest.approx(6.0) and w[1] / w[0] == pytest.approx(3.0)
+    assert sum(w) / 3 == pytest.approx(1.0)
+    assert class_weights("none", counts) is None
+    with pytest.raises(ToolchainError, match="class_weights.*'median'"):
+        class_weights("median", counts)
+
+
+def test_weighted_training_records_its_weights_and_trains_with_them(cfg, data, tmp_path):
+    cfg.train.epochs = 1
+    states = {}
+    for kind in ("none", "inverse-sqrt"):
+        cfg.train.class_weights = kind
+        train(cfg, tmp_path / kind, datasets=data, log=lambda *_: None)
+        states[kind] = torch.load(tmp_path / kind / "checkpoint.pt", weights_only=False)
+    extra = states["inverse-sqrt"]["extra"]
+    counts = class_counts((data[0][i][1] for i in range(len(data[0]))), 2)
+    assert extra["class_pixels"] == counts.tolist()
+    assert extra["class_weights"] == class_weights("inverse-sqrt", counts)
+    assert extra["class_weights"][0] != extra["class_weights"][1]
+    assert states["none"]["extra"]["class_weights"] is None
+    # the same seed and data: only the loss's weights differ, and so do the trained weights
+    a, b = states["none"]["model"], states["inverse-sqrt"]["model"]
+    assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
 def test_augment_keeps_shapes_and_pads_labels_with_ignore():

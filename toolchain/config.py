@@ -65,6 +65,9 @@ class TrainConfig:
     # slayer: slayer's reference path everywhere (bit-identical spikes, slower on the CPU)
     neuron: str = "auto"  # auto | fused | slayer
     ann: bool = False  # train the non-spiking twin
+    # none | inverse-sqrt: cross-entropy weights 1/sqrt(pixel frequency) from
+    # the training labels, mean 1 over the classes present (thin classes count)
+    class_weights: str = "none"
 
 
 @dataclass

@@ -106,8 +106,8 @@ def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[tor
     return torch.stack(xs), torch.stack(ys)
 
 
-def loss_fn(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(scores, target, ignore_index=IGNORE)
+def loss_fn(scores: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    return F.cross_entropy(scores, target, weight=weight, ignore_index=IGNORE)
 
 
 @torch.no_grad()
@@ -148,17 +148,35 @@ def evaluate(model, dataset, device, d: distributed.Dist = distributed.Dist(), b
     return out
 
 
-def majority_baseline(cfg: Config, train_labels, test_labels, num_classes: int) -> tuple[int, dict]:
-    """The most frequent training class predicted everywhere, scored on test."""
+def class_counts(labels, num_classes: int) -> torch.Tensor:
+    """Labelled pixels per class over `labels` (ignored pixels left out)."""
     counts = torch.zeros(num_classes, dtype=torch.int64)
-    for y in train_labels:
+    for y in labels:
         y = y[y != IGNORE]
         counts += torch.bincount(y.reshape(-1), minlength=num_classes)[:num_classes]
-    cls = int(counts.argmax())
-    metric = SegmentationMetric(num_classes, IGNORE)
+    return counts
+
+
+def majority_baseline(train_counts: torch.Tensor, test_labels) -> tuple[int, dict]:
+    """The most frequent training class predicted everywhere, scored on test."""
+    cls = int(train_counts.argmax())
+    metric = SegmentationMetric(len(train_counts), IGNORE)
     for y in test_labels:
         metric.update(torch.full_like(y, cls), y)
     return cls, metric.compute()
+
+
+def class_weights(kind: str, counts: torch.Tensor) -> Optional[list[float]]:
+    """Cross-entropy class weights from the training pixel counts: None, or
+    1/sqrt(frequency) scaled to mean 1 over the classes present (a class
+    absent from the training split gets 0: nothing to learn it from)."""
+    if kind == "none":
+        return None
+    if kind != "inverse-sqrt":
+        raise ToolchainError(f"train.class_weights: {kind!r} is not one of none, inverse-sqrt")
+    freq = counts.double() / max(int(counts.sum()), 1)
+    w = torch.where(freq > 0, freq.clamp_min(1e-12).rsqrt(), torch.zeros_like(freq))
+    return (w * int((freq > 0).sum()) / w.sum()).tolist()
 
 
 def _labels(cfg: Config, split: str):
@@ -292,18 +310,22 @@ def restore(s: Session, state: dict) -> tuple[int, int]:
 
 
 def baselines(s: Session, train_ds, test_ds, given_datasets: bool) -> dict:
-    """Epoch 0: the untrained model and the majority-class baseline."""
+    """Epoch 0: the untrained model and the majority-class baseline; the
+    training split's pixels per class and the loss's class weights."""
     cfg = s.cfg
+    n = s.dataset_facts["num_classes"]
+    if given_datasets:
+        counts = class_counts((train_ds[i][1] for i in range(len(train_ds))), n)
+        cls, base = majority_baseline(counts, (test_ds[i][1] for i in range(len(test_ds))))
+    else:
+        counts = class_counts(_labels(cfg, "train"), n)
+        cls, base = majority_baseline(counts, _labels(cfg, "test"))
+    weights = class_weights(cfg.train.class_weights, counts)
     t0 = time.time()
     ev = evaluate(s.model, test_ds, s.device, s.d, cfg.train.batch_size, s.amp)
     s.history.append(dict(epoch=0, lr=None, train_loss=None, seconds=time.time() - t0, **ev))
-    n = s.dataset_facts["num_classes"]
-    if given_datasets:
-        cls, base = majority_baseline(cfg, (train_ds[i][1] for i in range(len(train_ds))),
-                                      (test_ds[i][1] for i in range(len(test_ds))), n)
-    else:
-        cls, base = majority_baseline(cfg, _labels(cfg, "train"), _labels(cfg, "test"), n)
-    s.extra = dict(untrained=ev, majority_class=cls, majority=base, train_seconds=0.0, samples=0)
+    s.extra = dict(untrained=ev, majority_class=cls, majority=base, train_seconds=0.0, samples=0,
+                   class_pixels=counts.tolist(), class_weights=weights)
     return dict(untrained=ev["miou"], majority_class=s.class_names[cls], majority=base["miou"])
 
 
@@ -335,13 +357,15 @@ def train_one_epoch(s: Session, train_ds, sampler, epoch: int, interrupt, *, res
     tty = sys.stderr.isatty()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", initial=step0, total=n_steps, unit="batch",
                disable=not s.d.main, leave=not tty, mininterval=0.1 if tty else float("inf"))
+    weights = s.extra.get("class_weights")
+    weight = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=s.device)
     for step, (x, y) in enumerate(bar, start=step0):
         if t.augment:
             x, y = augment(x, y, gen)
         x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
         with torch.autocast(s.device.type, enabled=s.amp):
             scores, _ = models.predict(s.net, x, y.shape[-2:])
-            loss = loss_fn(scores.float(), y)
+            loss = loss_fn(scores.float(), y, weight)
         s.optimizer.zero_grad(set_to_none=True)
         s.scaler.scale(loss).backward()
         s.scaler.step(s.optimizer)
