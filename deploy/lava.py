@@ -166,6 +166,60 @@ def run_config(*networks: Network, fast_conv: bool = True, **kwargs):
     return Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=models, **kwargs)
 
 
+def run_stock(net: NetFile | str | Path, frames: np.ndarray, *, on_frame=None) -> tuple[dict, np.ndarray]:
+    """Frames (N, C, H, W, T) through `Network` with Lava as released: Lava's
+    RingBuffer source feeds `inp`, one Lava `Extractor` per hidden layer hands
+    each step's spikes to this process while Lava runs, the readout's `v` is
+    read at each frame's last step; Lava's own process models (its `Conv`
+    included) and channels at their defaults. The reference the fast runner
+    (`lava_graph.LavaNetwork`) and the emulator are held against.
+
+    Returns per hidden layer its spikes (N, C, H, W, T+D-1), each frame's
+    steps counted from the frame's own start (zeros before the layer's
+    offset, as in a frame run alone), and the readout's voltage (N, C, H, W).
+    `on_frame(k)` is called as frame k finishes."""
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.proc.io.extractor import Extractor, PyLoihiExtractorModel
+    from lava.proc.io.source import RingBuffer
+
+    from .lava_graph import from_lava, to_lava
+
+    frames = np.asarray(frames)
+    n, t_steps = len(frames), frames.shape[-1]
+    lnet = Network(net, time_steps=t_steps)
+    period = lnet.frame_steps
+    data = np.zeros(lava_shape(lnet.netfile.input_shape) + (n * period,), dtype=np.int32)
+    for k in range(n):
+        data[..., k * period:k * period + t_steps] = to_lava(frames[k])
+    source = RingBuffer(data=data)
+    source.s_out.connect(lnet.inp)
+    hidden = list(lnet.layers.items())[:-1]  # the readout never fires: its answer is `v`
+    taps = {}
+    for name, lif in hidden:
+        taps[name] = Extractor(shape=lif.s_out.shape)
+        lif.s_out.connect(taps[name].in_port)
+    spikes = {name: np.zeros((n,) + lif.s_out.shape + (period - 1,), dtype=bool) for name, lif in hidden}
+    voltage = []
+    # Lava's Extractor model carries no tag, so fixed_pt must be told which it is
+    cfg = run_config(lnet, fast_conv=False, exception_proc_model_map={t: PyLoihiExtractorModel for t in taps.values()})
+    try:
+        for k in range(n):
+            lnet.run(condition=RunSteps(num_steps=period, blocking=False), run_cfg=cfg)
+            for step in range(period):
+                for name, tap in taps.items():
+                    got = tap.receive()
+                    # the frame's last step belongs to the next frame's reset window
+                    if lnet.offsets[name] <= step < period - 1:
+                        spikes[name][k, ..., step] = got != 0
+            lnet.wait()
+            voltage.append(from_lava(lnet.v.get()).astype(np.int64))
+            if on_frame is not None:
+                on_frame(k)
+    finally:
+        lnet.stop()
+    return {name: np.stack([from_lava(f) for f in s]) for name, s in spikes.items()}, np.stack(voltage)
+
+
 # ------------------------------------------------------------ mapping report
 _PROCESS = {("conv", False): "Conv", ("dense", False): "Dense", ("dense", True): "DelayDense"}
 _MODULE = {"LIFReset": "lif", "Conv": "conv", "Dense": "dense", "DelayDense": "dense", "Sparse": "sparse",

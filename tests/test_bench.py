@@ -57,15 +57,26 @@ def test_one_built_lava_graph_runs_three_frames_like_three_fresh_builds(small_ne
     np.testing.assert_array_equal(voltage, out.voltage.numpy())
 
 
-def test_emulator_batch_in_chunks_equals_one_batch(small_net, frames, monkeypatch):
-    """A CPU batch larger than the cache budget runs in chunks of frames: the same answers."""
-    whole = emulator.run(small_net, frames, device="cpu")
-    monkeypatch.setattr(emulator, "CPU_CHUNK_BYTES", 1)  # one frame per chunk
-    chunked = emulator.run(small_net, frames, device="cpu")
-    assert_has_content(whole.spikes, whole.voltage, layers=["c1", "p1"], where="chunked vs whole batch")
-    for name, s in whole.spikes.items():
-        assert torch.equal(chunked.spikes[name], s) and torch.equal(chunked.counts[name], whole.counts[name])
-    assert torch.equal(chunked.voltage, whole.voltage)
+def test_emulator_batch_in_chunks_side_by_side_equals_each_frame_alone(small_net, frames, monkeypatch):
+    """A CPU batch runs in chunks of frames, chunks side by side on two threads:
+    the same answers as each frame run alone, and torch's thread count restored."""
+    alone = [emulator.run(small_net, f[None], device="cpu") for f in frames]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = {"two chunks side by side": emulator.run(small_net, frames, device="cpu")}
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(emulator, "CPU_CHUNK_BYTES", 1)  # one frame per chunk
+        runs["one frame per chunk"] = emulator.run(small_net, frames, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    for k, one in enumerate(alone):
+        assert_has_content(one.spikes, one.voltage, layers=["c1", "p1"], where=f"frame {k} alone")
+        for how, out in runs.items():
+            for name, s in one.spikes.items():
+                assert torch.equal(out.spikes[name][k], s[0]), (how, k, name)
+                assert out.counts[name][k] == one.counts[name][0], (how, k, name)
+            assert torch.equal(out.voltage[k], one.voltage[0]), (how, k)
 
 
 @pytest.mark.parametrize("i_decay,v_decay", [(1024, 123), (4096, 41), (0, 0)])
@@ -113,6 +124,7 @@ def test_quick_bench_times_the_same_frames_on_every_backend_and_compares_every_l
     table = format_table(report)
     assert "lava-stock" in table and "emulator" in table and "plain PyTorch" in table and "(untrained)" in table
     assert "every layer's spike trains" in table and "every layer spikes" in table
+    assert "Lava as released" in table and "Extractor" in table
 
 
 def build_netfile_of_quick_case():
@@ -184,13 +196,13 @@ def test_bench_stops_when_a_row_has_nothing_to_compare(tmp_path, monkeypatch):
     with pytest.raises(ToolchainError, match="did not finish even its first frame in 5 s, so it has nothing "
                                              "to compare"):
         bench._lava_row("fake", tmp_path, tmp_path / "n.net", tmp_path / "f.npy", n_frames=3, steps=10,
-                        stock_conv=False, limit=5.0, progress=lambda m: None)
+                        stock=False, limit=5.0, progress=lambda m: None)
     # with frame 0's answers written, the row is a bound that compares frame 0
     # with frame 0's answers written, the row compares frame 0, and the two timed
     # frames unfinished 4 s after they started bound its speed
     (tmp_path / "out0.json.partial").write_text('{"voltage": [[1]], "counts": {}, "trains": {}, "timed_start": 996}')
     r = bench._lava_row("fake", tmp_path, tmp_path / "n.net", tmp_path / "f.npy", n_frames=3, steps=10,
-                        stock_conv=False, limit=5.0, progress=lambda m: None)
+                        stock=False, limit=5.0, progress=lambda m: None)
     assert r["frames"] == 1 and r["upper_bound"] and r["steps_per_s"] == pytest.approx(2 * 10 / 4.0)
 
 

@@ -1,6 +1,7 @@
 """`deploy.lava.Network`: a `.net` as one Lava process of stock processes.
 
-Built between Lava's own RingBuffer source and sinks, frames streamed back
+Run with Lava as released (`deploy.lava.run_stock`: Lava's RingBuffer source,
+its Extractors on every hidden layer, its own models), frames streamed back
 to back, it gives the emulator's spikes in every layer and its readout for
 every frame, i.e. frame k equals frame k run alone (the emulator runs each
 frame from a zero state). Every compared layer spikes on every compared
@@ -14,7 +15,7 @@ import torch
 
 from deploy import emulator
 from deploy.export import build_netfile
-from deploy.lava_graph import from_lava, import_lava_runtime, to_lava
+from deploy.lava_graph import import_lava_runtime
 from models.graph import NeuronParams
 
 STOCK = {"LIFReset", "LIF", "Conv", "Dense", "Sparse", "DelaySparse", "DelayDense"}
@@ -34,49 +35,7 @@ def spikes(n, t_steps, seed=1, rate=0.3):
     return (torch.rand((n, 2, 16, 16, t_steps), generator=gen) < rate).float()
 
 
-def stream_with_ring_buffers(net, x, run_cfg=None):
-    """source -> Network -> sinks, frames back to back; per frame the
-    readout's voltage (read at the frame's last step) and per layer its spikes
-    (N, C, H, W, T+D-1), each frame's steps counted from its own start."""
-    import_lava_runtime()
-    from lava.magma.core.run_conditions import RunSteps
-    from lava.magma.core.run_configs import Loihi2SimCfg
-    from lava.proc.io.sink import RingBuffer as Sink
-    from lava.proc.io.source import RingBuffer as Source
-
-    from deploy.lava import Network
-
-    lnet = Network(net, time_steps=x.shape[-1])
-    n, t_steps, period = len(x), x.shape[-1], lnet.frame_steps
-    data = np.zeros(to_lava(x[0].numpy()).shape[:3] + (n * period,), dtype=np.int32)
-    for k in range(n):
-        data[..., k * period:k * period + t_steps] = to_lava(x[k].numpy())
-    source = Source(data=data)
-    source.s_out.connect(lnet.inp)
-    sinks = {}
-    for name, lif in list(lnet.layers.items())[:-1]:
-        sinks[name] = Sink(shape=lif.s_out.shape, buffer=n * period)
-        lif.s_out.connect(sinks[name].a_in)
-    cfg = run_cfg or Loihi2SimCfg(select_tag="fixed_pt")
-    voltage = []
-    try:
-        for _ in range(n):
-            lnet.run(condition=RunSteps(num_steps=period), run_cfg=cfg)
-            voltage.append(from_lava(lnet.v.get()).astype(np.int64))
-        got = {name: s.data.get() != 0 for name, s in sinks.items()}
-    finally:
-        lnet.stop()
-    out = {}
-    for name, g in got.items():
-        r = lnet.offsets[name]
-        frames = np.zeros((n,) + g.shape[:3] + (period - 1,), dtype=bool)
-        for k in range(n):
-            frames[k, ..., r:] = g[..., k * period + r:(k + 1) * period - 1]
-        out[name] = np.stack([from_lava(f) for f in frames])
-    return lnet, out, np.stack(voltage)
-
-
-def assert_equal_to_emulator(net, x, lnet, lava_spikes, lava_v):
+def assert_equal_to_emulator(net, x, lava_spikes, lava_v):
     ref = emulator.run(net, x, device="cpu")
     for name, s in ref.spikes.items():
         per_frame = s.numpy().reshape(len(x), -1).sum(1)
@@ -94,10 +53,13 @@ def assert_equal_to_emulator(net, x, lnet, lava_spikes, lava_v):
 def test_network_between_ring_buffers_streams_frames_like_the_emulator(name):
     """>= 3 frames back to back through stock Lava I/O and a plain fixed_pt run config."""
     net = tiny_net(name, 3)
+    import_lava_runtime()
+    from deploy.lava import arrivals, run_stock
+
     x = spikes(3, 3)
-    lnet, lava_spikes, lava_v = stream_with_ring_buffers(net, x)
-    assert lnet.aligned
-    counts = assert_equal_to_emulator(net, x, lnet, lava_spikes, lava_v)
+    lava_spikes, lava_v = run_stock(net, x.numpy())
+    assert arrivals(net)[1]  # aligned
+    counts = assert_equal_to_emulator(net, x, lava_spikes, lava_v)
     print(name, "spikes per frame", counts)
 
 
