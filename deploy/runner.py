@@ -47,6 +47,10 @@ def _lava_worker(net_path, data_cfg, split, indices, out_file):
     from toolchain.data import build_dataset
 
     from .lava_graph import import_lava_runtime
+    # A forked child must not enter the OpenMP pool it inherited from a parent
+    # that already ran torch in parallel (it deadlocks, as in torch's DataLoader
+    # workers); one thread per shard is the right share of the cores anyway.
+    torch.set_num_threads(1)
     import_lava_runtime()  # the forked worker inherits the parent's start method
     deployed = load(net_path)
     dataset = build_dataset(data_cfg, split)

@@ -69,6 +69,26 @@ def test_toolchain_run_in_lava_with_two_workers_equals_the_emulator(tiny_net, ti
     assert lava["miou"] == report["miou"]
 
 
+@pytest.mark.timeout(300)
+def test_sharded_lava_run_from_a_process_that_already_ran_torch_and_lava(tiny_net, tiny_ddd17):  # noqa: F811
+    """The sharded runner forks its workers from this test process, which has
+    run torch on several threads and Lava before: a forked child that enters
+    its parent's OpenMP pool deadlocks, so the workers must not."""
+    import torch
+
+    torch.set_num_threads(2)
+    torch.nn.functional.avg_pool2d(torch.ones(1, 64, 256, 256), 2)  # the parent's OpenMP pool exists
+    net = deploy.load(tiny_net)
+    net.run(np.ones((1, *net.net.input_shape, T), np.float32), backend="lava")
+    cfg = DataConfig(root=str(tiny_ddd17))
+    lava, lava_out = evaluate(tiny_net, cfg, backend="lava", workers=2, progress=False)
+    emu, emu_out = evaluate(tiny_net, cfg, backend="emulator", progress=False)
+    assert_has_content(emu["spikes_per_frame"], emu_out.voltage, layers=hidden_layers(tiny_net),
+                       where="sharded lava after torch and lava vs emulator")
+    assert lava["spikes_per_frame"] == emu["spikes_per_frame"]
+    np.testing.assert_array_equal(lava_out.class_map, emu_out.class_map)
+
+
 def test_toolchain_predict_in_lava_equals_the_emulator(tiny_net, tmp_path):  # noqa: F811
     rng = np.random.default_rng(5)
     e = _events(rng, 1500, 40, 30, 140_000)
