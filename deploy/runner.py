@@ -30,9 +30,14 @@ PALETTE = np.array([[128, 64, 128], [70, 70, 70], [220, 220, 0], [107, 142, 35],
 
 
 def data_config_for(net: Deployed, data_cfg, root: str | None):
-    """The data configuration that feeds this net: its shape, encoding and T win."""
+    """The data configuration that feeds this net: its shape, encoding and T win,
+    and on DDD17 its input channels pick the channel set (2: histograms, 6: all)."""
+    from toolchain.data.ddd17 import CHANNELS
+
     c, h, w = net.net.input_shape
     cfg = replace(data_cfg, height=h, width=w, time_steps=net.time_steps, encoding=net.net.encoding)
+    if cfg.dataset == "ddd17":
+        cfg = replace(cfg, channels=next((k for k, v in CHANNELS.items() if len(v) == c), cfg.channels))
     if root is not None:
         cfg = replace(cfg, root=str(root))
     return cfg

@@ -7,24 +7,9 @@ OUT=${1:-demo}
 TC=.venv/bin/toolchain
 mkdir -p "$OUT"
 
-# same_in_lava_and_emulator LABEL LAVA_MAPS EMU_MAPS LAVA_JSON EMU_JSON: the two runs of one
-# .net give identical class maps and per-layer spike counts, and every layer spikes
-# (a comparison of silent layers proves nothing); otherwise the demo stops.
-same_in_lava_and_emulator() {
-    diff -rq "$2" "$3" >/dev/null \
-        && echo "   $1: Lava and emulator class maps identical on every frame" \
-        || { echo "   $1: Lava and emulator class maps DIFFER"; exit 1; }
-    .venv/bin/python - "$@" <<'PY'
-import json, sys
-label, lava, emu = sys.argv[1], json.load(open(sys.argv[4])), json.load(open(sys.argv[5]))
-if lava["spikes_per_frame"] != emu["spikes_per_frame"]:
-    sys.exit(f"   {label}: Lava and emulator spike counts DIFFER: {lava['spikes_per_frame']} vs {emu['spikes_per_frame']}")
-silent = [k for k, v in emu["spikes_per_frame"].items() if v == 0]
-if silent:
-    sys.exit(f"   {label}: layers {silent} never spike, so the comparison proves nothing")
-print(f"   {label}: the same spike count in every layer, every layer spiking")
-PY
-}
+# The two runs of one .net give identical class maps and per-layer spike counts,
+# and every layer spikes; otherwise the demo stops.
+same_in_lava_and_emulator() { .venv/bin/python scripts/same_in_lava_and_emulator.py "$@"; }
 
 echo "== 1. data: generate the default DDD17-format set and check it"
 # The same set the default configuration uses (data.synth_*): 256 + 64 frames at 100x173.

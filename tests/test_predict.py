@@ -190,3 +190,16 @@ def test_cli_writes_the_outputs(tiny_net, tmp_path, capsys):
           "--window-ms", "40"])
     assert "3 windows of 40 ms from 20x16 events -> 16x16" in capsys.readouterr().out
     assert len(list((tmp_path / "o" / "overlays").glob("*.png"))) == 3
+
+
+def test_run_feeds_a_six_channel_net_all_six_ddd17_channels(tiny_ddd17, tmp_path):
+    """A net trained with data.channels=all takes 6 input channels: `toolchain run`
+    reads them from the .net's input shape, not from the default (the 2 histograms)."""
+    from deploy.runner import evaluate
+
+    torch.manual_seed(0)
+    path = tmp_path / "six.net"
+    export(models.build("spiking-deeplab-tiny", 6, 6, (16, 24), NeuronParams()), path, time_steps=T)
+    report, out = evaluate(path, DataConfig(root=str(tiny_ddd17)), backend="emulator", progress=False)
+    assert report["frames"] == 3 and out.class_map.shape == (3, 16, 24)
+    assert sum(report["spikes_per_frame"].values()) > 0

@@ -59,8 +59,10 @@ def export_cmd(checkpoint, target, out, frames, data_root, config_path, override
         data_cfg = cfg.data if data_root is None else replace(cfg.data, root=data_root)
         dataset = build_dataset(data_cfg, "test")
         cpu = torch.device("cpu")
-        report["miou_float"] = evaluate(model, dataset, cpu, batch_size=8, frames=frames)["miou"]
-        report["miou_quantized"] = evaluate(quantized_copy(model), dataset, cpu, batch_size=8, frames=frames)["miou"]
+        for kind, m in (("float", model), ("quantized", quantized_copy(model))):
+            ev = evaluate(m, dataset, cpu, batch_size=8, frames=frames)
+            report[f"miou_{kind}"] = ev["miou"]
+            report[f"iou_per_class_{kind}"] = dict(zip(dataset.class_names, ev["iou_per_class"]))
         report["frames"] = min(frames, len(dataset))
     write(out, net)
     click.echo(f"wrote {out}: {report['layers']} layers, {report['neurons']} neurons, "
