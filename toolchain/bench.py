@@ -443,8 +443,9 @@ def _frames_from_split(data_cfg, n: int, seed: int = 0) -> np.ndarray:
 
 
 def run_bench(*, quick: bool = False, checkpoint: str | None = None, paper_steps: int = 16,
-              lava_limit: float = 900.0, progress=print) -> dict:
-    """Measure everything; returns the report dict (`format_table` prints it)."""
+              lava_limit: float = 900.0, paper: bool = True, progress=print) -> dict:
+    """Measure everything (the paper-size cases unless `quick` or not `paper`);
+    returns the report dict (`format_table` prints it)."""
     import torch
 
     import models
@@ -453,7 +454,8 @@ def run_bench(*, quick: bool = False, checkpoint: str | None = None, paper_steps
     from .config import load_config
     from .data.synth import synthesize
 
-    report = dict(quick=quick, cpus=os.cpu_count(), load_avg_start=os.getloadavg()[0], cases=[])
+    report = dict(quick=quick, paper=paper and not quick, cpus=os.cpu_count(),
+                  load_avg_start=os.getloadavg()[0], cases=[])
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
         tmp = Path(tmp_name)
         overrides: list[str] = []
@@ -479,14 +481,14 @@ def run_bench(*, quick: bool = False, checkpoint: str | None = None, paper_steps
         frames = _frames_from_split(eval_cfg.data, 1 + (4 if quick else 8))
         name = f"{cfg.model.name} {cfg.data.height}x{cfg.data.width}"
         report["cases"].append(_case(name, net, frames, tmp, trained=trained, progress=progress))
-        if not quick:
+        if paper and not quick:
             paper_cfg = replace(eval_cfg.data, height=200, width=346, time_steps=paper_steps)
             paper_frames = _frames_from_split(paper_cfg, 3)
             for paper_name in PAPER_MODELS:
                 torch.manual_seed(0)
-                paper = models.build(paper_name, 2, 6, (200, 346), quantized=False)
-                paper_net = build_netfile(paper.eval(), time_steps=paper_steps, encoding=paper_cfg.encoding)
-                del paper
+                paper_model = models.build(paper_name, 2, 6, (200, 346), quantized=False)
+                paper_net = build_netfile(paper_model.eval(), time_steps=paper_steps, encoding=paper_cfg.encoding)
+                del paper_model
                 report["cases"].append(_case(f"{paper_name} 200x346", paper_net, paper_frames, tmp, trained=False,
                                              progress=progress, lava_limit=lava_limit, stock_run=False))
         progress("training throughput")

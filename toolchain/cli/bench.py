@@ -17,7 +17,9 @@ from ..errors import ToolchainError
 @click.option("--lava-limit", type=float, default=900.0, show_default=True,
               help="Seconds each paper-size model's Lava run (a warm-up frame, then two timed frames) may take; "
                    "past it the frames that finished are compared and Lava's speed is given as an upper bound.")
-def bench_cmd(json_path, quick, checkpoint, paper_steps, lava_limit):
+@click.option("--tiny-only", is_flag=True,
+              help="Skip the paper-size cases: the tiny preset at its demo resolution, training and evaluation.")
+def bench_cmd(json_path, quick, checkpoint, paper_steps, lava_limit, tiny_only):
     """Lava vs the emulator (steps/s, ratios, build time, peak memory) on the tiny preset and on
     paper-size Spiking DeepLab and Spiking FCN at 200x346, training throughput, and test-split
     evaluation time."""
@@ -26,7 +28,7 @@ def bench_cmd(json_path, quick, checkpoint, paper_steps, lava_limit):
     if paper_steps < 1:
         raise ToolchainError(f"--paper-steps: {paper_steps} is not a positive number of steps")
     report = run_bench(quick=quick, checkpoint=checkpoint, paper_steps=paper_steps, lava_limit=lava_limit,
-                       progress=lambda m: click.echo(f"bench: {m}", err=True))
+                       paper=not tiny_only, progress=lambda m: click.echo(f"bench: {m}", err=True))
     click.echo(format_table(report))
     if json_path is not None:
         write_report(report, json_path)
