@@ -469,6 +469,7 @@ def run_bench(*, quick: bool = False, checkpoint: str | None = None, paper_steps
             cfg.data = load_config(None, overrides).data if quick else cfg.data
         else:
             cfg = load_config(TINY_CONFIG, overrides)
+            torch.manual_seed(0)  # the same untrained net in every run, so runs compare
             model = models.from_config(cfg, 2, 6, quantized=False)
         trained = checkpoint is not None
         t_steps = cfg.data.time_steps
