@@ -37,7 +37,8 @@ COMMANDS = {
 def quiet_heavy_imports() -> None:
     """Import lava-dl with its import-time notices silenced: it prints a warning
     about an optional Prophesee toolbox, torch's extension loader one about
-    CUDA; neither concerns these commands (errors still raise)."""
+    CUDA; neither concerns these commands (errors still raise). Called by the
+    command modules that load models, not by `toolchain data`."""
     import contextlib
     import io
 
@@ -82,7 +83,6 @@ def cli() -> None:
     Typical day: `toolchain data synth`, `toolchain train`, `toolchain export
     --target loihi-sim`, `toolchain run`.
     """
-    quiet_heavy_imports()
 
 
 def main(argv: list[str] | None = None) -> None:

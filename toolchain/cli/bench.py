@@ -4,6 +4,9 @@ from __future__ import annotations
 import click
 
 from ..errors import ToolchainError
+from . import quiet_heavy_imports
+
+quiet_heavy_imports()  # before any command of this module loads models
 
 
 @click.command("bench")

@@ -7,7 +7,9 @@ import click
 
 from ..errors import ToolchainError
 from ..files import write_text
-from . import config_options
+from . import config_options, quiet_heavy_imports
+
+quiet_heavy_imports()  # before any command of this module loads models
 
 TARGETS = ("loihi-sim", "onnx", "nir")
 

@@ -8,6 +8,9 @@ import click
 
 from ..errors import ToolchainError
 from ..files import write_text
+from . import quiet_heavy_imports
+
+quiet_heavy_imports()  # before any command of this module loads models
 
 
 def _ints(text: str, what: str) -> list[int]:
