@@ -1,0 +1,66 @@
+"""The README's results table from run folders: one markdown row per run.
+
+A spiking run deployed by `scripts/deploy_run.sh` (RUN/deploy/) gives float /
+quantized (torch) / emulator / Lava mIoU, Lava's per-class IoU, spikes,
+synaptic operations and energy per frame; an ANN twin gives its torch mIoU and
+per-class IoU. Training time and epochs come from RUN/metrics.json.
+
+Usage: python scripts/results_table.py RUN [RUN ...]
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from toolchain.config import load_config
+
+
+def _load(path: Path) -> dict:
+    if not path.is_file():
+        sys.exit(f"{path}: missing (train the run, and deploy a spiking one with scripts/deploy_run.sh)")
+    return json.loads(path.read_text())
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def row(run: Path) -> tuple[list[str], list[str]]:
+    cfg = load_config(run / "config.yaml")
+    metrics = _load(run / "metrics.json")
+    d = cfg.data
+    setting = f"{d.height}x{d.width}, {6 if d.channels == 'all' else 2} ch, T={d.time_steps}"
+    hours = metrics["train_seconds"] / 3600
+    trained = f"{metrics['epochs']} ep, {hours:.2f} h" if hours >= 1 else \
+        f"{metrics['epochs']} ep, {metrics['train_seconds'] / 60:.0f} min"
+    if cfg.train.ann:
+        ious = metrics["iou_per_class"]
+        cells = [f"{cfg.model.name} ANN twin", setting, _pct(metrics["miou"]), "-", "-", "-"]
+        return metrics["class_names"], cells + [_pct(v) for v in ious.values()] + ["-", "-", "-", trained]
+    dep = run / "deploy"
+    export, emu, lava = _load(dep / "model.net.json"), _load(dep / "run-emulator.json"), _load(dep / "run-lava.json")
+    energy = _load(dep / "energy" / "energy.json")["energy"]
+    cells = [cfg.model.name, setting, _pct(export["miou_float"]), _pct(export["miou_quantized"]),
+             _pct(emu["miou"]), _pct(lava["miou"])]
+    cells += [_pct(v) for v in lava["iou_per_class"].values()]
+    cells += [f"{energy['spikes_per_frame'] / 1e6:.2f} M", f"{energy['synops_per_frame'] / 1e6:.0f} M",
+              f"{energy['snn_45nm_uj']:.0f} / {energy['ann_45nm_uj']:.0f}", trained]
+    return list(lava["iou_per_class"]), cells
+
+
+def main(runs: list[str]) -> None:
+    rows = [row(Path(r)) for r in runs]
+    classes = rows[0][0]
+    head = ["model", "input", "float", "quantized", "emulator", "Lava"] + [f"IoU {c}" for c in classes] + \
+        ["spikes/frame", "SynOps/frame", "uJ/frame SNN / ANN (45 nm)", "training"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for _, cells in rows:
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    main(sys.argv[1:])
