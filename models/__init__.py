@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from toolchain import checkpoint
-from toolchain.config import config_from_dict
+from toolchain.config import config_from_dict, load_config
 from toolchain.errors import ToolchainError
 
 from . import deeplab, fcn
@@ -90,13 +90,17 @@ def from_config(cfg, in_channels: int, num_classes: int, quantized: bool | None 
 MAX_CHANNELS = 4096  # input channels or classes; far above any event camera or label set
 
 
-def load_checkpoint(path: str | Path, quantized: bool | None = None, data_root: str | None = None):
+def load_checkpoint(path: str | Path, quantized: bool | None = None, data_root: str | None = None,
+                    config_path: str | Path | None = None, overrides: tuple[str, ...] | list[str] = ()):
     """Rebuild the model stored in a training checkpoint: (model, Config).
 
     The model comes back in eval mode with its weight normalisation intact
     (call `fold_for_export` for plain weights) and quantized as trained
     unless `quantized` says otherwise. `data_root`, when given, replaces the
-    config's `data.root` (the data is no longer where training read it)."""
+    config's `data.root` (the data is no longer where training read it). A
+    YAML file and `section.field=value` overrides apply over the stored
+    configuration before the model is built: `data.height`/`data.width` build
+    the same weights at another input size (every preset is convolutional)."""
     path = Path(path)
     ckpt = checkpoint.load(path)
     if not {"model", "config", "dataset"} <= set(ckpt):
@@ -110,6 +114,11 @@ def load_checkpoint(path: str | Path, quantized: bool | None = None, data_root: 
     if not isinstance(ckpt["config"], dict):
         raise ToolchainError(f"{path}: config entry is not a mapping")
     cfg = config_from_dict(ckpt["config"])
+    if config_path is not None or overrides:
+        stored = cfg.model.name
+        cfg = load_config(config_path, overrides, base=cfg)
+        if cfg.model.name != stored:
+            raise ToolchainError(f"{path}: holds {stored!r}; the configuration asks for {cfg.model.name!r}")
     if data_root is not None:
         cfg.data.root = data_root
     model = from_config(cfg, facts["in_channels"], facts["num_classes"])

@@ -79,3 +79,27 @@ def test_nir_target_writes_graph_with_configured_time_steps(checkpoint, tmp_path
     model, _ = models.load_checkpoint(checkpoint, quantized=True)
     net = build_netfile(model, time_steps=5)
     np.testing.assert_array_equal(back.nodes["conv1.syn0"].weight, net.layers[0].synapses[0].weight / 64)
+
+
+def test_export_at_another_input_size_keeps_the_stored_configuration(tmp_path):
+    """`--set data.height/width` builds the trained weights at another size;
+    what the run stored (its 6 channels, T) stays, and another model is refused."""
+    cfg = Config()
+    cfg.data.height, cfg.data.width, cfg.data.channels, cfg.data.time_steps = 16, 24, "all", 7
+    torch.manual_seed(0)
+    model = models.from_config(cfg, 6, 6)
+    ckpt = tmp_path / "six.pt"
+    checkpoint_file.save(ckpt, model=model.state_dict(), config=to_dict(cfg),
+                         dataset={"in_channels": 6, "num_classes": 6, "class_names": list("abcdef")})
+    out = tmp_path / "big.net"
+    export("--checkpoint", ckpt, "--out", out, "--frames", 0, "--set", "data.height=40", "--set", "data.width=56")
+    from deploy import load
+    net = load(out).net
+    assert net.input_shape == (6, 40, 56) and net.time_steps == 7
+    small = build_netfile(model.eval(), time_steps=7)
+    for a, b in zip(net.layers, small.layers):  # the same weights, other shapes
+        for sa, sb in zip(a.synapses, b.synapses):
+            np.testing.assert_array_equal(sa.weight, sb.weight)
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "x.net"),
+                                      "--set", "model.name=spiking-fcn-tiny"])
+    assert result.exit_code != 0 and "holds 'spiking-deeplab-tiny'" in str(result.exception) + result.output

@@ -87,9 +87,11 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
-    """Defaults, then the YAML file at `path`, then `section.field=value` overrides."""
-    merged = OmegaConf.structured(Config)
+def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | list[str] = (),
+                base: Optional[Config] = None) -> Config:
+    """Defaults (or `base`, e.g. a checkpoint's configuration), then the YAML
+    file at `path`, then `section.field=value` overrides."""
+    merged = OmegaConf.structured(base if base is not None else Config)
     try:
         if path is not None:
             path = Path(path)

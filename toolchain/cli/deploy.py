@@ -34,13 +34,10 @@ def export_cmd(checkpoint, target, out, frames, data_root, config_path, override
     from deploy.export import build_netfile, quantized_copy
     from deploy.netfile import write
 
-    from ..config import load_config
     from ..data import build_dataset
     from ..train.loop import evaluate
 
-    model, cfg = models.load_checkpoint(checkpoint, quantized=False)
-    if config_path or overrides:
-        cfg.data = load_config(config_path, overrides).data
+    model, cfg = models.load_checkpoint(checkpoint, quantized=False, config_path=config_path, overrides=overrides)
     if not isinstance(model, models.SpikingGraph):
         if target != "onnx":
             raise ToolchainError(f"{checkpoint}: holds a non-spiking model; only spiking graphs export "
