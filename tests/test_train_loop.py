@@ -192,3 +192,14 @@ def test_an_unknown_neuron_implementation_is_a_clear_error(cfg, data, tmp_path):
     cfg.train.neuron = "gpu-magic"
     with pytest.raises(ToolchainError, match="train.neuron.*gpu-magic"):
         train(cfg, tmp_path / "run", datasets=data, log=lambda m: None)
+
+
+def test_an_ann_twin_is_reported_as_an_unquantized_twin(cfg, data, tmp_path):
+    """qat=True in the config does not make a twin quantized: metrics and summary say what ran."""
+    from toolchain.cli.train import summary_table
+
+    cfg.train.ann, cfg.train.qat, cfg.train.epochs = True, True, 1
+    result = train(cfg, tmp_path, datasets=data, log=lambda *_: None)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["ann"] is True and saved["quantized"] is False
+    assert "spiking-deeplab-tiny ANN twin (1 epochs, float)" in summary_table(result)
