@@ -203,3 +203,17 @@ def test_an_ann_twin_is_reported_as_an_unquantized_twin(cfg, data, tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["ann"] is True and saved["quantized"] is False
     assert "spiking-deeplab-tiny ANN twin (1 epochs, float)" in summary_table(result)
+
+
+def test_init_starts_from_another_runs_weights_and_refuses_another_model(cfg, data, tmp_path):
+    cfg.train.epochs = 1
+    train(cfg, tmp_path / "a", datasets=data, log=lambda *_: None)
+    first = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
+    cfg.train.init, cfg.train.epochs, cfg.train.lr = str(tmp_path / "a" / "checkpoint.pt"), 1, 1e-9
+    train(cfg, tmp_path / "b", datasets=data, log=lambda *_: None)
+    tuned = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
+    # an almost zero learning rate: the fine-tuned weights are the ones it started from
+    assert all(torch.allclose(first[k].float(), tuned[k].float(), atol=1e-6) for k in first)
+    cfg.model.name = "spiking-fcn-tiny"
+    with pytest.raises(ToolchainError, match="holds spiking-deeplab-tiny; this run trains spiking-fcn-tiny"):
+        train(cfg, tmp_path / "c", datasets=data, log=lambda *_: None)

@@ -289,12 +289,31 @@ def setup(cfg: Config, run_dir: Path, train_ds, device: torch.device, d: distrib
     facts = dict(in_channels=int(train_ds.in_channels), num_classes=int(train_ds.num_classes),
                  class_names=list(train_ds.class_names))
     model = models.from_config(cfg, facts["in_channels"], facts["num_classes"]).to(device)
+    if t.init:
+        init_weights(model, t.init, cfg)
     if not t.ann:
         set_quantized(model, t.qat)
     net = torch.nn.parallel.DistributedDataParallel(model) if d.enabled else model
     optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     return Session(cfg, run_dir, d, device, amp, model, net, optimizer, make_scheduler(cfg, optimizer),
                    torch.cuda.amp.GradScaler(enabled=amp), facts)
+
+
+def init_weights(model: torch.nn.Module, path: str, cfg: Config) -> None:
+    """Load the model weights of the training checkpoint at `path` (train.init)."""
+    state = checkpoint.load(path)
+    stored = config_from_dict(state["config"]) if isinstance(state.get("config"), dict) else None
+    if stored is None or "model" not in state:
+        raise ToolchainError(f"train.init: {path} is not a toolchain training checkpoint")
+    def what(c: Config) -> str:
+        return c.model.name + (" (ANN twin)" if c.train.ann else "")
+
+    if what(stored) != what(cfg):
+        raise ToolchainError(f"train.init: {path} holds {what(stored)}; this run trains {what(cfg)}")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise ToolchainError(f"train.init: {path}: weights do not fit: {e}".splitlines()[0]) from e
 
 
 def restore(s: Session, state: dict) -> tuple[int, int]:
