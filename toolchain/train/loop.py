@@ -468,7 +468,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, epochs: Opt
         writer = SummaryWriter(str(run_dir / "tensorboard"))
     if not s.history:
         b = baselines(s, train_ds, test_ds, datasets is not None)
-        log(f"untrained: mIoU {b['untrained']:.4f}   majority class ({b['majority_class']}): "
+        start = f"starting weights ({t.init})" if t.init else "untrained"
+        log(f"{start}: mIoU {b['untrained']:.4f}   majority class ({b['majority_class']}): "
             f"mIoU {b['majority']:.4f}")
 
     sampler = DistributedSampler(train_ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=t.seed,
