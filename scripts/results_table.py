@@ -31,17 +31,20 @@ def row(run: Path) -> tuple[list[str], list[str]]:
     metrics = _load(run / "metrics.json")
     d = cfg.data
     setting = f"{d.height}x{d.width}, {6 if d.channels == 'all' else 2} ch, T={d.time_steps}"
+    t = cfg.train
+    recipe = f"{t.optimizer} {t.lr:g}" + (", class weights" if t.class_weights != "none" else "") + \
+        (f", from {Path(t.init).name}" if t.init else "")
     hours = metrics["train_seconds"] / 3600
     trained = f"{metrics['epochs']} ep, {hours:.2f} h" if hours >= 1 else \
         f"{metrics['epochs']} ep, {metrics['train_seconds'] / 60:.0f} min"
     if cfg.train.ann:
         ious = metrics["iou_per_class"]
-        cells = [f"{cfg.model.name} ANN twin", setting, _pct(metrics["miou"]), "-", "-", "-"]
+        cells = [f"{cfg.model.name} ANN twin", setting, recipe, _pct(metrics["miou"]), "-", "-", "-"]
         return metrics["class_names"], cells + [_pct(v) for v in ious.values()] + ["-", "-", "-", trained]
     dep = run / "deploy"
     export, emu, lava = _load(dep / "model.net.json"), _load(dep / "run-emulator.json"), _load(dep / "run-lava.json")
     energy = _load(dep / "energy" / "energy.json")["energy"]
-    cells = [cfg.model.name, setting, _pct(export["miou_float"]), _pct(export["miou_quantized"]),
+    cells = [cfg.model.name, setting, recipe, _pct(export["miou_float"]), _pct(export["miou_quantized"]),
              _pct(emu["miou"]), _pct(lava["miou"])]
     cells += [_pct(v) for v in lava["iou_per_class"].values()]
     cells += [f"{energy['spikes_per_frame'] / 1e6:.2f} M", f"{energy['synops_per_frame'] / 1e6:.0f} M",
@@ -52,7 +55,7 @@ def row(run: Path) -> tuple[list[str], list[str]]:
 def main(runs: list[str]) -> None:
     rows = [row(Path(r)) for r in runs]
     classes = rows[0][0]
-    head = ["model", "input", "float", "quantized", "emulator", "Lava"] + [f"IoU {c}" for c in classes] + \
+    head = ["model", "input", "recipe", "float", "quantized", "emulator", "Lava"] + [f"IoU {c}" for c in classes] + \
         ["spikes/frame", "SynOps/frame", "uJ/frame SNN / ANN (45 nm)", "training"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
