@@ -44,7 +44,8 @@ def train(config_path, overrides, data_dir, model_name, epochs, out_dir, resume,
 
 def summary_table(r: dict) -> str:
     rows = [("majority class (" + r["majority_class"] + ")", r["majority_miou"]),
-            ("untrained " + r["model"], r["untrained_miou"]),
+            ((f"starting weights ({r['init']})" if r.get("init") else "untrained " + r["model"]),
+             r["untrained_miou"]),
             (f"trained {r['model']}" + (" ANN twin" if r.get("ann") else "") + f" ({r['epochs']} epochs"
              + (", quantized)" if r["quantized"] else ", float)"), r["miou"])]
     w = max(len(n) for n, _ in rows)

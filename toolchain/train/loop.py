@@ -539,7 +539,7 @@ def _gallery(model, dataset, device, class_names, path, amp):
 def _write_metrics(run_dir: Path, cfg: Config, history, extra, class_names, final: bool) -> dict:
     last = history[-1]
     result = dict(
-        model=cfg.model.name, ann=bool(cfg.train.ann), quantized=bool(cfg.train.qat and not cfg.train.ann),
+        model=cfg.model.name, init=cfg.train.init, ann=bool(cfg.train.ann), quantized=bool(cfg.train.qat and not cfg.train.ann),
         epochs=last["epoch"], final=final,
         miou=last["miou"], pixel_acc=last["pixel_acc"], loss=last["loss"],
         iou_per_class=dict(zip(class_names, last["iou_per_class"])), firing=last["firing"],
