@@ -147,8 +147,13 @@ def test_synapse_forward_matches_slayer(case):
     # weight norm's gradient for v is a projection, zero up to rounding when
     # v has one element: tolerances scale with the largest gradient of all
     scale = max(float(b.abs().max()) for b in g_ref)
-    for a, b in zip(g, g_ref):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * scale + 1e-12)
+    # ... and identically zero when each output channel's v has one element
+    # (weight = g * sign(v)): both paths then return rounding noise, not compared
+    degenerate = [p.dim() > 1 and p[0].numel() == 1 and n.endswith("weight_v")
+                  for n, p in syn.named_parameters() if p.requires_grad]
+    for a, b, skip in zip(g, g_ref, [False] + degenerate):
+        if not skip:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * scale + 1e-12)
 
 
 def test_unsupported_neurons_fall_back_to_slayer():
