@@ -300,18 +300,17 @@ def setup(cfg: Config, run_dir: Path, train_ds, device: torch.device, d: distrib
 
 
 def init_weights(model: torch.nn.Module, path: str, cfg: Config) -> None:
-    """Load the model weights of the training checkpoint at `path` (train.init)."""
-    state = checkpoint.load(path)
-    stored = config_from_dict(state["config"]) if isinstance(state.get("config"), dict) else None
-    if stored is None or "model" not in state:
-        raise ToolchainError(f"train.init: {path} is not a toolchain training checkpoint")
+    """Load the model weights of the training checkpoint at `path` (train.init),
+    read and checked by `models.load_checkpoint`."""
+    stored, stored_cfg = models.load_checkpoint(path)
+
     def what(c: Config) -> str:
         return c.model.name + (" (ANN twin)" if c.train.ann else "")
 
-    if what(stored) != what(cfg):
-        raise ToolchainError(f"train.init: {path} holds {what(stored)}; this run trains {what(cfg)}")
+    if what(stored_cfg) != what(cfg):
+        raise ToolchainError(f"train.init: {path} holds {what(stored_cfg)}; this run trains {what(cfg)}")
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(stored.state_dict())
     except RuntimeError as e:
         raise ToolchainError(f"train.init: {path}: weights do not fit: {e}".splitlines()[0]) from e
 
