@@ -1,7 +1,10 @@
 """The training loop: loss and readout shapes, ignore index, reproducible
 resume after an interruption, run-folder outputs."""
 import json
+import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -217,3 +220,35 @@ def test_init_starts_from_another_runs_weights_and_refuses_another_model(cfg, da
     cfg.model.name = "spiking-fcn-tiny"
     with pytest.raises(ToolchainError, match="holds spiking-deeplab-tiny; this run trains spiking-fcn-tiny"):
         train(cfg, tmp_path / "c", datasets=data, log=lambda *_: None)
+
+
+_REFAULT = """
+import resource, sys
+if sys.argv[1] == "keep":
+    from toolchain.allocator import keep_freed_memory
+    assert keep_freed_memory()
+import torch
+torch.set_num_threads(1)
+def step(n=1 << 26):  # 256 MiB tensors, as a training step's frames of a layer
+    a = torch.ones(n); b = torch.ones(n); c = a + b; del a; d = c * 2; del b, c; return d
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator settings")
+def test_toolchain_keeps_freed_blocks_instead_of_faulting_them_in_every_step():
+    # glibc maps and unmaps each 65,536-page block on every use unless told to
+    # keep freed memory, which the `toolchain` command does before torch loads
+    def faults(mode):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+        out = subprocess.run([sys.executable, "-c", _REFAULT, mode], capture_output=True, text=True,
+                             env=env, check=True)
+        return int(out.stdout.split()[-1])
+
+    default, kept = faults("default"), faults("keep")
+    assert default > 5 * 3 * 65_536  # three fresh blocks a step
+    assert kept < default / 2

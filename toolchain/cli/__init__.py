@@ -12,6 +12,7 @@ import sys
 import click
 
 from .. import __version__
+from ..allocator import keep_freed_memory
 from ..errors import ToolchainError
 
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
@@ -86,6 +87,7 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    keep_freed_memory()  # before any command loads torch
     try:
         cli.main(args=argv, prog_name="toolchain", standalone_mode=False)
     except ToolchainError as e:

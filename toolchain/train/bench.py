@@ -24,6 +24,7 @@ import models
 from models.ann import AnnGraph
 from models.fused_cuba import neuron_impl, set_neuron_impl
 from models.graph import INPUT
+from toolchain.allocator import keep_freed_memory
 from toolchain.loihi import spike_steps
 
 from .loop import loss_fn
@@ -71,6 +72,7 @@ class PlainLIF(torch.nn.Module):
 
 
 def throughput(model, x, y, steps: int) -> float:
+    keep_freed_memory()  # as `toolchain train` does on the CPU
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
 
     def one():

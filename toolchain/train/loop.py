@@ -34,6 +34,7 @@ from models.blocks import firing_rates, set_quantized
 from models.fused_cuba import set_neuron_impl
 
 from .. import checkpoint
+from ..allocator import keep_freed_memory
 from ..config import Config, config_from_dict, save_config, to_dict
 from ..errors import ToolchainError
 from ..files import write_text
@@ -270,8 +271,10 @@ def setup_device(t) -> tuple[torch.device, distributed.Dist, bool]:
         torch.cuda.set_device(d.local_rank)
         device = torch.device("cuda", d.local_rank)
         torch.backends.cudnn.benchmark = True
-    elif d.enabled:
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) // d.world))
+    else:
+        keep_freed_memory()  # for library callers; `toolchain` set it before torch loaded
+        if d.enabled:
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) // d.world))
     return device, d, bool(t.amp and device.type == "cuda")
 
 
