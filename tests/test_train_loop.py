@@ -5,6 +5,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+import types
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ import torch
 import models
 from toolchain.config import Config
 from toolchain.errors import ToolchainError
-from toolchain.train import augment, loss_fn, train
+from toolchain.train import augment, loop, loss_fn, train
 from toolchain.train.loop import IGNORE, class_counts, class_weights
 
 
@@ -149,6 +151,23 @@ def _interrupt_at(epoch, step):
         if (e, s) == (epoch, step):
             signal.raise_signal(signal.SIGINT)
     return cb
+
+
+def test_a_resumed_run_counts_the_training_time_before_its_interruption(cfg, data, tmp_path, monkeypatch):
+    # a clock that jumps 1000 s during the first step: the half epoch before the cut took that long
+    jump = [0.0]
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(time=lambda: time.time() + jump[0]))
+
+    def slow_then_interrupt(e, s):
+        if (e, s) == (0, 0):
+            jump[0] = 1000.0
+        _interrupt_at(0, 1)(e, s)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path, datasets=data, callback=slow_then_interrupt, log=lambda s: None)
+    resumed = train(cfg, tmp_path, resume=True, datasets=data, log=lambda s: None)
+    assert resumed["history"][1]["seconds"] >= 1000
+    assert resumed["train_seconds"] >= 1000
 
 
 @pytest.mark.slow

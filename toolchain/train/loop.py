@@ -352,12 +352,14 @@ def baselines(s: Session, train_ds, test_ds, given_datasets: bool) -> dict:
 
 def train_one_epoch(s: Session, train_ds, sampler, epoch: int, interrupt, *, resume_state=None,
                     callback: Optional[Callable[[int, int], None]] = None,
-                    log: Callable[[str], None] = print) -> tuple[float, float]:
-    """One pass over the training split; returns (summed loss, samples) over all ranks.
+                    log: Callable[[str], None] = print) -> tuple[float, float, float]:
+    """One pass over the training split; returns (summed loss, samples) over
+    all ranks and this rank's seconds of training in it.
 
     `resume_state` continues an epoch interrupted mid-way from its recorded
-    step, augmentation generator and partial loss. On an interrupt the
-    position is checkpointed and KeyboardInterrupt raised."""
+    step, augmentation generator, partial loss and seconds. On an interrupt
+    the position is checkpointed and KeyboardInterrupt raised."""
+    t0 = time.time()
     t = s.cfg.train
     per_rank = max(1, t.batch_size // s.d.world)
     s.model.train()
@@ -367,10 +369,11 @@ def train_one_epoch(s: Session, train_ds, sampler, epoch: int, interrupt, *, res
     gen = torch.Generator().manual_seed(t.seed * 7919 + epoch)
     order = list(sampler)
     n_steps = math.ceil(len(order) / per_rank)
-    loss_sum, seen, step0 = 0.0, 0, 0
+    loss_sum, seen, step0, before = 0.0, 0, 0, 0.0
     if resume_state is not None and resume_state["step"] > 0:
         gen.set_state(resume_state["aug_rng"])
-        loss_sum, seen = resume_state["partial"]
+        loss_sum, seen, *rest = resume_state["partial"]
+        before = rest[0] if rest else 0.0  # checkpoints before seconds were recorded hold two values
         step0 = resume_state["step"]
     loader = DataLoader(train_ds, batch_size=per_rank, sampler=order[step0 * per_rank:], num_workers=t.workers)
     # a live bar on a terminal; in a log file one line per epoch (drawn at the
@@ -397,12 +400,12 @@ def train_one_epoch(s: Session, train_ds, sampler, epoch: int, interrupt, *, res
         if callback is not None:
             callback(epoch, step)
         if _all_flag(s.d, interrupt.flag) and step + 1 < n_steps:
-            s.save(epoch, step + 1, gen.get_state(), (loss_sum, seen))
+            s.save(epoch, step + 1, gen.get_state(), (loss_sum, seen, before + time.time() - t0))
             log(f"interrupted: checkpoint saved to {s.checkpoint_path}; continue with --resume")
             raise KeyboardInterrupt
     bar.close()
     loss_sum, samples = distributed.all_sum(s.d, [loss_sum, float(seen)])
-    return loss_sum, samples
+    return loss_sum, samples, before + time.time() - t0
 
 
 def log_epoch(s: Session, log: Callable[[str], None], writer, samples_per_s: float) -> None:
@@ -478,15 +481,15 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, epochs: Opt
                                  drop_last=False)
     with _Interrupt() as interrupt:
         for epoch in range(start_epoch, t.epochs):
-            t0 = time.time()
-            loss_sum, samples = train_one_epoch(s, train_ds, sampler, epoch, interrupt, callback=callback, log=log,
-                                                resume_state=state if epoch == start_epoch else None)
+            loss_sum, samples, train_seconds = train_one_epoch(
+                s, train_ds, sampler, epoch, interrupt, callback=callback, log=log,
+                resume_state=state if epoch == start_epoch else None)
             lr = s.optimizer.param_groups[0]["lr"]
             s.scheduler.step()
-            train_seconds = time.time() - t0
+            t0 = time.time()
             ev = evaluate(s.model, test_ds, s.device, d, t.batch_size, s.amp)
             s.history.append(dict(epoch=epoch + 1, lr=lr, train_loss=loss_sum / max(samples, 1.0),
-                                  seconds=time.time() - t0, **ev))
+                                  seconds=train_seconds + time.time() - t0, **ev))
             s.extra["train_seconds"] += train_seconds
             s.extra["samples"] += samples
             s.save(epoch + 1, 0)
