@@ -26,6 +26,11 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def _source(init: Path) -> str:
+    """A starting checkpoint by its run folder when it is that run's own."""
+    return init.parent.name if init.name == "checkpoint.pt" else init.name
+
+
 def row(run: Path) -> tuple[list[str], list[str]]:
     cfg = load_config(run / "config.yaml")
     metrics = _load(run / "metrics.json")
@@ -33,7 +38,7 @@ def row(run: Path) -> tuple[list[str], list[str]]:
     setting = f"{d.height}x{d.width}, {6 if d.channels == 'all' else 2} ch, T={d.time_steps}"
     t = cfg.train
     recipe = f"{t.optimizer} {t.lr:g}" + (", class weights" if t.class_weights != "none" else "") + \
-        (f", from {Path(t.init).name}" if t.init else "")
+        (f", from {_source(Path(t.init))}" if t.init else "")
     hours = metrics["train_seconds"] / 3600
     trained = f"{metrics['epochs']} ep, {hours:.2f} h" if hours >= 1 else \
         f"{metrics['epochs']} ep, {metrics['train_seconds'] / 60:.0f} min"

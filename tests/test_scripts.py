@@ -1,6 +1,7 @@
 """scripts/same_in_lava_and_emulator.py, the check the demo and deploy_run.sh
 stop on: it passes only when the class maps are byte-identical, the spike
-counts equal and every layer spikes."""
+counts equal and every layer spikes; scripts/results_table.py, the README's
+results table."""
 from __future__ import annotations
 
 import json
@@ -59,3 +60,25 @@ def test_any_difference_or_a_silent_layer_fails(tmp_path, maps, what):
     expected = {"pixel": "DIFFER", "missing frame": "different class maps", "count": "spike counts DIFFER",
                 "silent layer": "never spike"}[what]
     assert expected in r.stderr + r.stdout
+
+
+def test_results_table_row_of_a_fine_tuned_ann_twin(tmp_path):
+    # scripts/results_table.py: the README's rows; a starting checkpoint is named by its run
+    from toolchain.config import Config, save_config
+
+    cfg = Config()
+    cfg.train.ann, cfg.train.init, cfg.train.class_weights = True, "runs/stage1/checkpoint.pt", "inverse-sqrt"
+    run = tmp_path / "twin"
+    save_config(cfg, run)
+    names = ["flat", "sky"]
+    (run / "metrics.json").write_text(json.dumps(dict(
+        miou=0.4567, iou_per_class=dict(zip(names, [0.9, 0.0134])), class_names=names, epochs=4,
+        train_seconds=150.0)))
+    script = SCRIPT.parent / "results_table.py"
+    out = subprocess.run([sys.executable, str(script), str(run)], capture_output=True, text=True, check=True).stdout
+    cells = [c.strip() for c in out.strip().splitlines()[-1].strip("|").split("|")]
+    assert cells[0] == f"{cfg.model.name} ANN twin"
+    assert cells[2].endswith("class weights, from stage1")
+    assert cells[3:7] == ["45.7", "-", "-", "-"]
+    assert cells[7:9] == ["90.0", "1.3"]
+    assert cells[-1] == "4 ep, 2 min"
