@@ -9,7 +9,8 @@ warm-up step and one timed step, 0.45 samples/s. With mmap off, trimming and
 padding raised before torch loads, 0.83 M faults, 5 s and 0.61 samples/s. The
 process keeps its peak resident size, which each step reaches anyway. Set
 before torch loads (`toolchain.cli.main`): the heap's layout then suits it
-best; later calls still help.
+best; later calls still help. The emulator and the Lava processes `toolchain`
+forks gain as well (README, Benchmark).
 """
 
 from __future__ import annotations
