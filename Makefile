@@ -21,13 +21,13 @@ demo: setup
 	bash examples/demo.sh $(DEMO)
 
 test: setup lint
-	$(PY) -m pytest -n 2 --timeout 900
+	$(PY) -m pytest -n 2 --timeout 900 --hypothesis-profile=ci
 
 lint: setup
 	$(VENV)/bin/ruff check toolchain models deploy tests scripts examples
 
 test-fast: setup
-	$(PY) -m pytest -n 2 -m "not slow"
+	$(PY) -m pytest -n 2 -m "not slow" --hypothesis-profile=ci
 
 bench: setup
 	$(TC) bench --json bench.json

@@ -1,4 +1,4 @@
-"""Shared fixtures: small generated DDD17-format data and a data config."""
+"""Shared fixtures (small generated DDD17-format data, a data config) and the hypothesis profiles."""
 from __future__ import annotations
 
 import struct
@@ -6,8 +6,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from toolchain.config import DataConfig
+
+# "ci" (the default, and what `make test` names): the same examples on every
+# run and machine, no example database, a failure printed with the blob that
+# reproduces it (`@reproduce_failure`), so a run passes or fails on the code
+# alone. "explore": new random examples each run, remembered in .hypothesis/;
+#   pytest --hypothesis-profile=explore --hypothesis-seed=N
+# Keep what it finds as an `@example` on the test.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")

@@ -67,12 +67,15 @@ def torch_vs_emulator(model, x, *, content=True):
 
 
 def emulator_vs_lava(net, x, out):
-    """Lava's run of the first frame equals the emulator's on every layer and the readout."""
-    lava_spikes, lava_v = lava_graph.run_frame(net, x[0].numpy())
+    """Every frame of `x`, streamed through one Lava network, equals the
+    emulator's run on every layer and the readout; content is required on
+    exactly the frames compared."""
+    with lava_graph.LavaNetwork(net, x.shape[-1], capacity=len(x)) as lava:
+        lava_spikes, _, lava_v = lava.run(x.numpy())
     assert set(lava_spikes) == {layer.name for layer in net.layers[:-1]}
     for name, s in lava_spikes.items():
-        np.testing.assert_array_equal(s, out.spikes[name][0].numpy(), err_msg=f"layer {name}")
-    np.testing.assert_array_equal(lava_v, out.voltage[0].numpy())
+        np.testing.assert_array_equal(s, out.spikes[name].numpy(), err_msg=f"layer {name}")
+    np.testing.assert_array_equal(lava_v, out.voltage.numpy())
     assert_has_content(lava_spikes, lava_v, layers=out.spikes, where="emulator vs Lava")
 
 
