@@ -139,7 +139,7 @@ def ckpt(tmp_path):
 
 
 def _rewrite(path, fn):
-    c = torch.load(path, weights_only=False)
+    c = checkpoint.load(path)
     fn(c)
     torch.save(c, path)
 

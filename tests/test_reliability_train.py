@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from toolchain import checkpoint
+
 # 16 batches an epoch (about 0.7 s here): the SIGKILL 0.1 s into epoch 2 lands
 # mid-epoch with room to spare (with 4 batches, epoch 2 sometimes ended first)
 TINY = ["data.synth_n_train=32", "data.synth_n_test=2", "data.synth_height=24", "data.synth_width=40",
@@ -56,7 +58,7 @@ def _signal_when(cmd, env, marker: str, sig: int, delay: float = 0.3) -> tuple[i
 
 
 def _weights(run: Path) -> dict:
-    return torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+    return checkpoint.load(run / "checkpoint.pt")["model"]
 
 
 @pytest.mark.slow
@@ -70,11 +72,11 @@ def test_sigkill_then_sigint_then_resume_equals_an_uninterrupted_run(tmp_path):
     code, _, err = _signal_when(_cmd(broken), env, f"epoch 2/{EPOCHS}", signal.SIGKILL, 0.1)
     assert code == -signal.SIGKILL, err[-2000:]  # killed, not finished
     assert not json.loads((broken / "metrics.json").read_text())["final"]
-    assert torch.load(broken / "checkpoint.pt", weights_only=False)["epoch"] == 1  # intact, from epoch 1
+    assert checkpoint.load(broken / "checkpoint.pt")["epoch"] == 1  # intact, from epoch 1
 
     code, out, err = _signal_when(_cmd(broken, "--resume"), env, f"epoch 3/{EPOCHS}", signal.SIGINT, 0.05)
     assert code != 0 and "interrupted: checkpoint saved" in out, out[-2000:] + err[-2000:]
-    saved = torch.load(broken / "checkpoint.pt", weights_only=False)
+    saved = checkpoint.load(broken / "checkpoint.pt")
     assert (saved["epoch"], saved["step"] > 0) == (2, True)  # saved inside epoch 3
 
     p = subprocess.run(_cmd(broken, "--resume"), env=env, capture_output=True, text=True, timeout=600)

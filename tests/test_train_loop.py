@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import models
+from toolchain import checkpoint
 from toolchain.config import Config
 from toolchain.errors import ToolchainError
 from toolchain.train import augment, loop, loss_fn, train
@@ -108,7 +109,7 @@ def test_weighted_training_records_its_weights_and_trains_with_them(cfg, data, t
     for kind in ("none", "inverse-sqrt"):
         cfg.train.class_weights = kind
         train(cfg, tmp_path / kind, datasets=data, log=lambda *_: None)
-        states[kind] = torch.load(tmp_path / kind / "checkpoint.pt", weights_only=False)
+        states[kind] = checkpoint.load(tmp_path / kind / "checkpoint.pt")
     extra = states["inverse-sqrt"]["extra"]
     counts = class_counts((data[0][i][1] for i in range(len(data[0]))), 2)
     assert extra["class_pixels"] == counts.tolist()
@@ -177,8 +178,8 @@ def test_resume_after_interrupt_equals_uninterrupted_run(cfg, data, tmp_path, wh
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "b", datasets=data, callback=_interrupt_at(*where), log=lambda s: None)
     resumed = train(cfg, tmp_path / "b", resume=True, datasets=data, log=lambda s: None)
-    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    a = checkpoint.load(tmp_path / "a" / "checkpoint.pt")
+    b = checkpoint.load(tmp_path / "b" / "checkpoint.pt")
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
@@ -230,10 +231,10 @@ def test_an_ann_twin_is_reported_as_an_unquantized_twin(cfg, data, tmp_path):
 def test_init_starts_from_another_runs_weights_and_refuses_another_model(cfg, data, tmp_path):
     cfg.train.epochs = 1
     train(cfg, tmp_path / "a", datasets=data, log=lambda *_: None)
-    first = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
+    first = checkpoint.load(tmp_path / "a" / "checkpoint.pt")["model"]
     cfg.train.init, cfg.train.epochs, cfg.train.lr = str(tmp_path / "a" / "checkpoint.pt"), 1, 1e-9
     train(cfg, tmp_path / "b", datasets=data, log=lambda *_: None)
-    tuned = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
+    tuned = checkpoint.load(tmp_path / "b" / "checkpoint.pt")["model"]
     # an almost zero learning rate: the fine-tuned weights are the ones it started from
     assert all(torch.allclose(first[k].float(), tuned[k].float(), atol=1e-6) for k in first)
     cfg.model.name = "spiking-fcn-tiny"

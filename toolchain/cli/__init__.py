@@ -23,6 +23,8 @@ COMMANDS = {
     "train": ("train", "train", "Train a spiking (or twin) segmentation network."),
     "eval": ("train", "evaluate", "Evaluate a training checkpoint's torch model on a split."),
     "models": ("train", "models_cmd", "List the registered networks and their sizes."),
+    "upgrade-checkpoint": ("train", "upgrade_checkpoint_cmd",
+                           "Rewrite a toolchain 0.1 checkpoint in the format that cannot run code."),
     "export": ("deploy", "export_cmd", "Quantize a trained model to Loihi fixed point; write .net, ONNX or NIR."),
     "run": ("deploy", "run_cmd", "Run a .net over a data split: mIoU, speed, spikes per layer."),
     "predict": ("deploy", "predict_cmd", "Segment an event recording window by window."),

@@ -97,3 +97,21 @@ def models_cmd():
     for name in models.names():
         click.echo(f"{name:<24} {models.describe(name):>12,}")
     click.echo("append -ann to any name for its non-spiking twin")
+
+
+@click.command("upgrade-checkpoint")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Write the upgraded checkpoint here (default: replace PATH).")
+def upgrade_checkpoint_cmd(path, out):
+    """Rewrite a checkpoint of toolchain 0.1 in today's format.
+
+    Version 1 files hold numpy's RNG state as a pickled array, which today's
+    reader refuses. This command reads them through an allow-list (torch's
+    tensor types and numpy arrays, nothing that runs code: anything else is
+    refused) and writes tensors and plain values only. Run it once, on files
+    you made or trust."""
+    from .. import checkpoint
+
+    written = checkpoint.upgrade(path, out)
+    click.echo(f"upgraded {path} -> {written} (checkpoint version {checkpoint.VERSION})")

@@ -174,7 +174,7 @@ def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "la
     ann, cfg = models.load_checkpoint(ann_ckpt, data_root=data_root)
     if isinstance(ann, models.SpikingGraph):
         raise ToolchainError(f"{ann_ckpt}: holds a spiking model; convert takes a twin trained with --ann")
-    ckpt = torch.load(ann_ckpt, map_location="cpu", weights_only=False)
+    ckpt = checkpoint.load(ann_ckpt)
     stats = activation_stats(ann, training_batches(cfg, frames), norm, percentile)
     snn_cfg = copy.deepcopy(cfg)
     snn_cfg.train.ann = False

@@ -106,8 +106,9 @@ def sweep(checkpoints: list[tuple[str, str]], steps: list[int], frames: int = 32
 
 
 def _is_converted(path) -> bool:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    return "conversion" in ckpt
+    from .. import checkpoint
+
+    return "conversion" in checkpoint.load(path)
 
 
 def table(result: dict) -> tuple[list[str], list[list]]:

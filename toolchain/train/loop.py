@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -84,6 +85,23 @@ def make_scheduler(cfg: Config, optimizer):
     if t.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, t.epochs))
     raise ToolchainError(f"train.schedule: {t.schedule!r} is not one of step, cosine")
+
+
+def scheduler_state(scheduler) -> dict:
+    """The schedule's state in plain values for the checkpoint: MultiStepLR
+    keeps its milestones in a Counter, stored as a list."""
+    state = scheduler.state_dict()
+    if isinstance(state.get("milestones"), Counter):
+        state["milestones"] = sorted(state["milestones"].elements())
+    return state
+
+
+def load_scheduler_state(scheduler, state: dict) -> None:
+    """The inverse of `scheduler_state`; the stored milestones win over the
+    rebuilt ones (a resumed run that adds epochs keeps the schedule it started with)."""
+    if isinstance(state.get("milestones"), list):
+        state = dict(state, milestones=Counter(state["milestones"]))
+    scheduler.load_state_dict(state)
 
 
 def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,7 +274,7 @@ class Session:
     def save(self, epoch: int, step: int, aug_state=None, partial=None) -> None:
         if self.d.main:
             checkpoint.save(self.checkpoint_path, model=self.model.state_dict(),
-                            optimizer=self.optimizer.state_dict(), lr_scheduler=self.scheduler.state_dict(),
+                            optimizer=self.optimizer.state_dict(), lr_scheduler=scheduler_state(self.scheduler),
                             scaler=self.scaler.state_dict(), epoch=epoch, step=step, aug_rng=aug_state,
                             partial=partial, history=self.history, extra=self.extra, config=to_dict(self.cfg),
                             dataset=self.dataset_facts)
@@ -322,7 +340,7 @@ def restore(s: Session, state: dict) -> tuple[int, int]:
     """Load a checkpoint's states into the session; returns (epoch, step) to continue from."""
     s.model.load_state_dict(state["model"])
     s.optimizer.load_state_dict(state["optimizer"])
-    s.scheduler.load_state_dict(state["lr_scheduler"])
+    load_scheduler_state(s.scheduler, state["lr_scheduler"])
     if "scaler" in state:
         s.scaler.load_state_dict(state["scaler"])
     checkpoint.set_rng_state(state["rng"])
