@@ -43,6 +43,15 @@ def import_lava_runtime() -> None:
     __import__(name)
 
 
+class LavaRunError(ToolchainError):
+    """Lava failed while running frames: `frame` (index into the frames of
+    the call) had been reached, `what` says which process failed and how."""
+
+    def __init__(self, frame: int, what: str):
+        self.frame, self.what = frame, what
+        super().__init__(f"Lava failed at frame {frame} of this call: {what}")
+
+
 # Messages each Lava channel can hold. Lava's default, 64, reserves 64 copies of
 # every layer's output in shared memory and fills one more each step of a run
 # (12 GB for two 17-step frames of the paper-size DeepLab); under the Loihi
@@ -85,13 +94,21 @@ class LavaNetwork:
         self.keep_spikes = keep_spikes
         self._tmp = tempfile.TemporaryDirectory(prefix="lava-net-")
         self._frames_done = 0
+        self._steps_done = 0  # Lava steps run so far in this runtime
         self._runtime_started = False
         common = dict(frame_steps=self.steps, capacity=self.capacity)
         in_shape = lava_shape(net.input_shape)
         self._in_path = self._file("input.u8", np.uint8, (self.capacity,) + in_shape + (self.time_steps,))
-        source = lava_procs.FileSource(shape=in_shape, time_steps=self.time_steps, path=self._in_path, **common)
+        self._progress_path = self._file("progress.i64", np.int64, (1,))
+        source = lava_procs.FileSource(shape=in_shape, time_steps=self.time_steps, path=self._in_path,
+                                       progress_path=self._progress_path, **common)
         source.s_out.connect(self.network.inp)
         adapters = [source]
+        # what each Lava process is, for a failure's message
+        self._roles = {id(lif): f"layer '{name}' (LIFReset)" for name, lif in self.network.layers.items()}
+        self._roles.update({id(c.process): f"the {type(c.process).__name__} synapse into layer "
+                                           f"'{net.layers[c.target - 1].name}'" for c in self.network.connections})
+        self._roles[id(source)] = "the input source (FileSource)"
         self._sinks = {}  # name -> (spike file or None, count file, Lava shape)
         for i, layer in enumerate(net.layers[:-1], start=1):
             shape = lava_shape(layer.shape)
@@ -102,6 +119,7 @@ class LavaNetwork:
                                        offset=self.network.offsets[layer.name], **common)
             self.network.layers[layer.name].s_out.connect(sink.a_in)
             adapters.append(sink)
+            self._roles[id(sink)] = f"the spike sink of layer '{layer.name}' (FileSink)"
             self._sinks[layer.name] = (spike_file, count_file, shape)
         out_shape = lava_shape(net.layers[-1].shape)
         self._v_path = self._file("readout.i32", np.int32, (self.capacity,) + out_shape)
@@ -109,6 +127,7 @@ class LavaNetwork:
                                          offset=self.network.offsets[net.layers[-1].name], **common)
         readout.v.connect_var(self.network.readout.v)
         adapters.append(readout)
+        self._roles[id(readout)] = "the readout reader (FileReadout)"
         self._run_cfg = run_config(self.network, fast_conv=not stock_conv,
                                    exception_proc_model_map={p: lava_procs.MODELS[type(p)] for p in adapters})
 
@@ -170,8 +189,8 @@ class LavaNetwork:
                              stock_conv=self.stock_conv) as fresh:
                 try:
                     parts.append(fresh.run(frames[k:k + 1]))
-                except ToolchainError as e:
-                    raise ToolchainError(str(e).replace("frame 0 of this call", f"frame {k} of this call")) from e
+                except LavaRunError as e:
+                    raise LavaRunError(k, e.what) from e
         return ({k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]},
                 {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]},
                 np.concatenate([p[2] for p in parts]))
@@ -186,33 +205,64 @@ class LavaNetwork:
             self._children_before = set(multiprocessing.active_children())
         import threading
 
-        # Lava's runtime waits forever when one of its worker processes dies, so
-        # the run goes on a thread and this one watches the workers.
-        failure: list[BaseException] = []
+        # Lava's runtime waits forever when one of its worker processes dies or
+        # raises (it joins every worker, and the others wait on their channels),
+        # so the run goes on a thread and this one watches the workers.
+        failure: list[str] = []
 
         def run() -> None:
             try:
                 self.network.run(condition=RunSteps(num_steps=steps), run_cfg=self._run_cfg,
                                  compile_config={"pypy_channel_size": CHANNEL_SLOTS})
             except BaseException as e:  # handed to the caller's thread below
-                failure.append(e)
+                failure.append(f"{type(e).__name__}: {' '.join(str(e).split())[:500]}")
 
         self._runtime_started = True
         runner = threading.Thread(target=run, daemon=True, name="lava-run")
         runner.start()
         while runner.is_alive():
             runner.join(timeout=0.2)
-            dead = [c for c in self._workers() if c.exitcode not in (None, 0)]
-            if dead and runner.is_alive():
-                failure.append(RuntimeError(f"Lava worker {dead[0].name} exited with code {dead[0].exitcode}"))
+            broken = self._broken_worker()
+            if broken and runner.is_alive():
+                failure.append(broken)
                 break
         if failure:
-            e = failure[0]
+            from .lava_procs import open_memmap
+
+            step = int(open_memmap(self._progress_path, np.int64, (1,), mode="r")[0])
+            frame = first + min(max(0, (step - 1 - self._steps_done) // self.steps), last - first)
             self.close(failed=True)
-            frames = f"frame {first}" if first == last else f"frames {first}..{last}"
-            detail = " ".join(str(e).split())[:500]
-            raise ToolchainError(f"Lava failed while running {frames} of this call: "
-                                 f"{type(e).__name__}: {detail}") from e
+            raise LavaRunError(frame, failure[0])
+        self._steps_done += steps
+
+    def _broken_worker(self) -> str | None:
+        """Which of Lava's worker processes ended mid-run, and how, or None.
+
+        Lava starts one worker per process (in its compiler's order of
+        process builders), then its runtime services; a worker that raises
+        hands Lava the exception through a pipe and exits with code 0."""
+        import signal
+
+        from lava.magma.compiler.builders.py_builder import PyProcessBuilder
+
+        runtime = self.network.runtime
+        infrastructure = getattr(runtime, "_messaging_infrastructure", None)
+        if infrastructure is None:
+            return None
+        procs = [p for p, b in runtime._executable.proc_builders.items() if isinstance(b, PyProcessBuilder)]
+        for k, actor in enumerate(list(infrastructure.actors)):
+            if actor.exitcode is None:
+                continue
+            who = self._roles.get(id(procs[k]), f"Lava process {procs[k].name}") if k < len(procs) \
+                else "Lava's runtime service"
+            error = actor.exception
+            if error:
+                e = error[0]
+                return f"{who} raised {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            code = actor.exitcode
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+            return f"the worker process of {who} {how}"
+        return None
 
     def _workers(self) -> list:
         """The processes Lava started for this network."""
@@ -228,12 +278,21 @@ class LavaNetwork:
                 self.network.stop()
             # Lava's process models run in forked children; after a failure inside
             # one, stop() can leave its siblings waiting on channels forever.
+            # (Lava's SystemProcess.join takes no timeout: the base class's does.)
+            import multiprocessing
+
+            infrastructure = getattr(self.network.runtime, "_messaging_infrastructure", None)
+            if failed and getattr(infrastructure, "smm", None) is not None:
+                try:  # its server frees the channels' shared memory as it stops
+                    infrastructure.smm.shutdown()
+                except Exception:  # already gone: the kill below is all that is left to do
+                    pass
             for child in self._workers():
                 child.terminate()
-                child.join(timeout=5)
+                multiprocessing.Process.join(child, 5)
                 if child.is_alive():
                     child.kill()
-                    child.join(timeout=5)
+                    multiprocessing.Process.join(child, 5)
         self._tmp.cleanup()
 
     def __enter__(self) -> "LavaNetwork":

@@ -49,11 +49,14 @@ def open_memmap(path: str, dtype, shape: tuple, mode: str = "r+") -> np.memmap:
 
 # ------------------------------------------------------------ processes
 class FileSource(AbstractProcess):
-    """Input spikes (capacity, *shape, T) uint8 from `path`; frame f at steps f*P .. f*P+T-1."""
+    """Input spikes (capacity, *shape, T) uint8 from `path`; frame f at steps f*P .. f*P+T-1.
+    Each step's number goes to `progress_path` (one int64), so that the host
+    can name the frame a failed run had reached."""
 
-    def __init__(self, *, shape: tuple, time_steps: int, frame_steps: int, capacity: int, path: str):
+    def __init__(self, *, shape: tuple, time_steps: int, frame_steps: int, capacity: int, path: str,
+                 progress_path: str):
         super().__init__(shape=shape, time_steps=time_steps, frame_steps=frame_steps, capacity=capacity,
-                         path=path)
+                         path=path, progress_path=progress_path)
         self.s_out = OutPort(shape=shape)
 
 
@@ -100,8 +103,10 @@ class PyFileSourceModel(PyLoihiProcessModel):
         self._data = open_memmap(p["path"], np.uint8, (p["capacity"],) + tuple(p["shape"]) + (p["time_steps"],),
                                  mode="r")
         self._zeros = np.zeros(p["shape"], dtype=np.int32)
+        self._progress = open_memmap(p["progress_path"], np.int64, (1,))
 
     def run_spk(self):
+        self._progress[0] = self.time_step
         frame, step = _frame_step(self)
         if step < self.proc_params["time_steps"]:
             self.s_out.send(self._data[frame % self.proc_params["capacity"], ..., step].astype(np.int32))

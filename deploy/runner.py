@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import multiprocessing.connection
+import os
+import signal
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -51,7 +55,10 @@ def _frames(dataset, indices):
 def _lava_worker(net_path, data_cfg, split, indices, out_file):
     from toolchain.data import build_dataset
 
-    from .lava_graph import import_lava_runtime
+    from .lava_graph import LavaRunError, import_lava_runtime
+    # this shard and the Lava workers it forks form one process group, so that
+    # the parent can end them all at once, even after this process was killed
+    os.setpgid(0, 0)
     # A forked child must not enter the OpenMP pool it inherited from a parent
     # that already ran torch in parallel (it deadlocks, as in torch's DataLoader
     # workers); one thread per shard is the right share of the cores anyway.
@@ -60,8 +67,53 @@ def _lava_worker(net_path, data_cfg, split, indices, out_file):
     deployed = load(net_path)
     dataset = build_dataset(data_cfg, split)
     x, _ = _frames(dataset, indices)
-    r = deployed.run(x, backend="lava", keep_spikes=False)
+    try:
+        r = deployed.run(x, backend="lava", keep_spikes=False)
+    except ToolchainError as e:
+        what = f"{split} frame {indices[e.frame]}: {e.what}" if isinstance(e, LavaRunError) else str(e)
+        Path(f"{out_file}.err").write_text(what)
+        sys.exit(3)
     np.savez(out_file, voltage=r.voltage, **{f"count_{k}": v for k, v in r.counts.items()})
+
+
+def _run_shards(net_path, cfg, split: str, shards: list[list[int]], tmp: str) -> None:
+    """One Lava worker process per shard; the first to fail ends every other
+    one and all their Lava processes, and its error names the frame."""
+    ctx = mp.get_context("fork")  # Lava sets the start method itself in a spawned child
+    procs = []
+    try:
+        for k, shard in enumerate(shards):
+            p = ctx.Process(target=_lava_worker, args=(str(net_path), cfg, split, shard, f"{tmp}/{k}.npz"))
+            p.start()
+            procs.append(p)
+            try:  # also here, so that the group exists before the child could fork
+                os.setpgid(p.pid, p.pid)
+            except (PermissionError, ProcessLookupError):  # the child did it first, or is gone
+                pass
+        running = dict(enumerate(procs))
+        while running:
+            mp.connection.wait([p.sentinel for p in running.values()])
+            for k, p in list(running.items()):
+                if p.exitcode is None:
+                    continue
+                del running[k]
+                if p.exitcode != 0:
+                    err = Path(f"{tmp}/{k}.npz.err")
+                    if err.is_file():
+                        what = err.read_text()
+                    else:
+                        frames = ", ".join(map(str, shards[k][:8])) + (", ..." if len(shards[k]) > 8 else "")
+                        how = f"was killed by {signal.Signals(-p.exitcode).name}" if p.exitcode < 0 \
+                            else f"exited with code {p.exitcode}"
+                        what = f"the Lava worker running {split} frames {frames} {how}"
+                    raise ToolchainError(f"{net_path}: {what}")
+    finally:
+        for p in procs:  # after a failure: the other shards and every Lava process of any shard
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            p.join()
 
 
 def evaluate(net_path, data_cfg, *, split: str = "test", frames: int | None = None,
@@ -90,16 +142,7 @@ def evaluate(net_path, data_cfg, *, split: str = "test", frames: int | None = No
     if backend == "lava" and workers > 1:
         shards = [indices[k::workers] for k in range(workers) if indices[k::workers]]
         with tempfile.TemporaryDirectory() as tmp:
-            ctx = mp.get_context("fork")  # Lava sets the start method itself in a spawned child
-            procs = []
-            for k, shard in enumerate(shards):
-                p = ctx.Process(target=_lava_worker, args=(str(net_path), cfg, split, shard, f"{tmp}/{k}.npz"))
-                p.start()
-                procs.append(p)
-            for p in procs:
-                p.join()
-            if any(p.exitcode != 0 for p in procs):
-                raise ToolchainError(f"{net_path}: a Lava worker failed (exit codes {[p.exitcode for p in procs]})")
+            _run_shards(net_path, cfg, split, shards, tmp)
             order = np.concatenate([np.array(s) for s in shards])
             parts = [np.load(f"{tmp}/{k}.npz") for k in range(len(shards))]
             v = np.concatenate([p["voltage"] for p in parts])
