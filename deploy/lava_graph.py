@@ -52,6 +52,11 @@ class LavaRunError(ToolchainError):
         super().__init__(f"Lava failed at frame {frame} of this call: {what}")
 
 
+def _one_line(e: BaseException, limit: int) -> str:
+    """An exception as `Type: message` on one line (Lava's messages span several)."""
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:limit]}"
+
+
 # Messages each Lava channel can hold. Lava's default, 64, reserves 64 copies of
 # every layer's output in shared memory and fills one more each step of a run
 # (12 GB for two 17-step frames of the paper-size DeepLab); under the Loihi
@@ -215,7 +220,7 @@ class LavaNetwork:
                 self.network.run(condition=RunSteps(num_steps=steps), run_cfg=self._run_cfg,
                                  compile_config={"pypy_channel_size": CHANNEL_SLOTS})
             except BaseException as e:  # handed to the caller's thread below
-                failure.append(f"{type(e).__name__}: {' '.join(str(e).split())[:500]}")
+                failure.append(_one_line(e, 500))
 
         self._runtime_started = True
         runner = threading.Thread(target=run, daemon=True, name="lava-run")
@@ -257,8 +262,7 @@ class LavaNetwork:
                 else "Lava's runtime service"
             error = actor.exception
             if error:
-                e = error[0]
-                return f"{who} raised {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+                return f"{who} raised {_one_line(error[0], 300)}"
             code = actor.exitcode
             how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
             return f"the worker process of {who} {how}"

@@ -33,12 +33,17 @@ VERSION = 2
 UPGRADE = "toolchain upgrade-checkpoint"
 
 
+def _plain_numpy_state(state: tuple) -> dict:
+    """`np.random.get_state()`'s tuple as tensors and plain values (the key array as an int64 tensor)."""
+    kind, keys, pos, has_gauss, gauss = state
+    return {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}
+
+
 def rng_state() -> dict:
-    """Every generator's state as tensors and plain values (numpy's key array as an int64 tensor)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    """Every generator's state as tensors and plain values."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}}
+             "numpy": _plain_numpy_state(np.random.get_state())}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -152,9 +157,7 @@ def upgrade(path: str | Path, out: str | Path | None = None) -> Path:
     except Exception as e:
         raise ToolchainError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})".splitlines()[0]) from e
     ckpt = _checked(path, ckpt, 1)
-    kind, keys, pos, has_gauss, gauss = ckpt["rng"]["numpy"]
-    ckpt["rng"]["numpy"] = {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
-                            "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}
+    ckpt["rng"]["numpy"] = _plain_numpy_state(ckpt["rng"]["numpy"])
     ckpt["version"] = VERSION
     _write(out, ckpt)
     load(out)  # what was written reads back through the safe reader
