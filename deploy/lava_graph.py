@@ -240,26 +240,28 @@ class LavaNetwork:
             raise LavaRunError(frame, failure[0])
         self._steps_done += steps
 
-    def _broken_worker(self) -> str | None:
-        """Which of Lava's worker processes ended mid-run, and how, or None.
-
-        Lava starts one worker per process (in its compiler's order of
-        process builders), then its runtime services; a worker that raises
-        hands Lava the exception through a pipe and exits with code 0."""
-        import signal
-
+    def _actors(self) -> list[tuple]:
+        """(Lava process, its worker) for each worker Lava has started; the
+        process is None for a runtime service. Lava starts one worker per
+        process, in its compiler's order of process builders, then its services."""
         from lava.magma.compiler.builders.py_builder import PyProcessBuilder
 
         runtime = self.network.runtime
         infrastructure = getattr(runtime, "_messaging_infrastructure", None)
         if infrastructure is None:
-            return None
+            return []
         procs = [p for p, b in runtime._executable.proc_builders.items() if isinstance(b, PyProcessBuilder)]
-        for k, actor in enumerate(list(infrastructure.actors)):
+        return [(procs[k] if k < len(procs) else None, actor) for k, actor in enumerate(list(infrastructure.actors))]
+
+    def _broken_worker(self) -> str | None:
+        """Which of Lava's worker processes ended mid-run, and how, or None.
+        A worker that raises hands Lava the exception through a pipe and exits with code 0."""
+        import signal
+
+        for proc, actor in self._actors():
             if actor.exitcode is None:
                 continue
-            who = self._roles.get(id(procs[k]), f"Lava process {procs[k].name}") if k < len(procs) \
-                else "Lava's runtime service"
+            who = "Lava's runtime service" if proc is None else self._roles.get(id(proc), f"Lava process {proc.name}")
             error = actor.exception
             if error:
                 return f"{who} raised {_one_line(error[0], 300)}"

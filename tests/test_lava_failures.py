@@ -84,13 +84,8 @@ def test_killing_a_lava_worker_mid_run_ends_it_with_one_named_error(chain, monke
     with LavaNetwork(net, T, capacity=len(x)) as lava:
         def kill_layer_c1():
             def worker():
-                from lava.magma.compiler.builders.py_builder import PyProcessBuilder
-                runtime = lava.network.runtime
-                actors = getattr(getattr(runtime, "_messaging_infrastructure", None), "actors", [])
-                procs = [p for p, b in runtime._executable.proc_builders.items()
-                         if isinstance(b, PyProcessBuilder)] if actors else []
-                k = next((i for i, p in enumerate(procs) if p is lava.network.layers["c1"]), None)
-                return actors[k] if k is not None and k < len(actors) and actors[k].pid else None
+                return next((actor for proc, actor in lava._actors()
+                             if proc is lava.network.layers["c1"] and actor.pid), None)
             victim = _wait_for(worker, "layer c1's Lava worker")
             from deploy.lava_procs import open_memmap
             _wait_for(lambda: open_memmap(lava._progress_path, np.int64, (1,), mode="r")[0] == FAULT_STEP - 1,
