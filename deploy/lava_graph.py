@@ -236,8 +236,10 @@ class LavaNetwork:
 
             step = int(open_memmap(self._progress_path, np.int64, (1,), mode="r")[0])
             frame = first + min(max(0, (step - 1 - self._steps_done) // self.steps), last - first)
+            # Lava's own error only counts the exceptions: the worker's names the process
+            what = self._broken_worker() or failure[0]
             self.close(failed=True)
-            raise LavaRunError(frame, failure[0])
+            raise LavaRunError(frame, what)
         self._steps_done += steps
 
     def _actors(self) -> list[tuple]:
@@ -255,20 +257,31 @@ class LavaNetwork:
 
     def _broken_worker(self) -> str | None:
         """Which of Lava's worker processes ended mid-run, and how, or None.
-        A worker that raises hands Lava the exception through a pipe and exits with code 0."""
+        A worker that raises hands Lava the exception through a pipe and exits
+        with code 0; after Lava has joined its workers, the healthy ones have
+        ended too, so one that raised is named first, then one that died."""
         import signal
 
+        def who(proc) -> str:
+            return "Lava's runtime service" if proc is None else self._roles.get(id(proc), f"Lava process {proc.name}")
+
+        ended = []
         for proc, actor in self._actors():
-            if actor.exitcode is None:
+            try:
+                code = actor.exitcode
+            except ValueError:  # Lava's runtime joined and closed it: it has ended, its exception kept
+                code = 0
+            if code is None:
                 continue
-            who = "Lava's runtime service" if proc is None else self._roles.get(id(proc), f"Lava process {proc.name}")
             error = actor.exception
             if error:
-                return f"{who} raised {_one_line(error[0], 300)}"
-            code = actor.exitcode
-            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-            return f"the worker process of {who} {how}"
-        return None
+                return f"{who(proc)} raised {_one_line(error[0], 300)}"
+            ended.append((code, proc))
+        if not ended:
+            return None
+        code, proc = min(ended, key=lambda e: e[0] == 0)  # a death by a signal or an error code first
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        return f"the worker process of {who(proc)} {how}"
 
     def _workers(self) -> list:
         """The processes Lava started for this network."""

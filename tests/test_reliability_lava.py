@@ -1,14 +1,29 @@
 """A failure inside one of Lava's own worker processes: the run stops with one
-clear error naming the frames, and no Lava worker process is left behind."""
+error naming the frame and the process, and no Lava worker process is left behind.
+
+Lava as released waits forever when one of its worker processes raises or
+dies: its runtime joins every worker, and the others wait on their channels.
+`LavaNetwork` watches the workers and ends them all after a failure. Faults
+are injected deterministically: a process model that raises at a chosen
+step, or an input source that stalls at a chosen step so that a worker can
+be killed while the run is surely in progress."""
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
+from lava.proc.lif.models import PyLifResetModelBitAcc
 
 from deploy import lava_graph, lava_procs
+from deploy.export import build_netfile
+from deploy.lava_graph import LavaNetwork, LavaRunError
 from tests.test_bench import frames, small_net  # noqa: F401  (fixtures)
+from tests.test_lava_equivalence import CASES, graph, spikes
 from toolchain.errors import ToolchainError
 
 
@@ -27,6 +42,94 @@ def test_failure_inside_a_lava_process_is_reported_with_its_frames_and_leaves_no
     monkeypatch.setattr(lava_procs.PyFileSinkModel, "run_spk", failing_run_spk)
     before = set(multiprocessing.active_children())
     lava = lava_graph.LavaNetwork(small_net, frames.shape[-1], capacity=4)
-    with pytest.raises(ToolchainError, match=r"Lava failed while running frames 0\.\.2"):
+    with pytest.raises(ToolchainError, match=r"^Lava failed at frame \d of this call: the spike sink of layer "
+                                             r"'\w+' \(FileSink\) raised RuntimeError: injected fault$") as e:
         lava.run(np.asarray(frames[:3]))
+    # the first failing step is 2(T+1)+1; the input source may not have begun it yet
+    first = 2 * (frames.shape[-1] + 1) + 1
+    assert e.value.frame in {(first - 2) // lava.steps, (first - 1) // lava.steps}
     assert set(multiprocessing.active_children()) - before == set()
+
+
+T = 5
+FAULT_STEP = 12  # Lava time step (from 1) at which the fault strikes
+
+
+class RaisingLif(PyLifResetModelBitAcc):
+    def run_spk(self):
+        if self.time_step == FAULT_STEP:
+            raise ValueError("injected fault")
+        return super().run_spk()
+
+
+class StallingSource(lava_procs.PyFileSourceModel):
+    """Holds the whole network (every step ends in a barrier) at FAULT_STEP, its progress at the step before."""
+
+    def run_spk(self):
+        if self.time_step == FAULT_STEP:
+            time.sleep(3600)
+        return super().run_spk()
+
+
+@pytest.fixture(scope="module")
+def chain():
+    """An aligned net (frames stream through one runtime) and 6 frames of input."""
+    spec, shape = CASES["dilated_conv"]
+    net = build_netfile(graph(spec, shape), time_steps=T)
+    return net, spikes((6, *shape, T)).numpy()
+
+
+def _wait_for(condition, what: str, timeout: float = 120.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.lava
+@pytest.mark.timeout(300)
+def test_an_exception_inside_a_lava_process_names_the_frame_and_the_layer(chain):
+    net, x = chain
+    before = set(multiprocessing.active_children())
+    with LavaNetwork(net, T, capacity=len(x)) as lava:
+        lava._run_cfg.exception_proc_model_map[lava.network.layers["c2"]] = RaisingLif
+        with pytest.raises(LavaRunError) as e:
+            lava.run(x)
+    frame = (FAULT_STEP - 1) // net.frame_steps(T)
+    assert e.value.frame == frame and frame > 0
+    assert str(e.value) == f"Lava failed at frame {frame} of this call: " \
+                           f"layer 'c2' (LIFReset) raised ValueError: injected fault"
+    assert set(multiprocessing.active_children()) <= before, "Lava workers left running"
+
+
+@pytest.mark.lava
+@pytest.mark.timeout(300)
+def test_killing_a_lava_worker_mid_run_ends_it_with_one_named_error(chain, monkeypatch):
+    net, x = chain
+    monkeypatch.setitem(lava_procs.MODELS, lava_procs.FileSource, StallingSource)
+    before = set(multiprocessing.active_children())
+    with LavaNetwork(net, T, capacity=len(x)) as lava:
+        def kill_layer_c1():
+            def worker():
+                return next((actor for proc, actor in lava._actors()
+                             if proc is lava.network.layers["c1"] and actor.pid), None)
+            victim = _wait_for(worker, "layer c1's Lava worker")
+            from deploy.lava_procs import open_memmap
+            _wait_for(lambda: open_memmap(lava._progress_path, np.int64, (1,), mode="r")[0] == FAULT_STEP - 1,
+                      "the run to reach the stalling step")
+            os.kill(victim.pid, signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_layer_c1, daemon=True)
+        killer.start()
+        t0 = time.monotonic()
+        with pytest.raises(LavaRunError) as e:
+            lava.run(x)
+        killer.join()
+    assert time.monotonic() - t0 < 120
+    frame = (FAULT_STEP - 1) // net.frame_steps(T)
+    assert str(e.value) == f"Lava failed at frame {frame} of this call: " \
+                           f"the worker process of layer 'c1' (LIFReset) was killed by SIGKILL"
+    assert set(multiprocessing.active_children()) <= before, "Lava workers left running"
