@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 TC := $(VENV)/bin/toolchain
 DEMO ?= demo
 
-.PHONY: setup lock lint demo test test-fast bench clean
+.PHONY: setup browser lock lint demo test test-fast bench clean
 
 # The environment is updated when the pins or the lock change; it holds
 # exactly the versions in requirements.lock.
@@ -11,6 +11,10 @@ $(VENV)/.installed: pyproject.toml requirements.lock scripts/setup-venv.sh
 	bash scripts/setup-venv.sh $(VENV)
 
 setup: $(VENV)/.installed
+
+# The headless browser the report test opens the demo's page in.
+browser:
+	bash scripts/setup-browser.sh
 
 # Re-resolves pyproject.toml's pins (transitive dependencies at their newest
 # compatible versions) in a scratch environment and writes requirements.lock.
@@ -20,7 +24,7 @@ lock:
 demo: setup
 	bash examples/demo.sh $(DEMO)
 
-test: setup lint
+test: setup browser lint
 	$(PY) -m pytest -n 2 --timeout 900 --hypothesis-profile=ci
 
 lint: setup

@@ -10,7 +10,6 @@ A screenshot of what a reader sees first is kept under pytest's tmp path.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -50,21 +49,10 @@ window.addEventListener("load", () => {
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """Debian's chromium; installed with apt-get when missing and we are root."""
-    exe = shutil.which("chromium")
-    if exe:
-        return exe
-    if os.geteuid() != 0:
-        pytest.fail("chromium is not installed and this is not root: run `apt-get install chromium` first")
-    apt = ["apt-get", "install", "-y", "--no-install-recommends", "-o", "DPkg::Lock::Timeout=600", "chromium"]
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    r = subprocess.run(apt, env=env, capture_output=True, text=True)
-    if r.returncode != 0:  # a fresh machine has no package lists yet
-        subprocess.run(["apt-get", "update", "-o", "DPkg::Lock::Timeout=600"], env=env, capture_output=True)
-        r = subprocess.run(apt, env=env, capture_output=True, text=True)
+    """Debian's chromium, installed by `make browser` (which `make test` runs)."""
     exe = shutil.which("chromium")
     if exe is None:
-        pytest.fail(f"`{' '.join(apt)}` did not install chromium:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+        pytest.fail("chromium is not installed: run `make browser` (scripts/setup-browser.sh) first")
     return exe
 
 
