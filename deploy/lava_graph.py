@@ -63,6 +63,10 @@ def _one_line(e: BaseException, limit: int) -> str:
 # protocol every step ends in a barrier, so a channel never holds more than one.
 CHANNEL_SLOTS = 2
 
+# How long Lava may take, once a worker has raised, to stop and join the others
+# by itself; past it the run is taken to hang on the lost worker.
+WORKER_GRACE_S = 4.0
+
 
 class LavaNetwork:
     """The fast host runner: `deploy.lava.Network` between memory-mapped file I/O adapters.
@@ -101,6 +105,7 @@ class LavaNetwork:
         self._frames_done = 0
         self._steps_done = 0  # Lava steps run so far in this runtime
         self._runtime_started = False
+        self._exit_codes: dict[int, int] = {}
         common = dict(frame_steps=self.steps, capacity=self.capacity)
         in_shape = lava_shape(net.input_shape)
         self._in_path = self._file("input.u8", np.uint8, (self.capacity,) + in_shape + (self.time_steps,))
@@ -227,9 +232,15 @@ class LavaNetwork:
         runner.start()
         while runner.is_alive():
             runner.join(timeout=0.2)
-            broken = self._broken_worker()
-            if broken and runner.is_alive():
-                failure.append(broken)
+            ended = self._ended_workers() if runner.is_alive() else []
+            if ended:
+                if all(code == 0 for code in ended):
+                    # A worker that raised exits with 0, and Lava may be
+                    # stopping the others and reading their exceptions: let it,
+                    # rather than race it for them.
+                    runner.join(timeout=WORKER_GRACE_S)
+                if runner.is_alive():
+                    failure.append(self._broken_worker() or "a Lava worker ended mid-run")
                 break
         if failure:
             from .lava_procs import open_memmap
@@ -255,6 +266,21 @@ class LavaNetwork:
         procs = [p for p, b in runtime._executable.proc_builders.items() if isinstance(b, PyProcessBuilder)]
         return [(procs[k] if k < len(procs) else None, actor) for k, actor in enumerate(list(infrastructure.actors))]
 
+    def _exit_code(self, actor) -> int | None:
+        """A worker's exit code, None while it runs; kept, since Lava's runtime
+        closes the workers it joins and a closed process forgets its code."""
+        try:
+            code = actor.exitcode
+        except ValueError:  # joined and closed by Lava: it ended, its exception kept
+            return self._exit_codes.get(id(actor), 0)
+        if code is not None:
+            self._exit_codes[id(actor)] = code
+        return code
+
+    def _ended_workers(self) -> list[int]:
+        """The exit codes of the workers that have ended."""
+        return [code for _, actor in self._actors() if (code := self._exit_code(actor)) is not None]
+
     def _broken_worker(self) -> str | None:
         """Which of Lava's worker processes ended mid-run, and how, or None.
         A worker that raises hands Lava the exception through a pipe and exits
@@ -267,10 +293,7 @@ class LavaNetwork:
 
         ended = []
         for proc, actor in self._actors():
-            try:
-                code = actor.exitcode
-            except ValueError:  # Lava's runtime joined and closed it: it has ended, its exception kept
-                code = 0
+            code = self._exit_code(actor)
             if code is None:
                 continue
             error = actor.exception
@@ -307,11 +330,14 @@ class LavaNetwork:
                 except Exception:  # already gone: the kill below is all that is left to do
                     pass
             for child in self._workers():
-                child.terminate()
-                multiprocessing.Process.join(child, 5)
-                if child.is_alive():
-                    child.kill()
+                try:
+                    child.terminate()
                     multiprocessing.Process.join(child, 5)
+                    if child.is_alive():
+                        child.kill()
+                        multiprocessing.Process.join(child, 5)
+                except ValueError:  # Lava's runtime thread joined and closed it meanwhile
+                    pass
         self._tmp.cleanup()
 
     def __enter__(self) -> "LavaNetwork":

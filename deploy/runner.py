@@ -92,7 +92,10 @@ def _run_shards(net_path, cfg, split: str, shards: list[list[int]], tmp: str) ->
                 pass
         running = dict(enumerate(procs))
         while running:
-            mp.connection.wait([p.sentinel for p in running.values()])
+            # A shard's sentinel closes only when its Lava workers, which
+            # inherit it, have exited too: a killed shard leaves it open, so
+            # the exit codes are polled as well.
+            mp.connection.wait([p.sentinel for p in running.values()], timeout=0.2)
             for k, p in list(running.items()):
                 if p.exitcode is None:
                     continue

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +28,7 @@ from deploy.export import build_netfile
 from deploy.lava_graph import LavaNetwork, LavaRunError
 from tests.test_bench import frames, small_net  # noqa: F401  (fixtures)
 from tests.test_lava_equivalence import CASES, graph, spikes
+from tests.test_predict import tiny_net  # noqa: F401  (fixture)
 from toolchain.errors import ToolchainError
 
 
@@ -133,3 +138,110 @@ def test_killing_a_lava_worker_mid_run_ends_it_with_one_named_error(chain, monke
     assert str(e.value) == f"Lava failed at frame {frame} of this call: " \
                            f"the worker process of layer 'c1' (LIFReset) was killed by SIGKILL"
     assert set(multiprocessing.active_children()) <= before, "Lava workers left running"
+
+
+# The sharded runner (`toolchain run --backend lava --workers 2`), run as users
+# run it: in a process of its own, which forks one shard per worker, each shard
+# forking Lava's processes. The driver installs a faulty process model first
+# (the forks inherit it), then runs the command.
+SHARD_DRIVER = """
+import os, sys, time
+from deploy import lava_procs
+from toolchain.cli import main
+
+fault, stall_dir = sys.argv[1], sys.argv[2]
+
+class FaultySink(lava_procs.PyFileSinkModel):
+    def run_spk(self):
+        frame, _ = lava_procs._frame_step(self, self.proc_params["offset"])
+        if fault == "raise" and frame == 1:
+            raise ValueError("injected fault")
+        return super().run_spk()
+
+class StallingSource(lava_procs.PyFileSourceModel):
+    def run_spk(self):
+        if fault == "stall" and self.time_step == 3:
+            open(os.path.join(stall_dir, str(os.getpid())), "w").close()
+            time.sleep(3600)
+        return super().run_spk()
+
+lava_procs.MODELS[lava_procs.FileSink] = FaultySink
+lava_procs.MODELS[lava_procs.FileSource] = StallingSource
+main(sys.argv[3:])
+"""
+
+
+def _process_groups() -> dict[int, int]:
+    """pid -> process group of every living (not zombie) process on this machine."""
+    groups = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            # /proc/PID/stat: pid (comm) state ppid pgrp ...; comm may hold spaces
+            state, _, pgrp = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[:3]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if state != "Z":
+            groups[int(entry)] = int(pgrp)
+    return groups
+
+
+def _no_process_left_in(groups: set[int]):
+    """SIGKILL is delivered at once but a process of a few hundred MB takes a moment to go."""
+    try:
+        _wait_for(lambda: not any(g in groups for g in _process_groups().values()), "the run's processes to exit", timeout=30)
+    except AssertionError:
+        left = sorted(pid for pid, g in _process_groups().items() if g in groups)
+        raise AssertionError(f"processes of the run left behind: {left}") from None
+
+
+def _sharded_run(net_path, data, tmp_path, fault: str) -> subprocess.Popen:
+    (tmp_path / "stalled").mkdir()
+    cmd = [sys.executable, "-c", SHARD_DRIVER, fault, str(tmp_path / "stalled"),
+           "run", "--net", str(net_path), "--data", str(data), "--backend", "lava", "--workers", "2"]
+    return subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _finish(run: subprocess.Popen) -> tuple[int, str]:
+    try:
+        _, err = run.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)
+        raise AssertionError("the sharded run did not end after its failure")
+    return run.returncode, err
+
+
+@pytest.mark.lava
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_an_exception_in_one_shard_ends_the_sharded_run_naming_the_dataset_frame(tiny_net, tiny_ddd17, tmp_path):  # noqa: F811
+    """Shards hold test frames [0, 2] and [1]; the sink raises on the second
+    frame of a shard, which only the first has: its dataset frame is 2."""
+    run = _sharded_run(tiny_net, tiny_ddd17, tmp_path, "raise")
+    code, err = _finish(run)
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"error: {tiny_net}: test frame 2: the spike sink of layer 'conv1' (FileSink) raised ValueError: injected fault"]
+    _no_process_left_in({run.pid})
+
+
+@pytest.mark.lava
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_killing_a_shard_mid_run_ends_every_shard_and_their_lava_workers(tiny_net, tiny_ddd17, tmp_path):  # noqa: F811
+    """Both shards stall in their third Lava step; one shard is killed. The run
+    ends with one error naming that shard's frames, and no process of any
+    shard (their Lava workers included, each shard's own process group) is left."""
+    run = _sharded_run(tiny_net, tiny_ddd17, tmp_path, "stall")
+    stalled = _wait_for(lambda: len(os.listdir(tmp_path / "stalled")) == 2 and os.listdir(tmp_path / "stalled"),
+                        "both shards to reach the stalling step")
+    shards = {os.getpgid(int(pid)) for pid in stalled}
+    assert len(shards) == 2 and run.pid not in shards
+    victim = min(shards)
+    os.kill(victim, signal.SIGKILL)
+    code, err = _finish(run)
+    assert code == 2
+    [line] = err.strip().splitlines()
+    assert re.fullmatch(rf"error: {re.escape(str(tiny_net))}: the Lava worker running test frames "
+                        r"(0, 2|1) was killed by SIGKILL", line), line
+    _no_process_left_in(shards | {run.pid})
