@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from toolchain.loihi import readout_value
+from toolchain.core.loihi import readout_value
 
 BACKENDS = ("emulator", "lava")
 
@@ -27,7 +27,7 @@ class Result:
     the net's pipeline depth: the steps whose spikes reach the readout);
     counts: {layer name: (N,) spikes per frame}; voltage: the readout's final
     integer voltage (N, K, H', W'); readout: voltage / (4096*T)
-    (`toolchain.loihi.readout_value`), the float the torch model's readout equals; class_map: (N, H, W) argmax after bilinear
+    (`toolchain.core.loihi.readout_value`), the float the torch model's readout equals; class_map: (N, H, W) argmax after bilinear
     upsampling of the readout to the input size.
     """
 
@@ -52,7 +52,7 @@ class Deployed:
     def run(self, frames, *, backend: str = "emulator", keep_spikes: bool = True,
             device: str | None = None) -> Result:
         """Run frames (N, C, H, W, T) of 0/1 spikes; Lava runs them back to back in one built graph."""
-        from toolchain.errors import ToolchainError
+        from toolchain.core.errors import ToolchainError
 
         frames = torch.as_tensor(np.asarray(frames) if not torch.is_tensor(frames) else frames)
         if frames.ndim != 5 or tuple(frames.shape[1:4]) != tuple(self.net.input_shape):
@@ -68,9 +68,9 @@ class Deployed:
             counts = {k: v.cpu().numpy() for k, v in out.counts.items()}
             voltage = out.voltage.cpu().numpy()
         elif backend == "lava":
-            from . import lava_graph
+            from . import lava_host
             # built once, every frame run in the same Lava runtime
-            with lava_graph.LavaNetwork(self.net, frames.shape[-1], keep_spikes=keep_spikes) as lava:
+            with lava_host.LavaNetwork(self.net, frames.shape[-1], keep_spikes=keep_spikes) as lava:
                 spikes, counts, voltage = lava.run(frames.numpy())
         else:
             raise ToolchainError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")

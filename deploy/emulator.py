@@ -15,10 +15,10 @@ Lava facts it follows:
   (at t + delay for a synapse with a delay: Lava's DelaySparse/DelayDense);
 - Conv clamps its output to signed 24 bits, Dense and Sparse (and their delayed
   forms, which run every delayed synapse) do not;
-- LIF: `toolchain.loihi.cuba_step` (24-bit state, hard reset);
+- LIF: `toolchain.core.loihi.cuba_step` (24-bit state, hard reset);
 - a frame runs T + D steps (`NetFile.frame_steps`): input at steps 0..T-1,
   zeros after; its spikes are those of the first T + D - 1 steps, the last
-  step's reach nothing inside the frame (`toolchain.loihi`).
+  step's reach nothing inside the frame (`toolchain.core.loihi`).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import numba
 import numpy as np
 import torch
 
-from toolchain.loihi import DECAY_SCALE, INPUT_SHIFT, U_MAX, cuba_run, wrap_int32
+from toolchain.core.loihi import DECAY_SCALE, INPUT_SHIFT, U_MAX, cuba_run, wrap_int32
 
 from .netfile import NetFile
 from .synapses import apply as synapse_op
@@ -99,7 +99,7 @@ def default_device() -> torch.device:
 @numba.njit(parallel=True, cache=True)
 def _lif_kernel(a, first_zero, clamp24, keep_u, keep_v, vth, count_steps,
                 spikes, counts, v_out):  # pragma: no cover (compiled)
-    """`toolchain.loihi.cuba_step`'s arithmetic one neuron at a time: the state stays in
+    """`toolchain.core.loihi.cuba_step`'s arithmetic one neuron at a time: the state stays in
     registers over all steps instead of a pass over memory per operation.
 
     a: (S, M) input, integers (or floats holding integers, rounded here);

@@ -22,8 +22,8 @@ import torch
 from lava.lib.dl import slayer
 
 from models.graph import INPUT, SpikingGraph
-from toolchain.errors import ToolchainError
-from toolchain.loihi import (
+from toolchain.core.errors import ToolchainError
+from toolchain.core.loihi import (
     INPUT_SHIFT,
     READOUT_NEURON,
     STATE_SCALE,

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .lava_graph import import_lava_runtime
+from .lava_compat import import_lava_runtime
 
 import_lava_runtime()  # before Lava's modules: see there
 
@@ -84,7 +84,7 @@ class Network(AbstractProcess):
     Ports: `inp` (input spikes, Lava's (x, y, channel) order) and `out` (the
     readout's spikes, as netx's `out`); Var `v`: the readout's voltage, whose
     value at a frame's last step / (4096*T) is the class score
-    (`toolchain.loihi.readout_value`). `layers[name]` is each layer's `LIFReset`
+    (`toolchain.core.loihi.readout_value`). `layers[name]` is each layer's `LIFReset`
     (its `s_out` can feed a sink), `offsets[name]` the step of a frame at which
     that layer starts it, `frame_steps` the steps each frame runs.
     `time_steps` defaults to the file's T.
@@ -172,7 +172,7 @@ def run_stock(net: NetFile | str | Path, frames: np.ndarray, *, on_frame=None) -
     each step's spikes to this process while Lava runs, the readout's `v` is
     read at each frame's last step; Lava's own process models (its `Conv`
     included) and channels at their defaults. The reference the fast runner
-    (`lava_graph.LavaNetwork`) and the emulator are held against.
+    (`lava_host.LavaNetwork`) and the emulator are held against.
 
     Returns per hidden layer its spikes (N, C, H, W, T+D-1), each frame's
     steps counted from the frame's own start (zeros before the layer's
@@ -182,7 +182,7 @@ def run_stock(net: NetFile | str | Path, frames: np.ndarray, *, on_frame=None) -
     from lava.proc.io.extractor import Extractor, PyLoihiExtractorModel
     from lava.proc.io.source import RingBuffer
 
-    from .lava_graph import from_lava, to_lava
+    from .lava_compat import from_lava, to_lava
 
     frames = np.asarray(frames)
     n, t_steps = len(frames), frames.shape[-1]

@@ -29,7 +29,7 @@ conv/dense layers is a network netx loads unchanged.
 Root attributes: format, version, inputShape (C, H, W), encoding, timeSteps,
 classNames, readoutRule, pipelineDepth (version 2).
 
-Time (`toolchain.loihi`): a frame of T input steps runs T + D steps, D the
+Time (`toolchain.core.loihi`): a frame of T input steps runs T + D steps, D the
 pipeline depth (connections plus delays on the longest input-to-readout path), and the
 readout is the integrator's final voltage / (4096*T). Version 1 files (no
 pipelineDepth) were written for frames of T + 1 steps and are still run that
@@ -45,10 +45,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from toolchain import loihi
-from toolchain.errors import ToolchainError
-from toolchain.files import atomic_path
-from toolchain.loihi import DECAY_SCALE, READOUT_NEURON, VTH_MAX, WEIGHT_MAX, WEIGHT_MIN
+from toolchain.core import loihi
+from toolchain.core.errors import ToolchainError
+from toolchain.core.files import atomic_path
+from toolchain.core.loihi import DECAY_SCALE, READOUT_NEURON, VTH_MAX, WEIGHT_MAX, WEIGHT_MIN
 
 from .synapses import TYPES as SYNAPSE_TYPES
 from .synapses import Synapse, check_shape, field_values, kind

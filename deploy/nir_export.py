@@ -47,9 +47,9 @@ from pathlib import Path
 import nir
 import numpy as np
 
-from toolchain.errors import ToolchainError
-from toolchain.files import atomic_path
-from toolchain.loihi import DECAY_SCALE, W_SCALE
+from toolchain.core.errors import ToolchainError
+from toolchain.core.files import atomic_path
+from toolchain.core.loihi import DECAY_SCALE, W_SCALE
 
 from .netfile import NetFile, Neuron, Synapse
 

@@ -21,12 +21,12 @@ steps 0..T-1 and zeros after, T + D steps in all (D the pipeline depth,
 metadata `toolchain.pipeline_depth`). `<layer>.s.next` after step t is the
 layer's spikes at step t, `run(frames).spikes[layer][..., t]`; the readout
 voltage after the last step is `run(frames).voltage`, and / (4096 T)
-(`toolchain.loihi.readout_value`) the network output `run(frames).readout`.
+(`toolchain.core.loihi.readout_value`) the network output `run(frames).readout`.
 
 Arithmetic: every synapse is `deploy.emulator.synapse_op` (float32
 convolutions of integers, exact while partial sums stay below 2^24), rounded
 to int64, Lava Conv's outputs clamped to signed 24 bits; every neuron is
-`toolchain.loihi.cuba_step` on int64 tensors, whose ops (integer Div, Mod,
+`toolchain.core.loihi.cuba_step` on int64 tensors, whose ops (integer Div, Mod,
 Clip, Where) onnxruntime runs on int64 as torch does.
 """
 from __future__ import annotations
@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from toolchain.errors import ToolchainError
-from toolchain.files import atomic_path
-from toolchain.loihi import DECAY_SCALE, U_MAX, cuba_step, frame_steps, spike_steps
+from toolchain.core.errors import ToolchainError
+from toolchain.core.files import atomic_path
+from toolchain.core.loihi import DECAY_SCALE, U_MAX, cuba_step, frame_steps, spike_steps
 
 from .emulator import synapse_op
 from .netfile import NetFile
@@ -210,7 +210,7 @@ def run_onnx_step(path: str | os.PathLike, frames) -> tuple[np.ndarray, dict[str
 
     Returns (readout voltage (N, K, H', W') int64, {layer: spikes (N, C, H, W, T)
     bool}), as `deploy.emulator.run` gives them (`.voltage`, `.spikes`);
-    `toolchain.loihi.readout_value(voltage, T)` is the network output.
+    `toolchain.core.loihi.readout_value(voltage, T)` is the network output.
     """
     import onnxruntime as ort
 

@@ -33,12 +33,12 @@ import torch
 from PIL import GifImagePlugin, Image
 from tqdm import tqdm
 
+from toolchain.core.errors import ToolchainError
+from toolchain.core.files import atomic_path, write_text
 from toolchain.data.dataset import resize, sample_seed
 from toolchain.data.ddd17 import CHANNELS, DDD17
 from toolchain.data.encode import encode
 from toolchain.data.events import WINDOW_US, Events, Recording, to_ddd17
-from toolchain.errors import ToolchainError
-from toolchain.files import atomic_path, write_text
 
 from .runner import PALETTE
 

@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from toolchain.errors import ToolchainError
-from toolchain.files import atomic_path, write_text
+from toolchain.core.errors import ToolchainError
+from toolchain.core.files import atomic_path, write_text
 
 from . import Deployed, load
 
@@ -55,7 +55,8 @@ def _frames(dataset, indices):
 def _lava_worker(net_path, data_cfg, split, indices, out_file):
     from toolchain.data import build_dataset
 
-    from .lava_graph import LavaRunError, import_lava_runtime
+    from .lava_compat import import_lava_runtime
+    from .lava_host import LavaRunError
     # this shard and the Lava workers it forks form one process group, so that
     # the parent can end them all at once, even after this process was killed
     os.setpgid(0, 0)
@@ -126,8 +127,8 @@ def evaluate(net_path, data_cfg, *, split: str = "test", frames: int | None = No
     """Run the net over a split: (report dict, Result with the readout and class maps).
 
     The report is also written to `json_path`, the class maps as PNGs to `out_dir`."""
+    from toolchain.core.metrics import SegmentationMetric
     from toolchain.data import build_dataset
-    from toolchain.metrics import SegmentationMetric
 
     deployed = load(net_path)
     cfg = data_config_for(deployed, data_cfg, None)

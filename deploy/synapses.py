@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from toolchain.errors import ToolchainError
+from toolchain.core.errors import ToolchainError
 
 
 @dataclass

@@ -19,9 +19,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from toolchain import checkpoint
-from toolchain.config import config_from_dict, load_config
-from toolchain.errors import ToolchainError
+from toolchain.core import checkpoint
+from toolchain.core.config import config_from_dict, load_config
+from toolchain.core.errors import ToolchainError
 
 from . import deeplab, fcn
 from .ann import AnnGraph

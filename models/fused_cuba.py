@@ -323,7 +323,7 @@ def cuba_dynamics(neuron, z: torch.Tensor):
 
 # Which synapse kinds run as 2-D operations over frames, and in which memory
 # format; slayer's own forward runs the others. Chosen by measured training
-# throughput (`python -m toolchain.train.bench`).
+# throughput (`python -m toolchain.bench.training`).
 FRAME_SYNAPSES = {slayer.synapse.Conv, slayer.synapse.ConvTranspose, slayer.synapse.Pool}
 CHANNELS_LAST = True
 

@@ -17,7 +17,7 @@ torch model has exactly the one-step-per-layer pipeline delay of Loihi and
 Lava: the same spikes appear at the same step in all three executions (an
 edge with a synaptic delay d shifts its source's spikes d steps more). The
 input of T steps is followed by D - 1 zero steps, D the graph's pipeline
-depth (`toolchain.loihi`), so that the deepest layer passes all T
+depth (`toolchain.core.loihi`), so that the deepest layer passes all T
 informative steps on to the readout, as Lava's frame of T + D steps does.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from lava.lib.dl import slayer
 
-from toolchain.loihi import pipeline_depth, spike_steps
+from toolchain.core.loihi import pipeline_depth, spike_steps
 
 from .fused_cuba import cuba_forward, synapse_forward
 

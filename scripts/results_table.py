@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from toolchain.config import load_config
+from toolchain.core.config import load_config
 
 
 def _load(path: Path) -> dict:

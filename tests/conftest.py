@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
-from toolchain.config import DataConfig
+from toolchain.core.config import DataConfig
 
 # "ci" (the default, and what `make test` names): the same examples on every
 # run and machine, no example database, a failure printed with the blob that

@@ -7,11 +7,11 @@ import pytest
 import torch
 from lava.lib.dl import slayer
 
-from deploy import emulator, lava_graph
+from deploy import emulator, lava_host
 from deploy.export import build_netfile
 from models.graph import INPUT, NeuronParams, Node, SpikingGraph
 from tests.content import assert_has_content
-from toolchain import loihi
+from toolchain.core import loihi
 
 T = 4
 
@@ -40,13 +40,13 @@ def frames():
 
 @pytest.mark.lava
 @pytest.mark.slow
-def test_one_built_lava_graph_runs_three_frames_like_three_fresh_builds(small_net, frames):
+def test_one_built_lava_host_runs_three_frames_like_three_fresh_builds(small_net, frames):
     # capacity 2: the third frame reuses the first frame's file slot
-    with lava_graph.LavaNetwork(small_net, T, capacity=2) as lava:
+    with lava_host.LavaNetwork(small_net, T, capacity=2) as lava:
         spikes, counts, voltage = lava.run(frames.numpy())
     assert_has_content(spikes, voltage, layers=["c1", "p1"], where="one graph vs fresh builds")
     for k, frame in enumerate(frames):
-        fresh_spikes, fresh_v = lava_graph.run_frame(small_net, frame.numpy())
+        fresh_spikes, fresh_v = lava_host.run_frame(small_net, frame.numpy())
         np.testing.assert_array_equal(voltage[k], fresh_v, err_msg=f"frame {k}: readout")
         for name, s in fresh_spikes.items():
             np.testing.assert_array_equal(spikes[name][k], s, err_msg=f"frame {k}: layer {name}")
@@ -82,7 +82,7 @@ def test_emulator_batch_in_chunks_side_by_side_equals_each_frame_alone(small_net
 @pytest.mark.parametrize("i_decay,v_decay", [(1024, 123), (4096, 41), (0, 0)])
 @pytest.mark.parametrize("scale", [300, 1 << 20, 1 << 30])
 def test_compiled_lif_kernel_equals_reference_cuba_step(i_decay, v_decay, scale):
-    """The emulator's compiled kernel computes `toolchain.loihi.cuba_step`: small inputs,
+    """The emulator's compiled kernel computes `toolchain.core.loihi.cuba_step`: small inputs,
     inputs that saturate 24 bits and inputs that wrap int32."""
     gen = torch.Generator().manual_seed(scale % 97 + i_decay)
     a = torch.randint(-scale, scale, (7, 3, 5, 6), generator=gen, dtype=torch.int64)
@@ -96,7 +96,8 @@ def test_compiled_lif_kernel_equals_reference_cuba_step(i_decay, v_decay, scale)
 @pytest.mark.lava
 @pytest.mark.slow
 def test_quick_bench_times_the_same_frames_on_every_backend_and_compares_every_layer():
-    from toolchain.bench import format_table, run_bench
+    from toolchain.bench.suite import run_bench
+    from toolchain.bench.table import format_table
 
     report = run_bench(quick=True, progress=lambda m: None)
     (case,) = report["cases"]
@@ -129,8 +130,8 @@ def test_quick_bench_times_the_same_frames_on_every_backend_and_compares_every_l
 
 def build_netfile_of_quick_case():
     import models
-    from toolchain.bench import TINY_CONFIG
-    from toolchain.config import load_config
+    from toolchain.bench.suite import TINY_CONFIG
+    from toolchain.core.config import load_config
 
     cfg = load_config(TINY_CONFIG, ["data.height=16", "data.width=16"])
     return build_netfile(models.from_config(cfg, 2, 6, quantized=False), time_steps=cfg.data.time_steps)
@@ -146,8 +147,8 @@ def _row(backend, batch=1, frames=2, counts=None, trains=None, voltage=None, **k
 def test_bench_stops_when_two_backends_count_different_spikes():
     """Speeds of different computations are not compared: one spike more in one
     layer of one frame stops the bench, naming the backends and the layer."""
-    from toolchain.bench import compare_rows
-    from toolchain.errors import ToolchainError
+    from toolchain.bench.compare import compare_rows
+    from toolchain.core.errors import ToolchainError
 
     rows = [_row("lava-stock"), _row("lava"), _row("emulator"),
             _row("emulator", 2, counts={"c1": [5, 7], "c2": [3, 5]})]
@@ -156,8 +157,8 @@ def test_bench_stops_when_two_backends_count_different_spikes():
 
 
 def test_bench_stops_when_spike_trains_differ_though_counts_agree():
-    from toolchain.bench import compare_rows
-    from toolchain.errors import ToolchainError
+    from toolchain.bench.compare import compare_rows
+    from toolchain.core.errors import ToolchainError
 
     moved = _row("emulator", 2)
     moved["trains"]["c1"][1] = "a spike one step later"
@@ -167,8 +168,8 @@ def test_bench_stops_when_spike_trains_differ_though_counts_agree():
 
 @pytest.mark.parametrize("problem", ["silent layer", "constant readout", "zero readout"])
 def test_bench_stops_when_the_compared_frames_have_no_content(problem):
-    from toolchain.bench import compare_rows
-    from toolchain.errors import ToolchainError
+    from toolchain.bench.compare import compare_rows
+    from toolchain.core.errors import ToolchainError
 
     kw = dict(counts={"c1": [5, 7], "c2": [0, 0]}) if problem == "silent layer" else \
         dict(voltage=[[4, 4], [4, 4]] if problem == "constant readout" else [[0, 0], [0, 0]])
@@ -181,8 +182,8 @@ def test_bench_stops_when_the_compared_frames_have_no_content(problem):
 def test_bench_stops_when_a_row_has_nothing_to_compare(tmp_path, monkeypatch):
     """A row that shares no frame with the reference fails loudly, and so does a
     Lava row that timed out before its first frame."""
-    from toolchain import bench
-    from toolchain.errors import ToolchainError
+    from toolchain.bench import suite as bench
+    from toolchain.core.errors import ToolchainError
 
     with pytest.raises(ToolchainError, match="emulator batch 1 ran no frame that lava ran"):
         bench.compare_rows("fake", [_row("lava"), _row("emulator", frames=0)])
@@ -207,7 +208,7 @@ def test_bench_stops_when_a_row_has_nothing_to_compare(tmp_path, monkeypatch):
 
 
 def test_spike_train_digest_tells_one_moved_spike():
-    from toolchain.bench import train_digest
+    from toolchain.bench.measure import train_digest
 
     s = np.zeros((2, 3, 3, 6), bool)
     s[1, 2, 0, 3] = True

@@ -1,7 +1,7 @@
 """A checkpoint cannot run code when it is opened.
 
 A pickle can name any callable to run while it loads. Every command that
-takes a checkpoint reads it through `toolchain.checkpoint.load` (torch's
+takes a checkpoint reads it through `toolchain.core.checkpoint.load` (torch's
 weights-only unpickler): a file whose pickle would create a marker file is
 refused with one line naming it, and the marker never appears. Version 1
 files (numpy RNG state pickled as an array) are rewritten once by
@@ -18,9 +18,9 @@ import pytest
 import torch
 
 import models
-from toolchain import checkpoint
 from toolchain.cli import main
-from toolchain.config import Config, to_dict
+from toolchain.core import checkpoint
+from toolchain.core.config import Config, to_dict
 
 TINY = ["data.synth_n_train=4", "data.synth_n_test=2", "data.synth_height=24", "data.synth_width=40",
         "data.height=16", "data.width=16", "data.time_steps=4", "train.batch_size=2", "train.epochs=1"]

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from toolchain.core.errors import ToolchainError
 from toolchain.data import CLASS_NAMES_DDD17, build_dataset
 from toolchain.data.dataset import resize
-from toolchain.errors import ToolchainError
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_crop_keeps_the_centre_and_labels_stay_nearest():
 
 
 def test_generated_default_is_made_once_in_the_cache(monkeypatch, tmp_path):
-    from toolchain.config import DataConfig
+    from toolchain.core.config import DataConfig
     from toolchain.data import ensure_default_data
 
     monkeypatch.setenv("TOOLCHAIN_CACHE", str(tmp_path))

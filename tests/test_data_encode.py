@@ -2,8 +2,8 @@
 import pytest
 import torch
 
+from toolchain.core.errors import ToolchainError
 from toolchain.data import encode
-from toolchain.errors import ToolchainError
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import aedat4_bytes
+from toolchain.core.errors import ToolchainError
 from toolchain.data.events import Recording, make_events, to_ddd17, to_voxel
-from toolchain.errors import ToolchainError
 
 
 def frames(rec, window_us=50_000):

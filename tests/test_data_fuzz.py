@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tests.conftest import aedat4_bytes
+from toolchain.core.errors import ToolchainError
 from toolchain.data.ddd17 import events_header, label_header, read_events, read_label
 from toolchain.data.events import Recording
-from toolchain.errors import ToolchainError
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

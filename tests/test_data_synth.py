@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from toolchain.cli import main
+from toolchain.core.errors import ToolchainError
 from toolchain.data.synth import synthesize
-from toolchain.errors import ToolchainError
 
 
 def digest(root):

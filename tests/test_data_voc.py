@@ -4,9 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from toolchain.config import DataConfig
+from toolchain.core.config import DataConfig
+from toolchain.core.errors import ToolchainError
 from toolchain.data import build_dataset
-from toolchain.errors import ToolchainError
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import models
-from toolchain.config import load_config
+from toolchain.core.config import load_config
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
 

@@ -8,18 +8,18 @@ from hypothesis import HealthCheck, Phase, assume, event, given, settings
 from hypothesis import strategies as st
 from lava.lib.dl import slayer
 
-from deploy import emulator, lava_graph, netfile, synapses
+from deploy import emulator, lava_compat, netfile, synapses
 from deploy.export import build_netfile, export
 from models.graph import INPUT, NeuronParams, Node, SpikingGraph
 from tests.content import assert_has_content, has_content
 from tests.test_lava_equivalence import CASES, conv, emulator_vs_lava, graph, spikes, torch_vs_emulator
-from toolchain.errors import ToolchainError
+from toolchain.core.errors import ToolchainError
 
 
 @pytest.mark.lava
 @pytest.mark.slow
 def test_conv_chain_loads_unchanged_in_netx_and_gives_the_same_answers(tmp_path):
-    lava_graph.import_lava_runtime()
+    lava_compat.import_lava_runtime()
     from lava.lib.dl.netx.hdf5 import Network
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
@@ -35,12 +35,12 @@ def test_conv_chain_loads_unchanged_in_netx_and_gives_the_same_answers(tmp_path)
     assert [type(l).__name__ for l in netx.layers] == ["Conv", "Conv", "Conv"]
     steps = net.frame_steps(5)  # T + D: the input, then zeros while the pipeline drains
     data = np.zeros(synapses.lava_shape(shape) + (steps,), dtype=np.int32)
-    data[..., :5] = lava_graph.to_lava(x[0].numpy().astype(np.int32))
+    data[..., :5] = lava_compat.to_lava(x[0].numpy().astype(np.int32))
     source = RingBuffer(data=data)
     source.s_out.connect(netx.inp)
     try:
         netx.run(condition=RunSteps(num_steps=steps), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
-        voltage = lava_graph.from_lava(netx.layers[-1].neuron.v.get().astype(np.int64))
+        voltage = lava_compat.from_lava(netx.layers[-1].neuron.v.get().astype(np.int64))
     finally:
         netx.stop()
     np.testing.assert_array_equal(voltage, expected.voltage[0].numpy())

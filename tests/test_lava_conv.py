@@ -65,7 +65,7 @@ def test_blas_and_stock_conv_models_give_the_same_lava_run():
     from lava.lib.dl import slayer
 
     from deploy.export import build_netfile
-    from deploy.lava_graph import LavaNetwork
+    from deploy.lava_host import LavaNetwork
     from models.graph import INPUT
 
     from .content import assert_has_content

@@ -23,7 +23,7 @@ from deploy.runner import PALETTE, evaluate
 from tests.content import assert_has_content, assert_output_has_content
 from tests.test_predict import T, _events, tiny_net, training_inputs  # noqa: F401  (fixture)
 from toolchain.cli import main
-from toolchain.config import DataConfig
+from toolchain.core.config import DataConfig
 
 pytestmark = [pytest.mark.lava, pytest.mark.slow]
 
@@ -116,7 +116,7 @@ def test_toolchain_energy_in_lava_equals_the_emulator(tiny_net, tiny_ddd17, tmp_
         main(["energy", "--checkpoint", str(tiny_net), "--backend", backend, "--frames", "2",
               "--data", str(tiny_ddd17), "--out", str(tmp_path / backend)])
         out[backend] = json.loads((tmp_path / backend / "energy.json").read_text())
-    from toolchain.config import Config
+    from toolchain.core.config import Config
     from toolchain.studies.sweep import load_frames
 
     cfg = Config()

@@ -16,7 +16,7 @@ import pytest
 import torch
 from lava.lib.dl import slayer
 
-from deploy import emulator, lava_graph
+from deploy import emulator, lava_host
 from deploy.export import build_netfile, quantized_copy
 from models.graph import INPUT, NeuronParams, Node, SpikingGraph
 from tests.content import assert_has_content, assert_output_has_content
@@ -70,7 +70,7 @@ def emulator_vs_lava(net, x, out):
     """Every frame of `x`, streamed through one Lava network, equals the
     emulator's run on every layer and the readout; content is required on
     exactly the frames compared."""
-    with lava_graph.LavaNetwork(net, x.shape[-1], capacity=len(x)) as lava:
+    with lava_host.LavaNetwork(net, x.shape[-1], capacity=len(x)) as lava:
         lava_spikes, _, lava_v = lava.run(x.numpy())
     assert set(lava_spikes) == {layer.name for layer in net.layers[:-1]}
     for name, s in lava_spikes.items():

@@ -15,7 +15,7 @@ import torch
 
 from deploy import emulator
 from deploy.export import build_netfile
-from deploy.lava_graph import import_lava_runtime
+from deploy.lava_compat import import_lava_runtime
 from models.graph import NeuronParams
 
 STOCK = {"LIFReset", "LIF", "Conv", "Dense", "Sparse", "DelaySparse", "DelayDense"}
@@ -82,7 +82,7 @@ def _processes(root) -> set:
 def test_only_stock_lava_processes_inside_and_host_adapters_outside(name):
     import_lava_runtime()
     from deploy.lava import Network
-    from deploy.lava_graph import LavaNetwork
+    from deploy.lava_host import LavaNetwork
 
     net = tiny_net(name, 4)
     lnet = Network(net)
@@ -123,7 +123,7 @@ def test_fcn_skips_carry_the_delay_that_aligns_them_and_the_file_keeps_it(tmp_pa
 
 def test_a_delay_past_loihis_range_is_refused_naming_the_field(tmp_path):
     from deploy.netfile import write
-    from toolchain.errors import ToolchainError
+    from toolchain.core.errors import ToolchainError
 
     net = tiny_net("spiking-fcn-tiny", 4)
     net.layers[-1].synapses[1].delay = 63

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from toolchain.metrics import SegmentationMetric
+from toolchain.core.metrics import SegmentationMetric
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from lava.lib.dl import slayer
 
 import models
 from models import NeuronParams, build, describe, fold_for_export, set_quantized
-from toolchain.errors import ToolchainError
+from toolchain.core.errors import ToolchainError
 
 
 def _spikes(n, c, h, w, t, rate=0.15, seed=0):

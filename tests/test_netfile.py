@@ -10,7 +10,7 @@ import deploy
 from deploy import netfile
 from deploy.export import build_netfile
 from tests.test_lava_equivalence import CASES, graph, spikes
-from toolchain.errors import ToolchainError
+from toolchain.core.errors import ToolchainError
 
 
 @pytest.fixture

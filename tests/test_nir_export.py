@@ -16,8 +16,8 @@ from deploy.export import build_netfile
 from deploy.netfile import Layer, NetFile, Neuron, Synapse
 from deploy.nir_export import export_nir
 from tests.content import assert_output_has_content
-from toolchain.errors import ToolchainError
-from toolchain.loihi import READOUT_NEURON, readout_value
+from toolchain.core.errors import ToolchainError
+from toolchain.core.loihi import READOUT_NEURON, readout_value
 
 READOUT = Neuron(**READOUT_NEURON)
 

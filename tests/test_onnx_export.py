@@ -18,8 +18,8 @@ from deploy.export import build_netfile
 from deploy.netfile import Layer, NetFile, Neuron, Synapse
 from deploy.onnx_export import export_ann_onnx, export_onnx, run_onnx_step
 from tests.content import assert_has_content
-from toolchain.errors import ToolchainError
-from toolchain.loihi import READOUT_NEURON, readout_value
+from toolchain.core.errors import ToolchainError
+from toolchain.core.loihi import READOUT_NEURON, readout_value
 
 
 def weights(rng, shape, mean=0.0, spread=40) -> np.ndarray:

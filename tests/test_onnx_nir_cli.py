@@ -14,9 +14,9 @@ import models
 from deploy import emulator
 from deploy.export import build_netfile
 from deploy.onnx_export import run_onnx_step
-from toolchain import checkpoint as checkpoint_file
 from toolchain.cli import cli
-from toolchain.config import Config, to_dict
+from toolchain.core import checkpoint as checkpoint_file
+from toolchain.core.config import Config, to_dict
 
 
 def write_checkpoint(path, ann: bool = False):

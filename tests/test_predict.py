@@ -15,11 +15,11 @@ from deploy.predict import geometry, predict
 from models import NeuronParams
 from tests.conftest import aedat4_bytes
 from tests.content import assert_output_has_content
-from toolchain import checkpoint
-from toolchain.config import Config, DataConfig, to_dict
+from toolchain.core import checkpoint
+from toolchain.core.config import Config, DataConfig, to_dict
+from toolchain.core.errors import ToolchainError
 from toolchain.data.ddd17 import DDD17
 from toolchain.data.events import Recording, to_ddd17
-from toolchain.errors import ToolchainError
 
 CLASSES = ["flat", "construction+sky", "object", "nature", "human", "vehicle"]
 HW = (16, 16)

@@ -23,13 +23,13 @@ import numpy as np
 import pytest
 from lava.proc.lif.models import PyLifResetModelBitAcc
 
-from deploy import lava_graph, lava_procs
+from deploy import lava_host, lava_procs
 from deploy.export import build_netfile
-from deploy.lava_graph import LavaNetwork, LavaRunError
+from deploy.lava_host import LavaNetwork, LavaRunError
 from tests.test_bench import frames, small_net  # noqa: F401  (fixtures)
 from tests.test_lava_equivalence import CASES, graph, spikes
 from tests.test_predict import tiny_net  # noqa: F401  (fixture)
-from toolchain.errors import ToolchainError
+from toolchain.core.errors import ToolchainError
 
 
 @pytest.mark.lava
@@ -46,7 +46,7 @@ def test_failure_inside_a_lava_process_is_reported_with_its_frames_and_leaves_no
     # Lava forks its workers from this process, so they inherit the patch.
     monkeypatch.setattr(lava_procs.PyFileSinkModel, "run_spk", failing_run_spk)
     before = set(multiprocessing.active_children())
-    lava = lava_graph.LavaNetwork(small_net, frames.shape[-1], capacity=4)
+    lava = lava_host.LavaNetwork(small_net, frames.shape[-1], capacity=4)
     with pytest.raises(ToolchainError, match=r"^Lava failed at frame \d of this call: the spike sink of layer "
                                              r"'\w+' \(FileSink\) raised RuntimeError: injected fault$") as e:
         lava.run(np.asarray(frames[:3]))

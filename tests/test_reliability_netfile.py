@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from deploy import netfile
 from deploy.export import build_netfile
 from tests.test_lava_equivalence import CASES, graph
-from toolchain.errors import ToolchainError
+from toolchain.core.errors import ToolchainError
 
 MANY = settings(max_examples=1500, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -108,7 +108,7 @@ def test_fuzzed_fields_and_attributes_give_one_clear_error(net_bytes, tmp_path):
 SCRIPT = """
 import sys, h5py, resource
 from deploy import netfile
-from toolchain.errors import ToolchainError
+from toolchain.core.errors import ToolchainError
 resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
 path, key, shape = sys.argv[1], sys.argv[2], tuple(int(s) for s in sys.argv[3].split(","))
 with h5py.File(path, "r+") as f:

@@ -18,9 +18,9 @@ import models
 from deploy import netfile
 from deploy.export import build_netfile
 from tests.test_lava_equivalence import CASES, graph
-from toolchain import checkpoint, loihi
-from toolchain.errors import ToolchainError
-from toolchain.files import write_text
+from toolchain.core import checkpoint, loihi
+from toolchain.core.errors import ToolchainError
+from toolchain.core.files import write_text
 
 
 @pytest.fixture
@@ -39,11 +39,11 @@ WRITERS = {
             "hook = netfile._write_synapse\n"
             "netfile._write_synapse = lambda g, s: (hook(g, s), DIE())\n"
             "netfile.write(PATH, net)\n"),
-    "checkpoint": ("import torch; from toolchain import checkpoint\n"
+    "checkpoint": ("import torch; from toolchain.core import checkpoint\n"
                    "save = torch.save\n"
                    "torch.save = lambda obj, f: (save(obj, f), DIE())\n"
                    "checkpoint.save(PATH, model={'w': torch.ones(300_000)}, epoch=9)\n"),
-    "report": ("from toolchain.files import atomic_path\n"
+    "report": ("from toolchain.core.files import atomic_path\n"
                "with atomic_path(PATH) as tmp:\n"
                "    tmp.write_bytes(b'new report ' * 100_000)\n"
                "    DIE()\n"),
@@ -127,7 +127,7 @@ def test_read_only_folder_is_a_clear_error(tmp_path, monkeypatch):
 @pytest.fixture
 def ckpt(tmp_path):
     """A real (untrained) checkpoint of the tiny preset."""
-    from toolchain.config import Config, to_dict
+    from toolchain.core.config import Config, to_dict
 
     cfg = Config()
     cfg.model.name = "spiking-deeplab-tiny"

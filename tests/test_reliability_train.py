@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from toolchain import checkpoint
+from toolchain.core import checkpoint
 
 # 16 batches an epoch (about 0.7 s here): the SIGKILL 0.1 s into epoch 2 lands
 # mid-epoch with room to spare (with 4 batches, epoch 2 sometimes ended first)

@@ -64,7 +64,7 @@ def test_any_difference_or_a_silent_layer_fails(tmp_path, maps, what):
 
 def test_results_table_row_of_a_fine_tuned_ann_twin(tmp_path):
     # scripts/results_table.py: the README's rows; a starting checkpoint is named by its run
-    from toolchain.config import Config, save_config
+    from toolchain.core.config import Config, save_config
 
     cfg = Config()
     cfg.train.ann, cfg.train.init, cfg.train.class_weights = True, "runs/stage1/checkpoint.pt", "inverse-sqrt"

@@ -12,9 +12,9 @@ import models
 from deploy import synapses
 from deploy.netfile import Layer, NetFile, Neuron
 from deploy.synapses import Synapse
-from toolchain.config import Config, save_config, to_dict
-from toolchain.errors import ToolchainError
-from toolchain.loihi import READOUT_NEURON
+from toolchain.core.config import Config, save_config, to_dict
+from toolchain.core.errors import ToolchainError
+from toolchain.core.loihi import READOUT_NEURON
 from toolchain.studies import convert, energy, report, robustness
 
 LIF = Neuron(iDecay=4096, vDecay=0, vThMant=64)  # fires when one max weight (254 > 64 << 6 / 64) arrives
@@ -88,7 +88,7 @@ def test_loihi_resources_use_exported_bit_widths_and_core_limits(toy_net):
 
 @pytest.fixture
 def ann_ckpt(tmp_path, data_cfg):
-    from toolchain import checkpoint
+    from toolchain.core import checkpoint
 
     cfg = Config(data=data_cfg)
     cfg.model.name = "spiking-deeplab-tiny"

@@ -8,12 +8,12 @@ import torch
 
 import models
 from toolchain.cli import main
-from toolchain.config import Config, to_dict
+from toolchain.core.config import Config, to_dict
 
 
 @pytest.fixture
 def ann_ckpt(tmp_path, data_cfg):
-    from toolchain import checkpoint
+    from toolchain.core import checkpoint
 
     cfg = Config(data=data_cfg)
     cfg.train.ann = True

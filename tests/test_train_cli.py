@@ -28,7 +28,7 @@ def _run_or_dump_stacks(cmd, env, timeout):
     SIGABRT (stacks to stderr, with PYTHONFAULTHANDLER) and the test fails with them."""
     import signal
 
-    from toolchain.bench import descendants
+    from toolchain.bench.memory import descendants
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import models
-from toolchain import checkpoint
-from toolchain.config import Config
-from toolchain.errors import ToolchainError
+from toolchain.core import checkpoint
+from toolchain.core.config import Config
+from toolchain.core.errors import ToolchainError
 from toolchain.train import augment, loop, loss_fn, train
 from toolchain.train.loop import IGNORE, class_counts, class_weights
 
@@ -245,7 +245,7 @@ def test_init_starts_from_another_runs_weights_and_refuses_another_model(cfg, da
 _REFAULT = """
 import resource, sys
 if sys.argv[1] == "keep":
-    from toolchain.allocator import keep_freed_memory
+    from toolchain.core.allocator import keep_freed_memory
     assert keep_freed_memory()
 import torch
 torch.set_num_threads(1)

@@ -12,8 +12,8 @@ import sys
 import click
 
 from .. import __version__
-from ..allocator import keep_freed_memory
-from ..errors import ToolchainError
+from ..core.allocator import keep_freed_memory
+from ..core.errors import ToolchainError
 
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
 

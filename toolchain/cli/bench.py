@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..errors import ToolchainError
+from ..core.errors import ToolchainError
 from . import quiet_heavy_imports
 
 quiet_heavy_imports()  # before any command of this module loads models
@@ -26,7 +26,8 @@ def bench_cmd(json_path, quick, checkpoint, paper_steps, lava_limit, tiny_only):
     """Lava vs the emulator (steps/s, ratios, build time, peak memory) on the tiny preset and on
     paper-size Spiking DeepLab and Spiking FCN at 200x346, training throughput, and test-split
     evaluation time."""
-    from ..bench import format_table, run_bench, write_report
+    from ..bench.suite import run_bench
+    from ..bench.table import format_table, write_report
 
     if paper_steps < 1:
         raise ToolchainError(f"--paper-steps: {paper_steps} is not a positive number of steps")

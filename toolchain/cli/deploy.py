@@ -5,8 +5,8 @@ import json
 
 import click
 
-from ..errors import ToolchainError
-from ..files import write_text
+from ..core.errors import ToolchainError
+from ..core.files import write_text
 from . import config_options, quiet_heavy_imports
 
 quiet_heavy_imports()  # before any command of this module loads models
@@ -92,7 +92,7 @@ def run_cmd(net_path, data_root, split, frames, workers, backend, json_path, out
     """Run a .net file over a data split and report mIoU, speed and spikes per layer."""
     from deploy.runner import evaluate, format_report
 
-    from ..config import load_config
+    from ..core.config import load_config
 
     cfg = load_config(config_path, overrides)
     run = cfg.run

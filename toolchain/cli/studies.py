@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..errors import ToolchainError
-from ..files import write_text
+from ..core.errors import ToolchainError
+from ..core.files import write_text
 from . import quiet_heavy_imports
 
 quiet_heavy_imports()  # before any command of this module loads models
@@ -108,7 +108,7 @@ def energy_cmd(ckpt, frames, steps, backend, e_ac, e_mac, loihi_synop, loihi_neu
     if str(ckpt).endswith(".net"):
         from deploy import load
         from deploy.runner import data_config_for
-        from toolchain.config import Config
+        from toolchain.core.config import Config
 
         net = load(ckpt).net
         if steps is not None and steps != net.time_steps:

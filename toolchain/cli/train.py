@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from ..config import load_config
-from ..errors import ToolchainError
-from ..files import write_text
+from ..core.config import load_config
+from ..core.errors import ToolchainError
+from ..core.files import write_text
 from . import config_options, quiet_heavy_imports
 
 quiet_heavy_imports()  # before any command of this module loads models
@@ -111,7 +111,7 @@ def upgrade_checkpoint_cmd(path, out):
     tensor types and numpy arrays, nothing that runs code: anything else is
     refused) and writes tensors and plain values only. Run it once, on files
     you made or trust."""
-    from .. import checkpoint
+    from ..core import checkpoint
 
     written = checkpoint.upgrade(path, out)
     click.echo(f"upgraded {path} -> {written} (checkpoint version {checkpoint.VERSION})")

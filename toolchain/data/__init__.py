@@ -9,7 +9,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from ..errors import ToolchainError
+from ..core.errors import ToolchainError
 from .ddd17 import CLASS_NAMES_DDD17, DDD17
 from .encode import ENCODINGS, encode
 from .synth import ensure_default_data

@@ -9,8 +9,8 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from ..errors import ToolchainError
-from ..files import atomic_path
+from ..core.errors import ToolchainError
+from ..core.files import atomic_path
 from .dataset import IGNORE, BadSampleError
 from .ddd17 import CLASS_NAMES_DDD17, SPLITS, read_events, read_label, scan_split
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..errors import ToolchainError
+from ..core.errors import ToolchainError
 from .encode import ENCODINGS, encode
 
 log = logging.getLogger("toolchain.data")

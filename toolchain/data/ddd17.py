@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import ToolchainError
+from ..core.errors import ToolchainError
 from .dataset import IGNORE, BadSampleError, SegmentationDataset, log, minmax
 
 CLASS_NAMES_DDD17 = ["flat", "construction+sky", "object", "nature", "human", "vehicle"]

@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from ..errors import ToolchainError
+from ..core.errors import ToolchainError
 
 ENCODINGS = ("poisson", "rate", "direct")
 

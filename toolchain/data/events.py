@@ -21,7 +21,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from ..errors import ToolchainError
+from ..core.errors import ToolchainError
 
 WINDOW_US = 50_000  # DDD17 accumulates 50 ms before each frame
 FIELDS = ("x", "y", "t", "p")

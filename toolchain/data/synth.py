@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..errors import ToolchainError
+from ..core.errors import ToolchainError
 from .events import WINDOW_US, Events, to_ddd17
 
 # Bump when the generator changes, so cached default sets are remade.

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import ToolchainError
+from ..core.errors import ToolchainError
 from .dataset import BadSampleError, SegmentationDataset
 from .ddd17 import read_label
 

@@ -32,8 +32,8 @@ from lava.lib.dl import slayer
 import models
 from models.graph import INPUT
 
-from ..errors import ToolchainError
-from ..loihi import W_SCALE, WEIGHT_MAX
+from ..core.errors import ToolchainError
+from ..core.loihi import W_SCALE, WEIGHT_MAX
 
 W_MAX = WEIGHT_MAX / W_SCALE  # slayer's largest 8-bit weight
 W_STEP = 2 / W_SCALE
@@ -168,8 +168,8 @@ def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "la
                        scale: float = 0.7, frames: int = 64, data_root: Optional[str] = None,
                        log: Callable[[str], None] = print) -> dict:
     """Convert a trained ANN-twin checkpoint into a spiking checkpoint at `out`."""
-    from .. import checkpoint
-    from ..config import to_dict
+    from ..core import checkpoint
+    from ..core.config import to_dict
 
     ann, cfg = models.load_checkpoint(ann_ckpt, data_root=data_root)
     if isinstance(ann, models.SpikingGraph):

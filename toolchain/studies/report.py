@@ -29,8 +29,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ToolchainError
-from ..files import atomic_path, write_text
+from ..core.errors import ToolchainError
+from ..core.files import atomic_path, write_text
 
 PICTURES = ("curves.png", "gallery.png")
 MAX_PREDICTIONS = 4

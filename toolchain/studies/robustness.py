@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 import models
 
-from ..errors import ToolchainError
+from ..core.errors import ToolchainError
 from .sweep import load_frames, miou, predict_classes, quiet_export
 
 FULL_SCALE = 8  # events that a histogram value of 1 stands for
@@ -175,7 +175,7 @@ def plot(result: dict, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..files import atomic_path
+    from ..core.files import atomic_path
 
     names = result["corruptions"]
     cols = min(4, len(names))

@@ -17,8 +17,8 @@ import torch
 
 import models
 
-from ..errors import ToolchainError
-from ..metrics import SegmentationMetric
+from ..core.errors import ToolchainError
+from ..core.metrics import SegmentationMetric
 
 BATCH = 8
 
@@ -106,7 +106,7 @@ def sweep(checkpoints: list[tuple[str, str]], steps: list[int], frames: int = 32
 
 
 def _is_converted(path) -> bool:
-    from .. import checkpoint
+    from ..core import checkpoint
 
     return "conversion" in checkpoint.load(path)
 
@@ -129,7 +129,7 @@ def plot(result: dict, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..files import atomic_path
+    from ..core.files import atomic_path
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for label in dict.fromkeys(r["label"] for r in result["rows"]):

@@ -34,12 +34,12 @@ import models
 from models.blocks import firing_rates, set_quantized
 from models.fused_cuba import set_neuron_impl
 
-from .. import checkpoint
-from ..allocator import keep_freed_memory
-from ..config import Config, config_from_dict, save_config, to_dict
-from ..errors import ToolchainError
-from ..files import write_text
-from ..metrics import SegmentationMetric
+from ..core import checkpoint
+from ..core.allocator import keep_freed_memory
+from ..core.config import Config, config_from_dict, save_config, to_dict
+from ..core.errors import ToolchainError
+from ..core.files import write_text
+from ..core.metrics import SegmentationMetric
 from . import distributed, plots
 
 IGNORE = 255

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ..files import atomic_path  # noqa: E402
+from ..core.files import atomic_path  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:

@@ -6,41 +6,16 @@ connections, frames streamed through staggered resets). This module only
 feeds it: input spikes come from a file-backed source, hidden spikes go to
 file-backed sinks, and the readout's voltage is read at each frame's last
 step (`lava_procs`: Lava's own RingBuffer I/O is far too slow to read back).
-It also holds the one conversion between slayer's and Lava's data order.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from toolchain.errors import ToolchainError
+from toolchain.core.errors import ToolchainError
 
+from .lava_compat import from_lava, import_lava_runtime, to_lava
 from .netfile import NetFile
 from .synapses import lava_shape
-
-
-# ------------------------------------------------------------ data order
-def to_lava(x: np.ndarray) -> np.ndarray:
-    """slayer (C, H, W[, T]) -> Lava (x, y, channel[, T]) = (W, H, C[, T]).
-
-    The one place the two orders meet; `from_lava` is its inverse.
-    """
-    return np.ascontiguousarray(x.transpose((2, 1, 0) + tuple(range(3, x.ndim))))
-
-
-def from_lava(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x.transpose((2, 1, 0) + tuple(range(3, x.ndim))))
-
-
-def import_lava_runtime() -> None:
-    """Import Lava's runtime safely: its module calls `set_start_method('fork')`
-    on import and fails if anything in this process chose a start method first."""
-    import multiprocessing as mp
-    import sys
-
-    name = "lava.magma.runtime.message_infrastructure.multiprocessing"
-    if name not in sys.modules and mp.get_start_method(allow_none=True) is not None:
-        mp.set_start_method(None, force=True)
-    __import__(name)
 
 
 class LavaRunError(ToolchainError):

@@ -1,6 +1,6 @@
 """Training throughput: the toolchain's path against slayer's own and a plain-PyTorch LIF.
 
-`python -m toolchain.train.bench` times forward + backward + optimiser step
+`python -m toolchain.bench.training` times forward + backward + optimiser step
 (quantization-aware) on random Poisson input for each preset, three ways in
 one run on the same batch: the toolchain's default path (on the CPU the
 fused CUBA-LIF kernel and 2-D frame synapses of `models.fused_cuba`,
@@ -24,10 +24,10 @@ import models
 from models.ann import AnnGraph
 from models.fused_cuba import neuron_impl, set_neuron_impl
 from models.graph import INPUT
-from toolchain.allocator import keep_freed_memory
-from toolchain.loihi import spike_steps
+from toolchain.core.allocator import keep_freed_memory
+from toolchain.core.loihi import spike_steps
 
-from .loop import loss_fn
+from ..train.loop import loss_fn
 
 
 class _LinearSpike(torch.autograd.Function):

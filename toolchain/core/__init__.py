@@ -1,0 +1,2 @@
+"""The lowest layer: errors, atomic files, configs, metrics, Loihi fixed point,
+checkpoints and the allocator. It imports nothing else of the project."""
