@@ -29,6 +29,7 @@ test: setup browser lint
 
 lint: setup
 	$(VENV)/bin/ruff check toolchain models deploy tests scripts examples
+	$(VENV)/bin/mypy
 
 test-fast: setup
 	$(PY) -m pytest -n 2 -m "not slow" --hypothesis-profile=ci

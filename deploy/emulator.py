@@ -1,7 +1,7 @@
 """Bit-exact emulator of Lava's fixed-point execution of a `.net` file.
 
 It reproduces, integer for integer, what `Loihi2SimCfg(select_tag="fixed_pt")`
-computes (`lava.proc.lif.models.PyLifModelBitAcc`, the Conv, Dense and Sparse
+computes (`lava.proc.lif.models.PyLifResetModelBitAcc` for each layer's `LIFReset`, the Conv, Dense and Sparse
 fixed-point models), but vectorised: a network is feed-forward, so each
 layer's synaptic input for all T+D steps and all frames is one batched torch
 convolution (on the CPU, per chunk of frames that fits the cache, chunks side by
@@ -23,6 +23,7 @@ Lava facts it follows:
 from __future__ import annotations
 
 import math
+import typing
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -97,6 +98,7 @@ def default_device() -> torch.device:
 
 
 @numba.njit(parallel=True, cache=True)
+@typing.no_type_check  # numba's int64 scalars: numpy's stubs keep them apart from int
 def _lif_kernel(a, first_zero, clamp24, keep_u, keep_v, vth, count_steps,
                 spikes, counts, v_out):  # pragma: no cover (compiled)
     """`toolchain.core.loihi.cuba_step`'s arithmetic one neuron at a time: the state stays in
@@ -190,9 +192,11 @@ def run(net: NetFile, frames: torch.Tensor, *, device: torch.device | str | None
     outputs = {0: torch.cat([x, x.new_zeros((steps - t_steps, *x.shape[1:]))])}
     last_use = {}
     for i, layer in enumerate(net.layers, start=1):
-        for s in layer.sources:
-            last_use[s] = i
-    spikes, counts, voltage = {}, {}, None
+        for src in layer.sources:
+            last_use[src] = i
+    spikes: dict[str, torch.Tensor] = {}
+    counts: dict[str, torch.Tensor] = {}
+    voltage: torch.Tensor | None = None
     with _exact_cuda():
         for i, layer in enumerate(net.layers, start=1):
             c, h, w = layer.shape
@@ -206,10 +210,10 @@ def run(net: NetFile, frames: torch.Tensor, *, device: torch.device | str | None
             if device.type == "cpu" and len(zs) == 1:
                 # the kernel rounds, clamps and integrates the synapse's output as it is
                 syn, z = zs[0]
-                sp, cnt, v = _lif_cpu(z.reshape(steps - 1, -1).numpy(), steps, nrn.iDecay, nrn.vDecay,
-                                      nrn.vThMant, clamp24=syn.clamps24, count_steps=kept)
+                sp, cnt, v_end = _lif_cpu(z.reshape(steps - 1, -1).numpy(), steps, nrn.iDecay, nrn.vDecay,
+                                          nrn.vThMant, clamp24=syn.clamps24, count_steps=kept)
                 s = torch.from_numpy(sp).reshape(steps, n, c, h, w)
-                v = torch.from_numpy(v).reshape(n, c, h, w)
+                v = torch.from_numpy(v_end).reshape(n, c, h, w)
                 count = torch.from_numpy(cnt).reshape(n, -1).sum(1)
             else:
                 a = torch.zeros((steps, n, c, h, w), dtype=torch.int64, device=device)
@@ -232,6 +236,7 @@ def run(net: NetFile, frames: torch.Tensor, *, device: torch.device | str | None
                     spikes[layer.name] = s[:kept].permute(1, 2, 3, 4, 0).bool()
             for src in [k for k, last in last_use.items() if last == i and k in outputs]:
                 del outputs[src]
+    assert voltage is not None  # the last layer, the readout, sets it
     return EmulatorOutput(spikes=spikes, counts=counts, voltage=voltage)
 
 

@@ -221,14 +221,8 @@ def run_stock(net: NetFile | str | Path, frames: np.ndarray, *, on_frame=None) -
 
 
 # ------------------------------------------------------------ mapping report
-_PROCESS = {("conv", False): "Conv", ("dense", False): "Dense", ("dense", True): "DelayDense"}
 _MODULE = {"LIFReset": "lif", "Conv": "conv", "Dense": "dense", "DelayDense": "dense", "Sparse": "sparse",
            "DelaySparse": "sparse"}
-
-
-def lava_process(syn) -> str:
-    """The stock Lava process `Network` builds for a synapse."""
-    return _PROCESS.get((syn.type, bool(syn.delay)), "DelaySparse" if syn.delay else "Sparse")
 
 
 def ships_loihi2_model(process: str) -> bool:
@@ -265,7 +259,7 @@ def mapping_report(net: NetFile) -> list[dict]:
     for i, layer in enumerate(net.layers, start=1):
         procs, stored, unique, bits, notes = ["LIFReset"], 0, 0, 0, []
         for src, syn in zip(layer.sources, layer.synapses):
-            name = lava_process(syn)
+            name = syn.lava_process
             procs.append(name)
             w = np.asarray(syn.weight)
             src_shape = net.shape_of(src)
@@ -280,7 +274,8 @@ def mapping_report(net: NetFile) -> list[dict]:
             stored += count
             bits += count * (8 + (6 if syn.delay else 0))
             if name in ("Sparse", "DelaySparse") and count > 10 * w.size:
-                what = {"convT": "transposed conv", "pool": "pooling", "conv": "delayed conv"}[syn.type]
+                # stored as a matrix by its kind, or else because of its delay
+                what = syn.kind.label if syn.kind.lava_process == "Sparse" else f"delayed {syn.kind.label}"
                 notes.append(f"{what} as {name}: {count:,} stored weights for a {w.size:,}-weight kernel "
                              f"({count // max(1, w.size)}x)")
             if syn.delay:

@@ -137,8 +137,8 @@ class LavaNetwork:
                              f"(N, {', '.join(map(str, self.net.input_shape))}, {self.time_steps})")
         if not self.network.aligned and self._frames_done + len(frames) > 1:
             return self._run_one_by_one(frames)
-        spikes = {k: [] for k in self._sinks} if self.keep_spikes else {}
-        counts = {k: [] for k in self._sinks}
+        spikes: dict[str, list[np.ndarray]] = {k: [] for k in self._sinks} if self.keep_spikes else {}
+        counts: dict[str, list[np.ndarray]] = {k: [] for k in self._sinks}
         voltage = []
         for start in range(0, len(frames), self.capacity):
             chunk = frames[start:start + self.capacity]
@@ -154,7 +154,7 @@ class LavaNetwork:
             for name, (spike_file, count_file, shape) in self._sinks.items():
                 c = open_memmap(count_file, np.int64, (self.capacity,), mode="r")
                 counts[name].append(np.array(c[slots]))
-                if self.keep_spikes:
+                if spike_file is not None:  # kept when keep_spikes
                     s = open_memmap(spike_file, np.bool_, (self.capacity,) + shape + (self.kept,), mode="r")
                     spikes[name].append(np.stack([from_lava(np.array(s[k])) for k in slots]))
             v = open_memmap(self._v_path, np.int32, (self.capacity,) + lava_shape(self.net.layers[-1].shape),
@@ -299,9 +299,10 @@ class LavaNetwork:
             import multiprocessing
 
             infrastructure = getattr(self.network.runtime, "_messaging_infrastructure", None)
-            if failed and getattr(infrastructure, "smm", None) is not None:
+            smm = getattr(infrastructure, "smm", None)
+            if failed and smm is not None:
                 try:  # its server frees the channels' shared memory as it stops
-                    infrastructure.smm.shutdown()
+                    smm.shutdown()
                 except Exception:  # already gone: the kill below is all that is left to do
                     pass
             for child in self._workers():

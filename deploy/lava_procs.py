@@ -28,6 +28,8 @@ model 1,500 to 2,400 CPU seconds per step). tests/test_lava_conv.py checks it ag
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.model.py.model import PyLoihiProcessModel
@@ -43,7 +45,7 @@ from lava.proc.conv.utils import signed_clamp
 from lava.proc.sparse.models import PyDelaySparseModelBitAcc
 
 
-def open_memmap(path: str, dtype, shape: tuple, mode: str = "r+") -> np.memmap:
+def open_memmap(path: str, dtype, shape: tuple, mode: Literal["r", "r+", "w+"] = "r+") -> np.memmap:
     return np.memmap(path, dtype=dtype, mode=mode, shape=tuple(int(s) for s in shape))
 
 
@@ -183,7 +185,7 @@ class BlasConv:
         self.stride, self.padding, self.dilation = (tuple(int(v) for v in a) for a in (stride, padding, dilation))
         self.groups = int(groups)
         self.w_bound = float(np.abs(np.asarray(weight, dtype=np.float64)).reshape(len(weight), -1).sum(1).max())
-        self._taps = {}  # dtype -> taps in it
+        self._taps: dict[type, np.ndarray] = {}  # dtype -> taps in it
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         kx, ky, cin_g, cout = self.taps.shape
@@ -196,7 +198,7 @@ class BlasConv:
         xp = np.pad(x.astype(dtype), ((px, px), (py, py), (0, 0)))
         xo = (xp.shape[0] - dx * (kx - 1) - 1) // sx + 1
         yo = (xp.shape[1] - dy * (ky - 1) - 1) // sy + 1
-        out = np.zeros((xo * yo, cout), dtype=dtype)
+        out: np.ndarray = np.zeros((xo * yo, cout), dtype=dtype)
         cout_g = cout // g
         for i in range(kx):
             for j in range(ky):
@@ -209,7 +211,8 @@ class BlasConv:
 
 class PyConvModelBlas(PyConvModelFixed):  # Lava's Conv binding and ports; chosen per instance
     def run_spk(self) -> None:
-        self.a_out.send(self.a_buf)  # what the previous step accumulated, as Lava's model does
+        # what the previous step accumulated, as Lava's model does (which declares a_buf)
+        self.a_out.send(self.a_buf)  # type: ignore[has-type]
         s_in = self.s_in.recv()
         if self.num_message_bits.item() == 0:
             s_in = s_in.astype(bool)

@@ -41,6 +41,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import h5py
 import numpy as np
@@ -52,6 +53,8 @@ from toolchain.core.loihi import DECAY_SCALE, READOUT_NEURON, VTH_MAX, WEIGHT_MA
 
 from .synapses import TYPES as SYNAPSE_TYPES
 from .synapses import Synapse, check_shape, field_values, kind
+
+Chw = tuple[int, int, int]  # (channels, height, width)
 
 FORMAT = "toolchain-net"
 VERSION = 2
@@ -83,7 +86,7 @@ class Neuron:
 class Layer:
     name: str
     type: str
-    shape: tuple[int, int, int]
+    shape: Chw
     sources: list[int]
     synapses: list[Synapse]
     neuron: Neuron
@@ -91,7 +94,7 @@ class Layer:
 
 @dataclass
 class NetFile:
-    input_shape: tuple[int, int, int]
+    input_shape: Chw
     time_steps: int
     layers: list[Layer]  # layer i of this list is `layer/<i+1>` in the file
     encoding: str = "poisson"
@@ -111,7 +114,7 @@ class NetFile:
     def spike_steps(self, time_steps: int | None = None) -> int:
         return loihi.spike_steps(self.time_steps if time_steps is None else time_steps, self.pipeline_depth)
 
-    def shape_of(self, index: int) -> tuple[int, int, int]:
+    def shape_of(self, index: int) -> Chw:
         """Output shape of file layer `index` (0 is the input)."""
         return self.input_shape if index == 0 else self.layers[index - 1].shape
 
@@ -210,10 +213,10 @@ def _get(g: h5py.Group, key: str, where: str, max_size: int = 64):
 
 
 def _int(g, key, where, lo=None, hi=None) -> int:
-    v = np.asarray(_get(g, key, where))
-    if v.size != 1 or not np.issubdtype(v.dtype, np.integer) and v.dtype != bool:
-        raise ToolchainError(f"{where}: field '{key}' must be one integer, found {v.dtype} of shape {v.shape}")
-    v = int(v.reshape(-1)[0])
+    a = np.asarray(_get(g, key, where))
+    if a.size != 1 or not np.issubdtype(a.dtype, np.integer) and a.dtype != bool:
+        raise ToolchainError(f"{where}: field '{key}' must be one integer, found {a.dtype} of shape {a.shape}")
+    v = int(a.reshape(-1)[0])
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         raise ToolchainError(f"{where}: field '{key}' = {v} is outside [{lo}, {hi}]")
     return v
@@ -339,9 +342,10 @@ def _read_open(f: h5py.File, where: str) -> NetFile:
                 synapses.append(_read_synapse(g[f"synapse/{k}"], st, sw))
         else:
             synapses = [_read_synapse(g, typ, lw)]
-        layers.append(Layer(name, typ, shape, sources, synapses, neuron))
+        # shapes of another length are read as they are and refused by validate()
+        layers.append(Layer(name, typ, cast(Chw, shape), sources, synapses, neuron))
     shape_in = tuple(int(s) for s in np.asarray(f.attrs["inputShape"]).reshape(-1))
-    net = NetFile(input_shape=shape_in, time_steps=int(f.attrs["timeSteps"]), layers=layers,
+    net = NetFile(input_shape=cast(Chw, shape_in), time_steps=int(f.attrs["timeSteps"]), layers=layers,
                   encoding=str(f.attrs["encoding"]), class_names=list(class_names),
                   readout_rule=str(f.attrs["readoutRule"]), version=int(version))
     if version >= 2:

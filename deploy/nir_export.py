@@ -8,8 +8,8 @@ add up, as the synapses of one layer do. The readout layer `L` is an
 integrator (nir.I) with r = 1/T, so after T steps its state is the network
 output, and it feeds `output`.
 
-Synapses, weights as floats (the 8-bit integer / 64), one entry of
-`SYNAPSE_NODES` per `.net` type:
+Synapses, weights as floats (the 8-bit integer / 64), built by each `.net`
+type's `nir` in `deploy.synapses`:
 - conv: Conv2d (grouped convs as their block-diagonal full weight);
 - dense: Flatten -> Linear (the layer is then 1-D, (C,));
 - pool: SumPool2d, then a Scale by the kernel's weight unless it is 1; a
@@ -41,7 +41,6 @@ and is refused.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import nir
@@ -51,68 +50,10 @@ from toolchain.core.errors import ToolchainError
 from toolchain.core.files import atomic_path
 from toolchain.core.loihi import DECAY_SCALE, W_SCALE
 
-from .netfile import NetFile, Neuron, Synapse
+from .netfile import NetFile, Neuron
+from .synapses import TYPES, kind
 
 INPUT, OUTPUT = "input", "output"
-
-
-def _pair(v) -> np.ndarray:
-    return np.array(v, dtype=np.int64)
-
-
-def _float(w: np.ndarray) -> np.ndarray:
-    return (np.asarray(w, dtype=np.float32) / W_SCALE).astype(np.float32)
-
-
-def _ungrouped(w: np.ndarray, groups: int) -> np.ndarray:
-    """A grouped conv weight (out, in/groups, kh, kw) as the block-diagonal
-    (out, in, kh, kw) of the same map: nir 1.0.8's Conv2d types its input
-    with weight.shape[1] channels, so grouped convs fail its type check."""
-    if groups == 1:
-        return w
-    co, cig = w.shape[:2]
-    full = np.zeros((co, cig * groups, *w.shape[2:]), w.dtype)
-    for o in range(co):
-        g = o // (co // groups)
-        full[o, g * cig:(g + 1) * cig] = w[o]
-    return full
-
-
-def _conv(syn: Synapse, src: tuple, out: tuple, name: str) -> dict:
-    w = _ungrouped(_float(syn.weight), syn.groups)
-    return {name: nir.Conv2d(input_shape=tuple(src[1:]), weight=w, stride=_pair(syn.stride),
-                             padding=_pair(syn.padding), dilation=_pair(syn.dilation), groups=1,
-                             bias=np.zeros(w.shape[0], np.float32))}
-
-
-def _dense(syn: Synapse, src: tuple, out: tuple, name: str) -> dict:
-    nodes = {}
-    if len(src) > 1:
-        nodes[f"{name}.flatten"] = nir.Flatten(input_type={"input": np.array(src)}, start_dim=0)
-    nodes[name] = nir.Linear(weight=_float(syn.weight))
-    return nodes
-
-
-def _pool(syn: Synapse, src: tuple, out: tuple, name: str) -> dict:
-    k = np.asarray(syn.weight)
-    spatial = zip(src[1:], syn.kernel, syn.stride, syn.padding, syn.dilation)
-    if tuple(out[1:]) != tuple((n + 2 * p - d * (kk - 1) - 1) // s + 1 for n, kk, s, p, d in spatial):
-        raise ToolchainError(f"{name}: pool windows reach past the input edge (output {tuple(out[1:])} "
-                             f"from input {tuple(src[1:])}); NIR pooling has no such edge rule")
-    if np.any(k != k.flat[0]) or tuple(syn.dilation) != (1, 1):
-        depthwise = Synapse("conv", np.broadcast_to(k, (src[0], 1, *k.shape)).copy(), syn.stride,
-                            syn.padding, syn.dilation, groups=src[0])
-        return _conv(depthwise, src, out, name)
-    nodes = {name: nir.SumPool2d(kernel_size=_pair(syn.kernel), stride=_pair(syn.stride),
-                                 padding=_pair(syn.padding))}
-    gain = float(k.flat[0]) / W_SCALE
-    if gain != 1.0:
-        nodes[f"{name}.scale"] = nir.Scale(scale=np.full(out, gain, np.float32))
-    return nodes
-
-
-SYNAPSE_NODES: dict[str, Callable[[Synapse, tuple, tuple, str], dict]] = {
-    "conv": _conv, "dense": _dense, "pool": _pool}
 
 
 def cuba_lif(neuron: Neuron, shape: tuple[int, ...], name: str) -> nir.CubaLIF:
@@ -136,7 +77,7 @@ def build_nir(net: NetFile, *, axon_delay: bool = True) -> nir.NIRGraph:
         raise ToolchainError(f"layer names must be unique and not {INPUT!r} or {OUTPUT!r}, got {names[2:]}")
     # a layer fed by dense synapses is 1-D in NIR (Linear's output)
     shapes = [tuple(net.input_shape)] + [
-        (layer.shape[0],) if any(s.type == "dense" for s in layer.synapses) else tuple(layer.shape)
+        (layer.shape[0],) if any(s.kind.nir_vector for s in layer.synapses) else tuple(layer.shape)
         for layer in net.layers]
     nodes = {INPUT: nir.Input(input_type={"input": np.array(net.input_shape)})}
     edges: list[tuple[str, str]] = []
@@ -145,11 +86,11 @@ def build_nir(net: NetFile, *, axon_delay: bool = True) -> nir.NIRGraph:
     for i, layer in enumerate(net.layers, start=1):
         for k, (src, syn) in enumerate(zip(layer.sources, layer.synapses)):
             name = f"{layer.name}.syn{k}"
-            make = SYNAPSE_NODES.get(syn.type)
+            make = syn.kind.nir
             if make is None:
                 problems.append(f"{name} ({syn.type})")
                 continue
-            if len(shapes[src]) == 1 and syn.type != "dense":
+            if len(shapes[src]) == 1 and not syn.kind.nir_vector:
                 problems.append(f"{name} ({syn.type} on the 1-D output of a dense layer)")
                 continue
             try:
@@ -176,7 +117,7 @@ def build_nir(net: NetFile, *, axon_delay: bool = True) -> nir.NIRGraph:
             exits[i] = f"{layer.name}.delay"
     if problems:
         raise ToolchainError("NIR cannot express these synapses: " + "; ".join(problems)
-                             + f" (NIR export supports {', '.join(SYNAPSE_NODES)})")
+                             + f" (NIR export supports {', '.join(sorted(t for t in TYPES if kind(t).nir))})")
     metadata = {"producer": "toolchain", "dt": 1.0, "axon_delay": int(axon_delay),
                 "time_steps": int(net.time_steps),
                 "readout": "integrator state after T+D-1 steps (NIR step t = Lava step t+1)"}

@@ -64,7 +64,7 @@ class _NetStep(torch.nn.Module):
         self.readout = f"{self.names[-1]}.v"
         # a synapse with delay d reads what its source sent d steps before the last:
         # '<source>.s@j' holds the source's spikes of j steps before its '.s'
-        self.history = {}
+        self.history: dict[int, int] = {}
         for layer in net.layers:
             for src, syn in zip(layer.sources, layer.synapses):
                 self.history[src] = max(self.history.get(src, 0), int(syn.delay))
@@ -80,6 +80,7 @@ class _NetStep(torch.nn.Module):
             if syn.clamps24:
                 z = z.clamp(-U_MAX, U_MAX - 1)
             total = z if total is None else total + z
+        assert total is not None  # every layer past the input has a source
         return total
 
     def forward(self, x, *state):

@@ -6,8 +6,12 @@ a layer's input (C', H', W'). Each type says, in one place:
 - `check`: the shape rule (does this weight map that source onto that layer?);
 - `op`: the map itself on (B, C, H, W) torch tensors (the emulator, the ONNX
   step graph and the export check all call it);
-- `lava`: the Lava connection process that computes it (`lava_delayed`: the
-  one for a synapse with a delay, `DelaySparse`/`DelayDense`);
+- `fan_in`: a bound on one output per step, for the float precision of `op`
+  and the readout's overflow warning;
+- `lava` and `lava_process`: the Lava connection process that computes it and
+  its class name (`lava_delayed`: the one for a synapse with a delay,
+  `DelaySparse`/`DelayDense`);
+- `nir`: its NIR nodes (None where NIR has no such map);
 - `fanout` and `targets`: how many (output neuron, weight) pairs one source
   neuron reaches, for synaptic-operation counts and synaptic memory;
 - `clamp24`: whether Lava clamps the connection's output to signed 24 bits.
@@ -24,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from toolchain.core.errors import ToolchainError
+from toolchain.core.loihi import W_SCALE
 
 
 @dataclass
@@ -57,6 +62,11 @@ class Synapse:
     def lava(self, src: tuple, out: tuple):
         """The Lava connection process: (process, does it read and write flat vectors?)."""
         return (self.kind.lava_delayed if self.delay else self.kind.lava)(self, src, out)
+
+    @property
+    def lava_process(self) -> str:
+        """The class name of the stock Lava process `lava` builds."""
+        return self.kind.lava_delayed_process if self.delay else self.kind.lava_process
 
 
 # ---------------------------------------------------------------- shapes
@@ -149,6 +159,17 @@ def _op_convT(syn, x, out, w):
 
 def _op_dense(syn, x, out, w):
     return (x.reshape(x.shape[0], -1) @ w.T).reshape(x.shape[0], out[0], 1, 1)
+
+
+# ---------------------------------------------------------------- fan-in
+def _fan_in_per_output(w: np.ndarray) -> int:
+    """Each output reads one row of the weight (out, ...)."""
+    return int(w.reshape(w.shape[0], -1).sum(axis=1).max()) if w.size else 0
+
+
+def _fan_in_all(w: np.ndarray) -> int:
+    """Bounded by every weight at once (outputs may share taps)."""
+    return int(w.sum())
 
 
 # ---------------------------------------------------------------- fan-out
@@ -290,36 +311,115 @@ def _lava_delay_dense(syn, src, out):
                       max_delay=int(syn.delay)), True
 
 
+# ---------------------------------------------------------------- NIR
+# Each builder gives {node name: NIR node} in chain order, weights as floats
+# (the 8-bit integer / 64); `nir` is imported here only, when a graph is built.
+def _nir_pair(v) -> np.ndarray:
+    return np.array(v, dtype=np.int64)
+
+
+def _nir_float(w: np.ndarray) -> np.ndarray:
+    return (np.asarray(w, dtype=np.float32) / W_SCALE).astype(np.float32)
+
+
+def _ungrouped(w: np.ndarray, groups: int) -> np.ndarray:
+    """A grouped conv weight (out, in/groups, kh, kw) as the block-diagonal
+    (out, in, kh, kw) of the same map: nir 1.0.8's Conv2d types its input
+    with weight.shape[1] channels, so grouped convs fail its type check."""
+    if groups == 1:
+        return w
+    co, cig = w.shape[:2]
+    full = np.zeros((co, cig * groups, *w.shape[2:]), w.dtype)
+    for o in range(co):
+        g = o // (co // groups)
+        full[o, g * cig:(g + 1) * cig] = w[o]
+    return full
+
+
+def _nir_conv(syn: Synapse, src: tuple, out: tuple, name: str) -> dict:
+    import nir
+    w = _ungrouped(_nir_float(syn.weight), syn.groups)
+    return {name: nir.Conv2d(input_shape=tuple(src[1:]), weight=w, stride=_nir_pair(syn.stride),
+                             padding=_nir_pair(syn.padding), dilation=_nir_pair(syn.dilation), groups=1,
+                             bias=np.zeros(w.shape[0], np.float32))}
+
+
+def _nir_dense(syn: Synapse, src: tuple, out: tuple, name: str) -> dict:
+    import nir
+    nodes = {}
+    if len(src) > 1:
+        nodes[f"{name}.flatten"] = nir.Flatten(input_type={"input": np.array(src)}, start_dim=0)
+    nodes[name] = nir.Linear(weight=_nir_float(syn.weight))
+    return nodes
+
+
+def _nir_pool(syn: Synapse, src: tuple, out: tuple, name: str) -> dict:
+    """SumPool2d, then a Scale by the kernel's weight unless it is 1; unequal
+    kernel weights or dilation: the per-channel Conv2d it is."""
+    import nir
+    k = np.asarray(syn.weight)
+    spatial = zip(src[1:], syn.kernel, syn.stride, syn.padding, syn.dilation)
+    if tuple(out[1:]) != tuple(conv_out(n, kk, s, p, d) for n, kk, s, p, d in spatial):
+        raise ToolchainError(f"{name}: pool windows reach past the input edge (output {tuple(out[1:])} "
+                             f"from input {tuple(src[1:])}); NIR pooling has no such edge rule")
+    if np.any(k != k.flat[0]) or tuple(syn.dilation) != (1, 1):
+        depthwise = Synapse("conv", np.broadcast_to(k, (src[0], 1, *k.shape)).copy(), syn.stride,
+                            syn.padding, syn.dilation, groups=src[0])
+        return _nir_conv(depthwise, src, out, name)
+    nodes = {name: nir.SumPool2d(kernel_size=_nir_pair(syn.kernel), stride=_nir_pair(syn.stride),
+                                 padding=_nir_pair(syn.padding))}
+    gain = float(k.flat[0]) / W_SCALE
+    if gain != 1.0:
+        nodes[f"{name}.scale"] = nir.Scale(scale=np.full(out, gain, np.float32))
+    return nodes
+
+
 # ---------------------------------------------------------------- the registry
 @dataclass(frozen=True)
 class SynapseKind:
     name: str
+    label: str  # what reports call it
     fields: tuple[str, ...]
     check: Callable  # (syn, src (C,H,W), out (C,H,W), bad(msg)) -> None
     op: Callable  # (syn, x (B,C,H,W), out (C,H,W), weight tensor) -> (B, C', H', W')
-    lava: Callable  # (syn, src, out) -> (Lava process, reads/writes flat vectors?)
+    fan_in: Callable  # (|weight| int64) -> bound on |one output| per step when every input spikes
     fanout: Callable  # (syn, src, out) -> (Hs, Ws) output positions x taps per source pixel
     targets: Callable  # (syn, out) -> output channels one source channel reaches per tap
     positions: Callable  # (src, out) -> places one stored kernel weight is used (shared kernels)
-    lava_delayed: Callable  # as `lava`, for a synapse with a delay (DelaySparse, DelayDense)
+    lava: Callable  # (syn, src, out) -> (Lava process, reads/writes flat vectors?)
+    lava_process: str  # the class `lava` builds
+    lava_delayed: Callable  # as `lava`, for a synapse with a delay
+    lava_delayed_process: str
+    nir: Callable | None  # (syn, src, out, node name) -> {name: NIR node}, chain order; None: no NIR form
+    nir_vector: bool = False  # NIR's node is Linear: the layer it feeds is (C,) there, only it reads (C,)
     clamp24: bool = False  # Lava's Conv clamps its output to signed 24 bits
 
 
 _GEOMETRY = ("kernelSize", "stride", "padding", "dilation")
 _KINDS = {k.name: k for k in (
-    SynapseKind("conv", ("inChannels", "outChannels", "groups") + _GEOMETRY, _check_conv, _op_conv,
-                _lava_conv, _fanout_by_gradient(_op_conv), lambda syn, out: out[0] // syn.groups,
-                lambda src, out: out[1] * out[2], _lava_delay_sparse(conv_matrix), clamp24=True),
-    SynapseKind("convT", ("inChannels", "outChannels", "groups") + _GEOMETRY, _check_convT, _op_convT,
-                _lava_sparse(convT_matrix), _fanout_by_gradient(_op_convT),
-                lambda syn, out: out[0] // syn.groups, lambda src, out: src[1] * src[2],
-                _lava_delay_sparse(convT_matrix)),
-    SynapseKind("pool", _GEOMETRY, _check_pool, _op_pool, _lava_sparse(pool_matrix),
-                _fanout_by_gradient(_op_pool), lambda syn, out: 1, lambda src, out: out[0] * out[1] * out[2],
-                _lava_delay_sparse(pool_matrix)),
-    SynapseKind("dense", ("inFeatures", "outFeatures"), _check_dense, _op_dense, _lava_dense,
-                lambda syn, src, out: np.ones(src[1:]), lambda syn, out: int(syn.weight.shape[0]),
-                lambda src, out: 1, _lava_delay_dense),
+    SynapseKind("conv", "conv", ("inChannels", "outChannels", "groups") + _GEOMETRY, _check_conv, _op_conv,
+                fan_in=_fan_in_per_output, fanout=_fanout_by_gradient(_op_conv),
+                targets=lambda syn, out: out[0] // syn.groups, positions=lambda src, out: out[1] * out[2],
+                lava=_lava_conv, lava_process="Conv",
+                lava_delayed=_lava_delay_sparse(conv_matrix), lava_delayed_process="DelaySparse",
+                nir=_nir_conv, clamp24=True),
+    SynapseKind("convT", "transposed conv", ("inChannels", "outChannels", "groups") + _GEOMETRY, _check_convT,
+                _op_convT, fan_in=_fan_in_all, fanout=_fanout_by_gradient(_op_convT),
+                targets=lambda syn, out: out[0] // syn.groups, positions=lambda src, out: src[1] * src[2],
+                lava=_lava_sparse(convT_matrix), lava_process="Sparse",
+                lava_delayed=_lava_delay_sparse(convT_matrix), lava_delayed_process="DelaySparse",
+                nir=None),  # nir has no transposed convolution
+    SynapseKind("pool", "pooling", _GEOMETRY, _check_pool, _op_pool,
+                fan_in=_fan_in_all, fanout=_fanout_by_gradient(_op_pool),
+                targets=lambda syn, out: 1, positions=lambda src, out: out[0] * out[1] * out[2],
+                lava=_lava_sparse(pool_matrix), lava_process="Sparse",
+                lava_delayed=_lava_delay_sparse(pool_matrix), lava_delayed_process="DelaySparse",
+                nir=_nir_pool),
+    SynapseKind("dense", "dense", ("inFeatures", "outFeatures"), _check_dense, _op_dense,
+                fan_in=_fan_in_per_output, fanout=lambda syn, src, out: np.ones(src[1:]),
+                targets=lambda syn, out: int(syn.weight.shape[0]), positions=lambda src, out: 1,
+                lava=_lava_dense, lava_process="Dense", lava_delayed=_lava_delay_dense,
+                lava_delayed_process="DelayDense", nir=_nir_dense, nir_vector=True),
 )}
 TYPES = tuple(_KINDS)
 
@@ -339,10 +439,7 @@ def check_shape(syn: Synapse, src: tuple, out: tuple, where: str) -> None:
 
 def fan_in_bound(syn: Synapse) -> int:
     """An upper bound on |one output| per step when every input spikes."""
-    w = np.abs(np.asarray(syn.weight, dtype=np.int64))
-    if syn.type in ("conv", "dense"):
-        return int(w.reshape(w.shape[0], -1).sum(axis=1).max()) if w.size else 0
-    return int(w.sum())
+    return kind(syn.type).fan_in(np.abs(np.asarray(syn.weight, dtype=np.int64)))
 
 
 def apply(syn: Synapse, x: torch.Tensor, out_shape: tuple[int, int, int],

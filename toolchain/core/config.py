@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, cast
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -109,19 +109,19 @@ def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | 
     except OmegaConfBaseException as e:
         where = f"{path}: " if path is not None else ""
         raise ToolchainError(f"{where}bad configuration: {e}".splitlines()[0]) from e
-    return OmegaConf.to_object(merged)
+    return cast(Config, OmegaConf.to_object(merged))
 
 
 def config_from_dict(d: dict) -> Config:
     """Rebuild a Config from its saved dict form (checkpoints, run folders)."""
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), d))
+        return cast(Config, OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), d)))
     except OmegaConfBaseException as e:
         raise ToolchainError(f"bad saved configuration: {e}".splitlines()[0]) from e
 
 
 def to_dict(cfg: Config) -> dict:
-    return OmegaConf.to_container(OmegaConf.structured(cfg))
+    return cast(dict, OmegaConf.to_container(OmegaConf.structured(cfg)))
 
 
 def to_yaml(cfg: Config) -> str:
