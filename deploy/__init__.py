@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from toolchain.core.loihi import readout_value
 
@@ -82,11 +81,11 @@ class Deployed:
 
 
 def class_map(readout: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear upsampling of (N, K, H', W') scores to `size`, then argmax (the paper's rule)."""
-    r = torch.as_tensor(readout, dtype=torch.float64)
-    if tuple(r.shape[2:]) != tuple(size):
-        r = F.interpolate(r, size=tuple(size), mode="bilinear", align_corners=False)
-    return r.argmax(dim=1).numpy().astype(np.uint8)
+    """Argmax of (N, K, H', W') scores upsampled to `size` as in training (`models.upsample`)."""
+    # imported on first use: `import deploy` stays free of lava-dl, which the models package loads
+    from models import upsample
+
+    return upsample(torch.as_tensor(readout, dtype=torch.float64), size).argmax(dim=1).numpy().astype(np.uint8)
 
 
 def load(path: str | Path) -> Deployed:

@@ -202,7 +202,7 @@ def run(net: NetFile, frames: torch.Tensor, *, device: torch.device | str | None
             c, h, w = layer.shape
             nrn = layer.neuron
             zs = []
-            for src, syn in zip(layer.sources, layer.synapses):
+            for src, syn in zip(layer.sources, layer.synapses, strict=True):
                 inp = outputs[src][:-1]  # what step t-1 sent arrives at step t
                 if syn.delay:  # ... or at step t + delay
                     inp = torch.cat([inp.new_zeros((syn.delay, *inp.shape[1:])), inp[:len(inp) - syn.delay]])

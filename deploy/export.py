@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import warnings
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from toolchain.core.loihi import (
 )
 
 from . import netfile
-from .netfile import Layer, NetFile, Neuron
+from .netfile import Chw, Layer, NetFile, Neuron
 from .synapses import Synapse, check_shape, fan_in_bound
 from .synapses import apply as synapse_op
 
@@ -108,12 +109,13 @@ def _check_synapse(syn: torch.nn.Module, rec: Synapse, src_shape, out_shape, whe
     gen = torch.Generator().manual_seed(0)
     x = (torch.rand((2, *src_shape, 2), generator=gen) < 0.5).float()
     saved = getattr(syn, "_pre_hook_fx", None)
-    syn._pre_hook_fx = quantize_weight
+    # slayer's weight hook is a plain attribute, which torch's Module stubs do not know
+    syn._pre_hook_fx = quantize_weight  # type: ignore[assignment]
     try:
         with torch.no_grad():
             ref = syn(x) * W_SCALE
     finally:
-        syn._pre_hook_fx = saved
+        syn._pre_hook_fx = saved  # type: ignore[assignment]
     if tuple(ref.shape[1:4]) != tuple(out_shape):
         raise ToolchainError(f"{where}: synapse output {tuple(ref.shape[1:4])} is not the layer's {out_shape}")
     try:
@@ -130,7 +132,8 @@ def _check_synapse(syn: torch.nn.Module, rec: Synapse, src_shape, out_shape, whe
 
 def _neuron_record(neuron, where: str) -> Neuron:
     if neuron is None:
-        return Neuron(**READOUT_NEURON)
+        r = READOUT_NEURON
+        return Neuron(iDecay=r["iDecay"], vDecay=r["vDecay"], vThMant=r["vThMant"])
     if getattr(neuron, "norm", None) is not None:
         raise ToolchainError(f"{where}: neuron normalization ({type(neuron.norm).__name__}) has no Loihi counterpart")
     if getattr(neuron, "graded_spike", False):
@@ -154,7 +157,7 @@ def build_netfile(model: SpikingGraph, *, time_steps: int, encoding: str = "pois
     """Quantize `model` into a validated NetFile (nothing written)."""
     model = model.eval()
     index = {INPUT: 0}
-    shapes = {0: tuple(model.input_shape)}
+    shapes: dict[int, Chw] = {0: cast(Chw, tuple(model.input_shape))}
     layers = []
     with torch.no_grad():
         x = torch.zeros((1, *model.input_shape, 1))
@@ -162,10 +165,11 @@ def build_netfile(model: SpikingGraph, *, time_steps: int, encoding: str = "pois
         for i, node in enumerate(model.nodes, start=1):
             where = f"layer {i} ({node.name})"
             z = node.current([outs[s] for s in node.sources])
-            out_shape = tuple(int(d) for d in z.shape[1:4])
+            c, h, w = (int(d) for d in z.shape[1:4])
+            out_shape = (c, h, w)
             outs[node.name] = z
             synapses = []
-            for src, syn, delay in zip(node.sources, node.synapses, node.delays):
+            for src, syn, delay in zip(node.sources, node.synapses, node.delays, strict=True):
                 rec = _synapse_record(syn, shapes[index[src]], where)
                 _check_synapse(syn, rec, shapes[index[src]], out_shape, where)
                 rec.delay = int(delay)
@@ -175,7 +179,7 @@ def build_netfile(model: SpikingGraph, *, time_steps: int, encoding: str = "pois
                                 synapses, _neuron_record(node.neuron, where)))
             index[node.name] = i
             shapes[i] = out_shape
-    net = NetFile(input_shape=tuple(model.input_shape), time_steps=int(time_steps), layers=layers,
+    net = NetFile(input_shape=shapes[0], time_steps=int(time_steps), layers=layers,
                   encoding=encoding, class_names=list(class_names))
     netfile.validate(net, "export")
     _warn_overflow(net)

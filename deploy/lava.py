@@ -62,7 +62,7 @@ def arrivals(net: NetFile) -> tuple[list[int], bool]:
     every layer's inputs all arrive at that same step."""
     arrival, aligned = [0], True
     for layer in net.layers:
-        steps = [arrival[s] + 1 + syn.delay for s, syn in zip(layer.sources, layer.synapses)]
+        steps = [arrival[s] + 1 + syn.delay for s, syn in zip(layer.sources, layer.synapses, strict=True)]
         arrival.append(min(steps))
         aligned &= max(steps) == min(steps)
     return arrival[1:], aligned
@@ -99,14 +99,14 @@ class Network(AbstractProcess):
         self.time_steps = t_steps
         self.frame_steps = net.frame_steps(t_steps)
         r, self.aligned = arrivals(net)
-        self.offsets = {layer.name: ri for layer, ri in zip(net.layers, r)}
+        self.offsets = {layer.name: ri for layer, ri in zip(net.layers, r, strict=True)}
         self.inp = InPort(shape=lava_shape(net.input_shape))
         self.out = OutPort(shape=out_shape)
         self.v = Var(shape=out_shape, init=0)
         self.layers: dict[str, LIFReset] = {}
         self.connections: list[Connection] = []
         lifs = []
-        for i, (layer, ri) in enumerate(zip(net.layers, r), start=1):
+        for i, (layer, ri) in enumerate(zip(net.layers, r, strict=True), start=1):
             n = layer.neuron
             # Lava counts steps from 1: step kP + r of frame k is time step kP + r + 1
             lif = LIFReset(shape=lava_shape(layer.shape), du=n.iDecay - 1, dv=n.vDecay, vth=n.vThMant,
@@ -114,7 +114,7 @@ class Network(AbstractProcess):
                            reset_offset=(ri + 1) % self.frame_steps, name=layer.name)
             self.layers[layer.name] = lif
             lifs.append(lif)
-            for src, syn in zip(layer.sources, layer.synapses):
+            for src, syn in zip(layer.sources, layer.synapses, strict=True):
                 proc, flat = syn.lava(net.shape_of(src), layer.shape)
                 self.connections.append(Connection(proc, src, i, flat))
                 if src == 0:
@@ -258,7 +258,7 @@ def mapping_report(net: NetFile) -> list[dict]:
     rows = []
     for i, layer in enumerate(net.layers, start=1):
         procs, stored, unique, bits, notes = ["LIFReset"], 0, 0, 0, []
-        for src, syn in zip(layer.sources, layer.synapses):
+        for src, syn in zip(layer.sources, layer.synapses, strict=True):
             name = syn.lava_process
             procs.append(name)
             w = np.asarray(syn.weight)
@@ -284,7 +284,7 @@ def mapping_report(net: NetFile) -> list[dict]:
                          loihi2_model={p: ships_loihi2_model(p) for p in procs},
                          neurons=int(np.prod(layer.shape)),
                          synapses=sum(connections(s, net.shape_of(src), layer.shape)
-                                      for src, s in zip(layer.sources, layer.synapses)),
+                                      for src, s in zip(layer.sources, layer.synapses, strict=True)),
                          stored_weights=stored, kernel_weights=unique, memory_bytes=bits // 8,
                          readout=i == len(net.layers), notes=notes))
     return rows

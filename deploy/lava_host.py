@@ -145,7 +145,7 @@ class LavaNetwork:
             slots = [(self._frames_done + j) % self.capacity for j in range(len(chunk))]
             data = open_memmap(self._in_path, np.uint8, (self.capacity,) + lava_shape(self.net.input_shape)
                                + (self.time_steps,))
-            for slot, frame in zip(slots, chunk):
+            for slot, frame in zip(slots, chunk, strict=True):
                 data[slot] = to_lava(frame.astype(np.uint8))
             data.flush()
             del data
@@ -166,7 +166,7 @@ class LavaNetwork:
     def _run_one_by_one(self, frames: np.ndarray):
         """Frames of a net whose skips are not delay-aligned: each in a network of its own."""
         parts = []
-        for k, frame in enumerate(frames):
+        for k in range(len(frames)):
             if self._frames_done == 0 and k == 0:
                 parts.append(self.run(frames[:1]))
                 continue
@@ -316,7 +316,7 @@ class LavaNetwork:
                     pass
         self._tmp.cleanup()
 
-    def __enter__(self) -> "LavaNetwork":
+    def __enter__(self) -> LavaNetwork:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -127,7 +127,7 @@ class NetFile:
         """Synapses as Loihi stores them: shared conv kernels count once per position."""
         total = 0
         for layer in self.layers:
-            for src, syn in zip(layer.sources, layer.synapses):
+            for src, syn in zip(layer.sources, layer.synapses, strict=True):
                 nz = int(np.count_nonzero(syn.weight))
                 total += nz * kind(syn.type).positions(self.shape_of(src), layer.shape)
         return total
@@ -282,11 +282,21 @@ def _read(path: Path) -> NetFile:
     return net
 
 
+def _int_attr(f: h5py.File, key: str, where: str) -> int:
+    """A root attribute that must hold one whole number (numpy will stop
+    reading a one-element array as a scalar, and refuses longer ones)."""
+    a = np.asarray(f.attrs[key])
+    if a.size != 1 or not np.issubdtype(a.dtype, np.number) or a.reshape(-1)[0] != int(a.reshape(-1)[0]):
+        raise ToolchainError(f"{where}: root attribute '{key}' must be one whole number, found {a.dtype} "
+                             f"of shape {a.shape}")
+    return int(a.reshape(-1)[0])
+
+
 def _read_open(f: h5py.File, where: str) -> NetFile:
-    if f.attrs.get("format") != FORMAT:
+    if not isinstance(f.attrs.get("format"), str) or f.attrs["format"] != FORMAT:
         raise ToolchainError(f"{where}: not a toolchain .net file (root attribute 'format' is "
                              f"{f.attrs.get('format')!r}, expected {FORMAT!r})")
-    version = f.attrs.get("version")
+    version = _int_attr(f, "version", where) if "version" in f.attrs else None
     if version not in VERSIONS:
         raise ToolchainError(f"{where}: format version {version} is not supported (this reader "
                              f"reads versions {', '.join(map(str, VERSIONS))}); re-export the model")
@@ -345,14 +355,14 @@ def _read_open(f: h5py.File, where: str) -> NetFile:
         # shapes of another length are read as they are and refused by validate()
         layers.append(Layer(name, typ, cast(Chw, shape), sources, synapses, neuron))
     shape_in = tuple(int(s) for s in np.asarray(f.attrs["inputShape"]).reshape(-1))
-    net = NetFile(input_shape=cast(Chw, shape_in), time_steps=int(f.attrs["timeSteps"]), layers=layers,
+    net = NetFile(input_shape=cast(Chw, shape_in), time_steps=_int_attr(f, "timeSteps", where), layers=layers,
                   encoding=str(f.attrs["encoding"]), class_names=list(class_names),
-                  readout_rule=str(f.attrs["readoutRule"]), version=int(version))
+                  readout_rule=str(f.attrs["readoutRule"]), version=version)
     if version >= 2:
         if "pipelineDepth" not in f.attrs:
             raise ToolchainError(f"{where}: missing root attribute 'pipelineDepth'")
         validate(net, where)  # the depth below is computed from valid sources only
-        if int(f.attrs["pipelineDepth"]) != net.pipeline_depth:
+        if _int_attr(f, "pipelineDepth", where) != net.pipeline_depth:
             raise ToolchainError(f"{where}: root attribute 'pipelineDepth' = {f.attrs['pipelineDepth']} "
                                  f"disagrees with the layers' longest path, {net.pipeline_depth}")
     return net
@@ -380,7 +390,7 @@ def validate(net: NetFile, where: str = "net") -> None:
             raise ToolchainError(f"{lw}: needs one synapse per source")
         if layer.type != "add" and (len(layer.synapses) != 1 or layer.synapses[0].type != layer.type):
             raise ToolchainError(f"{lw}: a {layer.type} layer holds exactly one {layer.type} synapse")
-        for k, (src, syn) in enumerate(zip(layer.sources, layer.synapses)):
+        for k, (src, syn) in enumerate(zip(layer.sources, layer.synapses, strict=True)):
             if not 0 <= src < i:
                 raise ToolchainError(f"{lw}: source {src} is not an earlier layer")
             if syn.type not in SYNAPSE_TYPES:

@@ -40,6 +40,7 @@ and is refused.
 """
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def build_nir(net: NetFile, *, axon_delay: bool = True) -> nir.NIRGraph:
     exits = {0: INPUT}  # the NIR node whose output carries a layer's spikes
     problems = []
     for i, layer in enumerate(net.layers, start=1):
-        for k, (src, syn) in enumerate(zip(layer.sources, layer.synapses)):
+        for k, (src, syn) in enumerate(zip(layer.sources, layer.synapses, strict=True)):
             name = f"{layer.name}.syn{k}"
             make = syn.kind.nir
             if make is None:
@@ -103,7 +104,7 @@ def build_nir(net: NetFile, *, axon_delay: bool = True) -> nir.NIRGraph:
                          **chain}
             nodes.update(chain)
             order = list(chain)
-            edges += [(exits[src], order[0])] + list(zip(order, order[1:])) + [(order[-1], layer.name)]
+            edges += [(exits[src], order[0])] + list(itertools.pairwise(order)) + [(order[-1], layer.name)]
         if i == len(net.layers):
             nodes[layer.name] = nir.I(r=np.full(shapes[i], 1.0 / net.time_steps, np.float32))
             nodes[OUTPUT] = nir.Output(output_type={"output": np.array(shapes[i])})

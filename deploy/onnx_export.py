@@ -66,7 +66,7 @@ class _NetStep(torch.nn.Module):
         # '<source>.s@j' holds the source's spikes of j steps before its '.s'
         self.history: dict[int, int] = {}
         for layer in net.layers:
-            for src, syn in zip(layer.sources, layer.synapses):
+            for src, syn in zip(layer.sources, layer.synapses, strict=True):
                 self.history[src] = max(self.history.get(src, 0), int(syn.delay))
         delayed = [f"{self.names[src]}.s@{j}" for src, d in sorted(self.history.items()) for j in range(1, d + 1)]
         self.state_names = [f"{INPUT}.s"] + [f"{n}.{k}" for n in spiking for k in "uvs"] + delayed + [self.readout]
@@ -74,7 +74,7 @@ class _NetStep(torch.nn.Module):
     def _input(self, layer, sent: dict[int, torch.Tensor], prev: dict) -> torch.Tensor:
         """The layer's summed synaptic input this step, int64 synapse units."""
         total = None
-        for src, syn in zip(layer.sources, layer.synapses):
+        for src, syn in zip(layer.sources, layer.synapses, strict=True):
             x = sent[src] if not syn.delay else prev[f"{self.names[src]}.s@{syn.delay}"]
             z = synapse_op(syn, x, layer.shape)  # rounded to int64
             if syn.clamps24:
@@ -84,7 +84,7 @@ class _NetStep(torch.nn.Module):
         return total
 
     def forward(self, x, *state):
-        prev = dict(zip(self.state_names, state))
+        prev = dict(zip(self.state_names, state, strict=True))
         sent = {i: prev[f"{name}.s"] for i, name in enumerate(self.names[:-1])}
         nxt = {f"{INPUT}.s": x}
         for layer in self.net.layers[:-1]:
@@ -113,7 +113,7 @@ def _check_net(net: NetFile, path: Path) -> None:
     if net.layers[-1].neuron.iDecay != DECAY_SCALE:
         raise ToolchainError(f"{path}: the last layer ({net.layers[-1].name}) is not the readout integrator")
     for i, layer in enumerate(net.layers, start=1):
-        for k, (src, syn) in enumerate(zip(layer.sources, layer.synapses)):
+        for k, (src, syn) in enumerate(zip(layer.sources, layer.synapses, strict=True)):
             probe = synapse_op(syn, torch.zeros(1, *net.shape_of(src)), layer.shape, exact=False)
             if probe.dtype != torch.float32:
                 # onnxruntime's Conv has no float64 kernel, and float32 would round
@@ -240,7 +240,7 @@ def run_onnx_step(path: str | os.PathLike, frames) -> tuple[np.ndarray, dict[str
     spikes = {k: np.zeros((n, *inputs[f"{k}.s"].shape[1:], kept), bool) for k in layers}
     for t in range(steps):
         x = frames[..., t] if t < time_steps else np.zeros_like(frames[..., 0])
-        state = dict(zip(names, sess.run(None, {INPUT: np.ascontiguousarray(x), **state})))
+        state = dict(zip(names, sess.run(None, {INPUT: np.ascontiguousarray(x), **state}), strict=True))
         if t < kept:
             for k in layers:
                 spikes[k][..., t] = state[f"{k}.s"] > 0

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -35,9 +36,8 @@ from tqdm import tqdm
 
 from toolchain.core.errors import ToolchainError
 from toolchain.core.files import atomic_path, write_text
-from toolchain.data.dataset import resize, sample_seed
+from toolchain.data.dataset import encode_sample, resize
 from toolchain.data.ddd17 import CHANNELS, DDD17
-from toolchain.data.encode import encode
 from toolchain.data.events import WINDOW_US, Events, Recording, to_ddd17
 
 from .runner import PALETTE
@@ -59,8 +59,8 @@ class Geometry:
     resize: str
 
 
-def geometry(sensor: tuple[int, int], input_shape, *, channels: Optional[str] = None,
-             resize_mode: str = "resize", sensor_crop: Optional[bool] = None, where: str = "model") -> Geometry:
+def geometry(sensor: tuple[int, int], input_shape, *, channels: str | None = None,
+             resize_mode: str = "resize", sensor_crop: bool | None = None, where: str = "model") -> Geometry:
     """The documented rule (module docstring); `sensor_crop` None crops a DAVIS346 only,
     True demands one, False never crops."""
     c, h, w = (int(v) for v in input_shape)
@@ -82,7 +82,7 @@ def geometry(sensor: tuple[int, int], input_shape, *, channels: Optional[str] = 
         raise ToolchainError(f"{where}: the DDD17 sensor crop needs a DAVIS346 recording (346x260), "
                              f"this one is {sensor[0]}x{sensor[1]}")
     crop = is_davis if sensor_crop is None else sensor_crop
-    return Geometry(tuple(sensor), DDD17_ROWS if crop else int(sensor[1]), tuple(CHANNELS[channels]),
+    return Geometry((int(sensor[0]), int(sensor[1])), DDD17_ROWS if crop else int(sensor[1]), tuple(CHANNELS[channels]),
                     (c, h, w), resize_mode)
 
 
@@ -151,7 +151,7 @@ def overlay(frame: torch.Tensor, class_map: np.ndarray, alpha: float = 0.5) -> I
     rgb = (alpha * colour + (1 - alpha) * base).round().astype(np.uint8)
     img = Image.fromarray(rgb, "RGB")
     scale = max(1, 256 // max(img.size))
-    return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
+    return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST) if scale > 1 else img
 
 
 class GifWriter:
@@ -162,12 +162,12 @@ class GifWriter:
     def __init__(self, path: Path, frame_ms: int, side: int = GIF_SIDE):
         self.path, self.frame_ms, self.side = Path(path), max(int(frame_ms), 20), side
         self._ctx = atomic_path(self.path)
-        self._file = None
+        self._file: BinaryIO | None = None
         self.frames = 0
 
     def _prepare(self, img: Image.Image) -> Image.Image:
         img = img.copy()
-        img.thumbnail((self.side, self.side), Image.NEAREST)
+        img.thumbnail((self.side, self.side), Image.Resampling.NEAREST)
         return img.convert("P", palette=Image.Palette.WEB, dither=Image.Dither.NONE)
 
     def add(self, img: Image.Image) -> None:
@@ -178,8 +178,9 @@ class GifWriter:
             header, _ = GifImagePlugin.getheader(frame.copy(), info={"loop": 0, "duration": self.frame_ms})
             self._file.write(b"".join(header))
             self.size = frame.size
+        out = self._file
         for chunk in GifImagePlugin.getdata(frame, duration=self.frame_ms):
-            self._file.write(chunk)
+            out.write(chunk)
         self.frames += 1
 
     def close(self, ok: bool = True) -> None:
@@ -206,10 +207,10 @@ def _batches(rec: Recording, window_us: int, batch: int) -> Iterator[list[tuple[
         yield out
 
 
-def predict(source, out_dir, *, net: Optional[str] = None, checkpoint: Optional[str] = None,
+def predict(source, out_dir, *, net: str | None = None, checkpoint: str | None = None,
             window_ms: float = WINDOW_US / 1000, backend: str = "emulator", batch_size: int = 8,
-            resize_mode: Optional[str] = None, sensor_crop: Optional[bool] = None,
-            sensor_size: Optional[tuple[int, int]] = None, seed: int = 0, gif: bool = True,
+            resize_mode: str | None = None, sensor_crop: bool | None = None,
+            sensor_size: tuple[int, int] | None = None, seed: int = 0, gif: bool = True,
             progress: bool = True) -> dict:
     """Segment every window of `source`; write, under `out_dir`,
     `maps/window_NNNNNN.npz` (class_map (H, W) uint8, t_start, t_end in us and,
@@ -247,11 +248,10 @@ def predict(source, out_dir, *, net: Optional[str] = None, checkpoint: Optional[
         bar = tqdm(desc="predict", unit="window", disable=not progress)
         for batch in _batches(rec, window_us, batch_size):
             frames = [window_frame(ev, a, b, geo) for a, b, ev in batch]
-            x = torch.stack([encode(f, model.encoding, model.time_steps,
-                                    torch.Generator().manual_seed(sample_seed(seed, 0, index + i)))
+            x = torch.stack([encode_sample(f, model.encoding, model.time_steps, seed, 0, index + i)
                              for i, f in enumerate(frames)])
             maps, spikes = model.class_maps(x)
-            for j, ((a, b, _), frame, cm) in enumerate(zip(batch, frames, maps)):
+            for j, ((a, b, _), frame, cm) in enumerate(zip(batch, frames, maps, strict=True)):
                 name = f"window_{index:06d}"
                 with atomic_path(maps_dir / f"{name}.npz") as tmp:
                     with open(tmp, "wb") as f:

@@ -1,8 +1,9 @@
 """Evaluate a `.net` over a data split on the emulator or in Lava.
 
-Frames are read with the project's data layer, run through `deploy.load(...)`
-and scored with `SegmentationMetric`. Lava runs are sharded across K worker
-processes (plain, non-daemonic processes: Lava starts its own children).
+Frames are scored by the one evaluator (`deploy.evaluation`) with a `.net`
+predictor. Lava runs are sharded across K worker processes (plain,
+non-daemonic processes: Lava starts its own children); each runs the
+evaluator over its shard and the parent sums their confusion matrices.
 """
 from __future__ import annotations
 
@@ -20,12 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from toolchain.core.errors import ToolchainError
 from toolchain.core.files import atomic_path, write_text
+from toolchain.core.formatting import percent
+from toolchain.core.metrics import SegmentationMetric
 
-from . import Deployed, load
+from . import Deployed, Result, load
+from .evaluation import NetPredictor
+from .evaluation import evaluate as score
 
 # a fixed palette: class k gets PALETTE[k]; ignore (255) is black
 PALETTE = np.array([[128, 64, 128], [70, 70, 70], [220, 220, 0], [107, 142, 35], [220, 20, 60],
@@ -47,12 +51,7 @@ def data_config_for(net: Deployed, data_cfg, root: str | None):
     return cfg
 
 
-def _frames(dataset, indices):
-    xs, ys = zip(*(dataset[i] for i in indices))
-    return torch.stack([torch.as_tensor(x) for x in xs]), torch.stack([torch.as_tensor(y) for y in ys])
-
-
-def _lava_worker(net_path, data_cfg, split, indices, out_file):
+def _lava_worker(net_path, data_cfg, split, indices, num_classes, out_file):
     from toolchain.data import build_dataset
 
     from .lava_compat import import_lava_runtime
@@ -65,28 +64,30 @@ def _lava_worker(net_path, data_cfg, split, indices, out_file):
     # workers); one thread per shard is the right share of the cores anyway.
     torch.set_num_threads(1)
     import_lava_runtime()  # the forked worker inherits the parent's start method
-    deployed = load(net_path)
+    p = NetPredictor(load(net_path), "lava")
     dataset = build_dataset(data_cfg, split)
-    x, _ = _frames(dataset, indices)
-    try:
-        r = deployed.run(x, backend="lava", keep_spikes=False)
+    try:  # the whole shard in one batch: one Lava runtime per shard
+        metric = score(p, dataset, indices, num_classes, batch_size=len(indices))
     except ToolchainError as e:
         what = f"{split} frame {indices[e.frame]}: {e.what}" if isinstance(e, LavaRunError) else str(e)
         Path(f"{out_file}.err").write_text(what)
         sys.exit(3)
-    np.savez(out_file, voltage=r.voltage, **{f"count_{k}": v for k, v in r.counts.items()})
+    np.savez(out_file, voltage=np.concatenate(p.voltages), confusion=metric.confusion.numpy(),
+             **{f"count_{k}": np.int64(v) for k, v in p.counts.items()})
 
 
-def _run_shards(net_path, cfg, split: str, shards: list[list[int]], tmp: str) -> None:
+def _run_shards(net_path, cfg, split: str, shards: list[list[int]], num_classes: int, tmp: str) -> None:
     """One Lava worker process per shard; the first to fail ends every other
     one and all their Lava processes, and its error names the frame."""
     ctx = mp.get_context("fork")  # Lava sets the start method itself in a spawned child
     procs = []
     try:
         for k, shard in enumerate(shards):
-            p = ctx.Process(target=_lava_worker, args=(str(net_path), cfg, split, shard, f"{tmp}/{k}.npz"))
+            p = ctx.Process(target=_lava_worker, args=(str(net_path), cfg, split, shard, num_classes,
+                                                       f"{tmp}/{k}.npz"))
             p.start()
             procs.append(p)
+            assert p.pid is not None  # started
             try:  # also here, so that the group exists before the child could fork
                 os.setpgid(p.pid, p.pid)
             except (PermissionError, ProcessLookupError):  # the child did it first, or is gone
@@ -113,6 +114,8 @@ def _run_shards(net_path, cfg, split: str, shards: list[list[int]], tmp: str) ->
                     raise ToolchainError(f"{net_path}: {what}")
     finally:
         for p in procs:  # after a failure: the other shards and every Lava process of any shard
+            if p.pid is None:  # never started
+                continue
             try:
                 os.killpg(p.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -123,11 +126,10 @@ def _run_shards(net_path, cfg, split: str, shards: list[list[int]], tmp: str) ->
 def evaluate(net_path, data_cfg, *, split: str = "test", frames: int | None = None,
              backend: str = "emulator", workers: int = 1, batch_size: int = 16,
              out_dir: str | Path | None = None, json_path: str | Path | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True) -> tuple[dict, Result]:
     """Run the net over a split: (report dict, Result with the readout and class maps).
 
     The report is also written to `json_path`, the class maps as PNGs to `out_dir`."""
-    from toolchain.core.metrics import SegmentationMetric
     from toolchain.data import build_dataset
 
     deployed = load(net_path)
@@ -138,44 +140,37 @@ def evaluate(net_path, data_cfg, *, split: str = "test", frames: int | None = No
         raise ToolchainError(f"{split}: the split has no frames")
     indices = list(range(n))
     num_classes = deployed.net.layers[-1].shape[0]
-    metric = SegmentationMetric(num_classes)
-    layer_names = [l.name for l in deployed.net.layers[:-1]]
-    counts = {k: 0 for k in layer_names}
+    label_hw = tuple(torch.as_tensor(dataset[0][1]).shape)
+    if label_hw != tuple(deployed.net.input_shape[1:]):
+        raise ToolchainError(f"{split}: labels {label_hw} differ from the net's input size")
     t0 = time.perf_counter()
-    voltages = []
     if backend == "lava" and workers > 1:
         shards = [indices[k::workers] for k in range(workers) if indices[k::workers]]
+        metric = SegmentationMetric(num_classes)
         with tempfile.TemporaryDirectory() as tmp:
-            _run_shards(net_path, cfg, split, shards, tmp)
+            _run_shards(net_path, cfg, split, shards, num_classes, tmp)
             order = np.concatenate([np.array(s) for s in shards])
             parts = [np.load(f"{tmp}/{k}.npz") for k in range(len(shards))]
             v = np.concatenate([p["voltage"] for p in parts])
-            voltages = [v[np.argsort(order)]]
-            for name in layer_names:
-                counts[name] = int(sum(p[f"count_{name}"].sum() for p in parts))
+            voltage = v[np.argsort(order)]
+            for p in parts:
+                metric.confusion += torch.from_numpy(p["confusion"])
+            counts = {l.name: int(sum(p[f"count_{l.name}"].sum() for p in parts))
+                      for l in deployed.net.layers[:-1]}
     else:
-        step = batch_size if backend == "emulator" else 1
-        for start in tqdm(range(0, n, step), desc=f"run ({backend})", disable=not progress, unit="batch"):
-            x, _ = _frames(dataset, indices[start:start + step])
-            r = deployed.run(x, backend=backend, keep_spikes=False)
-            voltages.append(r.voltage)
-            for name in layer_names:
-                counts[name] += int(r.counts[name].sum())
+        p = NetPredictor(deployed, backend)
+        metric = score(p, dataset, indices, num_classes, batch_size=batch_size if backend == "emulator" else 1,
+                       progress=progress, desc=f"run ({backend})")
+        voltage, counts = np.concatenate(p.voltages), p.counts
     wall = time.perf_counter() - t0
-    voltage = np.concatenate(voltages)
     result = deployed._result({}, {}, voltage, deployed.time_steps)
-    labels = torch.stack([torch.as_tensor(dataset[i][1]) for i in indices])
-    pred = torch.as_tensor(result.class_map.astype(np.int64))
-    if tuple(labels.shape[1:]) != tuple(pred.shape[1:]):
-        raise ToolchainError(f"{split}: labels {tuple(labels.shape[1:])} differ from the net's input size")
-    metric.update(pred, labels)
     scores = metric.compute()
     steps = n * deployed.net.frame_steps()
     names = deployed.net.class_names or [str(k) for k in range(num_classes)]
     report = dict(net=str(net_path), backend=backend, split=split, frames=n, time_steps=deployed.time_steps,
                   frame_steps=deployed.net.frame_steps(),
                   miou=scores["miou"], pixel_acc=scores["pixel_acc"],
-                  iou_per_class=dict(zip(names, scores["iou_per_class"])),
+                  iou_per_class=dict(zip(names, scores["iou_per_class"], strict=True)),
                   wall_s=wall, steps_per_s=steps / wall, frames_per_s=n / wall,
                   spikes_per_frame={k: v / n for k, v in counts.items()})
     if out_dir is not None:
@@ -198,8 +193,8 @@ def write_predictions(out_dir, class_map: np.ndarray) -> list[Path]:
 def format_report(report: dict) -> str:
     lines = [f"{report['net']}  backend={report['backend']}  split={report['split']}  "
              f"frames={report['frames']}  T={report['time_steps']}",
-             f"mIoU {100 * report['miou']:.2f}%   pixel acc {100 * report['pixel_acc']:.2f}%",
-             "per-class IoU: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in report["iou_per_class"].items()),
+             f"mIoU {percent(report['miou'])}%   pixel acc {percent(report['pixel_acc'])}%",
+             "per-class IoU: " + ", ".join(f"{k} {percent(v, 1)}" for k, v in report["iou_per_class"].items()),
              f"wall {report['wall_s']:.2f} s   {report['steps_per_s']:.1f} steps/s   "
              f"{report['frames_per_s']:.2f} frames/s",
              "spikes per frame: " + ", ".join(f"{k} {v:.0f}" for k, v in report["spikes_per_frame"].items())]

@@ -20,8 +20,8 @@ Adding a synapse type is adding one `SynapseKind` here and one test.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -47,10 +47,11 @@ class Synapse:
 
     @property
     def kernel(self) -> tuple[int, int]:
-        return tuple(int(k) for k in self.weight.shape[-2:])
+        kx, ky = (int(k) for k in self.weight.shape[-2:])
+        return kx, ky
 
     @property
-    def kind(self) -> "SynapseKind":
+    def kind(self) -> SynapseKind:
         return kind(self.type)
 
     @property
@@ -80,7 +81,7 @@ def convT_out(n: int, k: int, s: int, p: int, d: int) -> int:
 
 
 def _spatial(syn, src, out):
-    return list(zip(src[1:], out[1:], syn.kernel, syn.stride, syn.padding, syn.dilation))
+    return list(zip(src[1:], out[1:], syn.kernel, syn.stride, syn.padding, syn.dilation, strict=True))
 
 
 def _check_geometry(syn: Synapse, src, out, bad) -> None:
@@ -136,7 +137,7 @@ def _op_conv(syn, x, out, w):
 def _pool_edge_pad(syn, shape_in, out):
     """Zeros to add below and right so that windows past the input edge read zeros."""
     return [max(0, (o - 1) * s + d * (k - 1) + 1 - (n + 2 * p))
-            for o, s, d, k, n, p in zip(out[1:], syn.stride, syn.dilation, syn.kernel, shape_in, syn.padding)]
+            for o, s, d, k, n, p in zip(out[1:], syn.stride, syn.dilation, syn.kernel, shape_in, syn.padding, strict=True)]
 
 
 def _op_pool(syn, x, out, w):
@@ -149,7 +150,7 @@ def _op_pool(syn, x, out, w):
 
 def _convT_output_padding(syn, shape_in, out):
     return tuple(o - convT_out(n, k, s, p, d) for n, o, k, s, p, d in
-                 zip(shape_in, out[1:], syn.kernel, syn.stride, syn.padding, syn.dilation))
+                 zip(shape_in, out[1:], syn.kernel, syn.stride, syn.padding, syn.dilation, strict=True))
 
 
 def _op_convT(syn, x, out, w):
@@ -185,8 +186,8 @@ def _fanout_by_gradient(op):
         y = op(one, x, (1, *out[1:]), torch.ones(one.weight.shape, dtype=torch.float64))
         if tuple(y.shape[-2:]) != tuple(out[1:]):
             raise ValueError(f"{syn.type} synapse gives {tuple(y.shape[-2:])}, layer is {tuple(out[1:])}")
-        y.sum().backward()
-        return x.grad[0, 0].numpy()
+        (grad,) = torch.autograd.grad(y.sum(), x)
+        return grad[0, 0].numpy()
     return fanout
 
 
@@ -358,7 +359,7 @@ def _nir_pool(syn: Synapse, src: tuple, out: tuple, name: str) -> dict:
     kernel weights or dilation: the per-channel Conv2d it is."""
     import nir
     k = np.asarray(syn.weight)
-    spatial = zip(src[1:], syn.kernel, syn.stride, syn.padding, syn.dilation)
+    spatial = zip(src[1:], syn.kernel, syn.stride, syn.padding, syn.dilation, strict=True)
     if tuple(out[1:]) != tuple(conv_out(n, kk, s, p, d) for n, kk, s, p, d in spatial):
         raise ToolchainError(f"{name}: pool windows reach past the input edge (output {tuple(out[1:])} "
                              f"from input {tuple(src[1:])}); NIR pooling has no such edge rule")

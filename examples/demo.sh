@@ -36,6 +36,7 @@ same_in_lava_and_emulator "trained net" "$OUT/pred-lava" "$OUT/pred-emulator" "$
     "$OUT/run-emulator.json"
 .venv/bin/python - "$OUT" <<'PY'
 import json, sys
+from toolchain.core.formatting import percent
 out = sys.argv[1]
 ex = json.load(open(f"{out}/model.net.json"))
 lava, emu = json.load(open(f"{out}/run-lava.json")), json.load(open(f"{out}/run-emulator.json"))
@@ -43,7 +44,7 @@ rows = [("float (torch)", ex["miou_float"], ex["frames"]), ("quantized (torch)",
         ("emulator (.net)", emu["miou"], emu["frames"]), ("Lava (.net)", lava["miou"], lava["frames"])]
 print(f"   {'execution':<20}{'mIoU %':>8}{'frames':>8}")
 for name, miou, n in rows:
-    print(f"   {name:<20}{100 * miou:>8.2f}{n:>8}")
+    print(f"   {name:<20}{percent(miou, width=8)}{n:>8}")
 print(f"   Lava {lava['steps_per_s']:.1f} steps/s, emulator {emu['steps_per_s']:.1f} steps/s")
 PY
 

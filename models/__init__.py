@@ -3,6 +3,7 @@
     build(name, in_channels, num_classes, input_hw, neuron, **kw) -> SpikingGraph
     names(), describe(name) -> parameter count
     predict(model, x, size) -> (N, K, H, W) class scores at label size
+    upsample(readout, size) -> the readout at label size (the one host-side rule)
     load_checkpoint(path) -> (SpikingGraph, Config)
 
 Presets: `spiking-deeplab` and `spiking-fcn` at paper size, the middle
@@ -13,8 +14,8 @@ pass `ann=True`) for the non-spiking twin of the same topology.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +29,8 @@ from .ann import AnnGraph
 from .blocks import firing_rates, fold_for_export, parameter_count, set_quantized
 from .graph import NeuronParams, SpikingGraph
 
-# name -> (builder, preset kwargs, init weight scale). The weight scales are
-# chosen so that spikes reach the readout at init (tests/test_models.py).
+# name -> (builder, preset kwargs). The presets' weight scales are chosen so
+# that spikes reach the readout at init (tests/test_models.py).
 _REGISTRY: dict[str, tuple[Callable, dict]] = {
     "spiking-deeplab": (deeplab.spiking_deeplab, dict(layers=deeplab.PAPER, weight_scale=8.0)),
     "spiking-deeplab-small": (deeplab.spiking_deeplab, dict(layers=deeplab.PAPER, width=0.25, weight_scale=8.0)),
@@ -65,33 +66,38 @@ def describe(name: str) -> int:
     return parameter_count(build(name, **DESCRIBE_INPUT, weight_norm=False))
 
 
-def predict(model: torch.nn.Module, x: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, dict]:
-    """Class scores (N, K, H, W) at label size, and spikes per node.
-
-    The network's readout is at feature resolution; the bilinear upsampling
-    to `size` runs on the host after the spiking network (it is not part of
-    the exported `.net`)."""
-    readout, spikes = model(x)
+def upsample(readout: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, K, H', W') readout scores bilinearly upsampled to `size` (the paper's
+    rule). It runs on the host after the spiking network, in training and after
+    deployment alike: it is not part of the exported `.net`."""
     if tuple(readout.shape[-2:]) != tuple(size):
         readout = F.interpolate(readout, size=tuple(size), mode="bilinear", align_corners=False)
-    return readout, spikes
+    return readout
 
 
-def from_config(cfg, in_channels: int, num_classes: int, quantized: bool | None = None):
-    """Build the model a `Config` describes (neuron parameters from cfg.model)."""
+def predict(model: torch.nn.Module, x: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, dict]:
+    """Class scores (N, K, H, W) at label size (`upsample` of the network's
+    feature-resolution readout), and spikes per node."""
+    readout, spikes = model(x)
+    return upsample(readout, size), spikes
+
+
+def from_config(cfg, in_channels: int, num_classes: int, *, ann: bool = False, quantized: bool = False):
+    """Build the model a `Config` describes (neuron parameters from cfg.model, input
+    size from cfg.data); the caller says whether it is the non-spiking twin and quantized."""
     m = cfg.model
     neuron = NeuronParams(threshold=m.threshold, current_decay=m.current_decay, voltage_decay=m.voltage_decay,
                           tau_grad=m.tau_grad, scale_grad=m.scale_grad)
-    q = cfg.train.qat if quantized is None else quantized
     return build(m.name, in_channels, num_classes, (cfg.data.height, cfg.data.width), neuron,
-                 ann=cfg.train.ann, quantized=q)
+                 ann=ann, quantized=quantized)
 
 
 MAX_CHANNELS = 4096  # input channels or classes; far above any event camera or label set
 
 
 def load_checkpoint(path: str | Path, quantized: bool | None = None, data_root: str | None = None,
-                    config_path: str | Path | None = None, overrides: tuple[str, ...] | list[str] = ()):
+                    config_path: str | Path | None = None, overrides: tuple[str, ...] | list[str] = (),
+                    entries: dict | None = None):
     """Rebuild the model stored in a training checkpoint: (model, Config).
 
     The model comes back in eval mode with its weight normalisation intact
@@ -100,9 +106,11 @@ def load_checkpoint(path: str | Path, quantized: bool | None = None, data_root: 
     config's `data.root` (the data is no longer where training read it). A
     YAML file and `section.field=value` overrides apply over the stored
     configuration before the model is built: `data.height`/`data.width` build
-    the same weights at another input size (every preset is convolutional)."""
+    the same weights at another input size (every preset is convolutional).
+    `entries`: the file already read by `checkpoint.load`, for a caller that
+    needs its other entries too (the file is read once)."""
     path = Path(path)
-    ckpt = checkpoint.load(path)
+    ckpt = checkpoint.load(path) if entries is None else entries
     if not {"model", "config", "dataset"} <= set(ckpt):
         raise ToolchainError(f"{path}: not a toolchain training checkpoint (needs model, config, dataset entries)")
     ds = ckpt["dataset"]
@@ -121,7 +129,8 @@ def load_checkpoint(path: str | Path, quantized: bool | None = None, data_root: 
             raise ToolchainError(f"{path}: holds {stored!r}; the configuration asks for {cfg.model.name!r}")
     if data_root is not None:
         cfg.data.root = data_root
-    model = from_config(cfg, facts["in_channels"], facts["num_classes"])
+    # how the stored model was trained decides what it is
+    model = from_config(cfg, facts["in_channels"], facts["num_classes"], ann=cfg.train.ann, quantized=cfg.train.qat)
     try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError, AttributeError, KeyError) as e:
@@ -132,5 +141,5 @@ def load_checkpoint(path: str | Path, quantized: bool | None = None, data_root: 
     return model.eval(), cfg
 
 
-__all__ = ["build", "names", "describe", "predict", "from_config", "load_checkpoint", "set_quantized",
+__all__ = ["build", "names", "describe", "predict", "upsample", "from_config", "load_checkpoint", "set_quantized",
            "fold_for_export", "firing_rates", "parameter_count", "NeuronParams", "SpikingGraph", "AnnGraph"]

@@ -46,7 +46,7 @@ class AnnNode(torch.nn.Module):
         self.synapses = torch.nn.ModuleList(synapses)
 
     def forward(self, inputs):
-        z = sum(syn(x) for syn, x in zip(self.synapses, inputs))
+        z = sum(syn(x) for syn, x in zip(self.synapses, inputs, strict=True))
         return F.relu(z) if self.relu else z
 
 

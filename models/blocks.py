@@ -82,7 +82,7 @@ class GraphBuilder:
         for syn in synapses:
             syn._pre_hook_fx = quantizer if self.quantized else None
         node = Node(name, sources, synapses, neuron, delays)
-        self.depths[name] = max(self.depths[s] + 1 + d for s, d in zip(sources, node.delays))
+        self.depths[name] = max(self.depths[s] + 1 + d for s, d in zip(sources, node.delays, strict=True))
         # The readout has no neuron to lend its quantizer: keep one beside the
         # node, outside the module tree so it adds nothing to the state dict.
         node.__dict__["quantizer"] = quantizer

@@ -192,7 +192,7 @@ def _as_ncpt(t: torch.Tensor) -> torch.Tensor:
 def _dense_layout(t: torch.Tensor):
     """(shape, strides) when t is a permutation of a contiguous tensor, else None."""
     expected = 1
-    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda d: (d[1], d[0])):
+    for size, stride in sorted(zip(t.shape, t.stride(), strict=True), key=lambda d: (d[1], d[0])):
         if size != 1 and stride != expected:
             return None
         expected *= size
@@ -436,7 +436,7 @@ def _synapse_kernel(synapse, x):
             and tuple(synapse.stride[:2]) == tuple(synapse.weight.shape[2:4])
             and tuple(synapse.padding[:2]) == (0, 0) and tuple(synapse.dilation[:2]) == (1, 1)
             # slayer pads by size % k, which reaches a multiple of k only for these
-            and all((n + n % k) % k == 0 for n, k in zip(x.shape[2:4], synapse.weight.shape[2:4]))):
+            and all((n + n % k) % k == 0 for n, k in zip(x.shape[2:4], synapse.weight.shape[2:4], strict=True))):
         return _pool
     return None
 

@@ -87,7 +87,7 @@ class Node(torch.nn.Module):
     def current(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         """Summed synaptic input, (N, C, H, W, T)."""
         total = None
-        for synapse, x in zip(self.synapses, inputs):
+        for synapse, x in zip(self.synapses, inputs, strict=True):
             z = synapse_forward(synapse, x)
             total = z if total is None else total + z
         return total
@@ -139,7 +139,7 @@ class SpikingGraph(torch.nn.Module):
         outputs = {INPUT: F.pad(x, (0, spike_steps(time_steps, self.pipeline_depth) - time_steps))}
         for node in self.nodes:
             outputs[node.name] = node([delay(outputs[s], d) if d else outputs[s]
-                                       for s, d in zip(node.sources, node.delays)])
+                                       for s, d in zip(node.sources, node.delays, strict=True)])
         readout = outputs[self.nodes[-1].name].sum(dim=-1) / time_steps
         spikes = {n.name: outputs[n.name] for n in self.nodes[:-1]}
         return readout, spikes

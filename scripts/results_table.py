@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
-from toolchain.core.config import load_config
+from toolchain.core.config import load_config, to_dict
+from toolchain.core.formatting import percent
+from toolchain.studies.report import Model, class_ious, markdown_table, miou_cells
+
+NONE = "-"  # not measured, or not existing for this model
+pct = partial(percent, digits=1, missing=NONE)
 
 
 def _load(path: Path) -> dict:
     if not path.is_file():
         sys.exit(f"{path}: missing (train the run, and deploy a spiking one with scripts/deploy_run.sh)")
     return json.loads(path.read_text())
-
-
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
 
 
 def _source(init: Path) -> str:
@@ -42,19 +44,20 @@ def row(run: Path) -> tuple[list[str], list[str]]:
     hours = metrics["train_seconds"] / 3600
     trained = f"{metrics['epochs']} ep, {hours:.2f} h" if hours >= 1 else \
         f"{metrics['epochs']} ep, {metrics['train_seconds'] / 60:.0f} min"
-    if cfg.train.ann:
-        ious = metrics["iou_per_class"]
-        cells = [f"{cfg.model.name} ANN twin", setting, recipe, _pct(metrics["miou"]), "-", "-", "-"]
-        return metrics["class_names"], cells + [_pct(v) for v in ious.values()] + ["-", "-", "-", trained]
-    dep = run / "deploy"
-    export, emu, lava = _load(dep / "model.net.json"), _load(dep / "run-emulator.json"), _load(dep / "run-lava.json")
-    energy = _load(dep / "energy" / "energy.json")["energy"]
-    cells = [cfg.model.name, setting, recipe, _pct(export["miou_float"]), _pct(export["miou_quantized"]),
-             _pct(emu["miou"]), _pct(lava["miou"])]
-    cells += [_pct(v) for v in lava["iou_per_class"].values()]
-    cells += [f"{energy['spikes_per_frame'] / 1e6:.2f} M", f"{energy['synops_per_frame'] / 1e6:.0f} M",
-              f"{energy['snn_45nm_uj']:.0f} / {energy['ann_45nm_uj']:.0f}", trained]
-    return list(lava["iou_per_class"]), cells
+    model = Model(run.name, run, metrics=metrics, config=to_dict(cfg))
+    if model.ann:
+        name, cost = f"{cfg.model.name} ANN twin", [NONE] * 3
+    else:
+        dep = run / "deploy"
+        model.export = _load(dep / "model.net.json")
+        model.runs = dict(emulator=_load(dep / "run-emulator.json"), lava=_load(dep / "run-lava.json"))
+        energy = _load(dep / "energy" / "energy.json")["energy"]
+        name, cost = cfg.model.name, [f"{energy['spikes_per_frame'] / 1e6:.2f} M",
+                                      f"{energy['synops_per_frame'] / 1e6:.0f} M",
+                                      f"{energy['snn_45nm_uj']:.0f} / {energy['ann_45nm_uj']:.0f}"]
+    _, ious = class_ious(model)  # an ANN's from training, a spiking run's from Lava
+    cells = [name, setting, recipe] + miou_cells(model, pct, na=NONE) + [pct(v) for v in ious.values()]
+    return list(ious), cells + cost + [trained]
 
 
 def main(runs: list[str]) -> None:
@@ -62,10 +65,7 @@ def main(runs: list[str]) -> None:
     classes = rows[0][0]
     head = ["model", "input", "recipe", "float", "quantized", "emulator", "Lava"] + [f"IoU {c}" for c in classes] + \
         ["spikes/frame", "SynOps/frame", "uJ/frame SNN / ANN (45 nm)", "training"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for _, cells in rows:
-        print("| " + " | ".join(cells) + " |")
+    print("\n".join(markdown_table(head, [cells for _, cells in rows])))
 
 
 if __name__ == "__main__":

@@ -1,16 +1,23 @@
 """Stop unless two runs of one .net (`toolchain run --backend lava` and
-`--backend emulator`) agree: identical class-map PNGs on every frame, the same
-spike count in every layer, and every layer spiking (a comparison of silent
-layers proves nothing).
+`--backend emulator`) agree: class-map PNGs identical pixel for pixel on every
+frame, the same spike count in every layer, and every layer spiking (a
+comparison of silent layers proves nothing); `deploy.agreement` judges.
 
 Usage: python scripts/same_in_lava_and_emulator.py LABEL LAVA_MAPS EMU_MAPS LAVA_JSON EMU_JSON
 """
 from __future__ import annotations
 
-import filecmp
 import json
 import sys
 from pathlib import Path
+
+from deploy.agreement import Outputs, differences, read_class_maps, silent_layers
+
+
+def _outputs(maps: str, names: list[str], report: dict) -> Outputs:
+    # a run report keeps each layer's mean spikes per frame: one value per layer
+    return Outputs(class_maps=read_class_maps(maps, names),
+                   counts={layer: [n] for layer, n in report["spikes_per_frame"].items()})
 
 
 def main(label: str, lava_maps: str, emu_maps: str, lava_json: str, emu_json: str) -> None:
@@ -18,14 +25,16 @@ def main(label: str, lava_maps: str, emu_maps: str, lava_json: str, emu_json: st
     names = sorted(p.name for p in Path(emu_maps).glob("*.png"))
     if not names or names != sorted(p.name for p in Path(lava_maps).glob("*.png")):
         sys.exit(f"   {label}: the two runs wrote different class maps ({lava_maps} vs {emu_maps})")
-    _, differ, errors = filecmp.cmpfiles(lava_maps, emu_maps, names, shallow=False)
-    if differ or errors:
-        sys.exit(f"   {label}: Lava and emulator class maps DIFFER: {(differ + errors)[:5]}")
+    emu_out = _outputs(emu_maps, names, emu)
+    diff = differences(_outputs(lava_maps, names, lava), emu_out)
+    differ = [d.frame for d in diff if d.output == "class maps"]
+    if differ:
+        sys.exit(f"   {label}: Lava and emulator class maps DIFFER: {differ[:5]}")
     print(f"   {label}: Lava and emulator class maps identical on all {len(names)} frames")
-    if lava["spikes_per_frame"] != emu["spikes_per_frame"]:
+    if diff:
         sys.exit(f"   {label}: Lava and emulator spike counts DIFFER: {lava['spikes_per_frame']} vs "
                  f"{emu['spikes_per_frame']}")
-    silent = [k for k, v in emu["spikes_per_frame"].items() if v == 0]
+    silent = silent_layers(emu_out.counts)
     if silent:
         sys.exit(f"   {label}: layers {silent} never spike, so the comparison proves nothing")
     print(f"   {label}: the same spike count in every layer, every layer spiking")

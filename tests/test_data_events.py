@@ -44,7 +44,7 @@ def test_every_format_gives_the_same_windows_and_frames(recordings, small_events
     got = frames(rec)
     t0, sels = expected_windows(small_events)
     assert [a for a, _, _ in got] == [t0 + 50_000 * i for i in range(len(sels))]
-    for (_, _, fr), sel in zip(got, sels):
+    for (_, _, fr), sel in zip(got, sels, strict=True):
         assert fr.shape == (12, 16, 6) and fr.dtype == np.float32
         on = sel & (small_events["p"] == 1)
         assert fr[..., 0].sum() == on.sum() and fr[..., 1].sum() == (sel & ~on).sum()
@@ -95,7 +95,7 @@ def test_streaming_hdf5_in_chunks_matches_whole(tmp_path, small_events, monkeypa
     monkeypatch.setattr(events, "CHUNK", 1 << 20)
     whole = frames(Recording(path, sensor_size=(16, 12)))
     assert len(chunked) == len(whole) == 3
-    for (a, _, x), (b, _, y) in zip(chunked, whole):
+    for (a, _, x), (b, _, y) in zip(chunked, whole, strict=True):
         assert a == b and np.array_equal(x, y)
 
 

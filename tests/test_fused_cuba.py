@@ -151,7 +151,7 @@ def test_synapse_forward_matches_slayer(case):
     # (weight = g * sign(v)): both paths then return rounding noise, not compared
     degenerate = [p.dim() > 1 and p[0].numel() == 1 and n.endswith("weight_v")
                   for n, p in syn.named_parameters() if p.requires_grad]
-    for a, b, skip in zip(g, g_ref, [False] + degenerate):
+    for a, b, skip in zip(g, g_ref, [False] + degenerate, strict=True):
         if not skip:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * scale + 1e-12)
 
@@ -228,7 +228,7 @@ def _train(name, impl_name, steps=3):
 @pytest.mark.parametrize("name", ["spiking-deeplab-tiny", "spiking-fcn-tiny"])
 def test_whole_model_forward_backward_and_training_match_slayer(name):
     ref, got = _train(name, "slayer"), _train(name, "fused")
-    for step, (a, b) in enumerate(zip(ref, got)):
+    for step, (a, b) in enumerate(zip(ref, got, strict=True)):
         assert a["spikes"].keys() == b["spikes"].keys()
         for node in a["spikes"]:
             assert torch.equal(a["spikes"][node], b["spikes"][node]), (step, node)

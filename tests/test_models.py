@@ -103,8 +103,8 @@ def test_ann_twin_mirrors_topology():
     snn = build("spiking-fcn-tiny", 2, 6, (32, 32))
     ann = build("spiking-fcn-tiny-ann", 2, 6, (32, 32))
     assert [n.name for n in ann.nodes] == [n.name for n in snn.nodes]
-    for a, s in zip(ann.nodes, snn.nodes):
-        for sa, ss in zip(a.synapses, s.synapses):
+    for a, s in zip(ann.nodes, snn.nodes, strict=True):
+        for sa, ss in zip(a.synapses, s.synapses, strict=True):
             if hasattr(sa, "weight"):
                 assert sa.weight.shape == ss.weight.shape[:-1]
     out, acts = ann(torch.rand(2, 2, 32, 32))

@@ -27,9 +27,9 @@ def test_round_trip_keeps_every_field(net_path):
     back = netfile.read(net_path)
     assert back.input_shape == original.input_shape and back.time_steps == 4
     assert back.class_names == ["a", "b", "c"] and back.encoding == "poisson"
-    for a, b in zip(original.layers, back.layers):
+    for a, b in zip(original.layers, back.layers, strict=True):
         assert (a.name, a.type, a.shape, a.sources, a.neuron) == (b.name, b.type, b.shape, b.sources, b.neuron)
-        for sa, sb in zip(a.synapses, b.synapses):
+        for sa, sb in zip(a.synapses, b.synapses, strict=True):
             np.testing.assert_array_equal(sa.weight, sb.weight)
             assert (sa.type, sa.stride, sa.padding, sa.dilation, sa.groups) == \
                 (sb.type, sb.stride, sb.padding, sb.dilation, sb.groups)

@@ -36,9 +36,9 @@ def test_a_version_1_file_gives_the_answers_it_gave_when_written(name, tmp_path)
     np.testing.assert_array_equal(result.class_map, expected["class_map"])
     # and today's writer writes back what it read
     again = netfile.read(netfile.write(tmp_path / "again.net", net.net))
-    for a, b in zip(again.layers, net.net.layers):
+    for a, b in zip(again.layers, net.net.layers, strict=True):
         assert (a.name, a.type, a.shape, a.sources, a.neuron) == (b.name, b.type, b.shape, b.sources, b.neuron)
-        for sa, sb in zip(a.synapses, b.synapses):
+        for sa, sb in zip(a.synapses, b.synapses, strict=True):
             np.testing.assert_array_equal(sa.weight, sb.weight)
             assert (sa.type, sa.stride, sa.padding, sa.dilation, sa.groups) == \
                 (sb.type, sb.stride, sb.padding, sb.dilation, sb.groups)

@@ -24,7 +24,7 @@ def write_checkpoint(path, ann: bool = False):
     cfg.data.height, cfg.data.width = 16, 24
     cfg.train.ann = ann
     torch.manual_seed(0)
-    model = models.from_config(cfg, 2, 6)
+    model = models.from_config(cfg, 2, 6, ann=ann)
     checkpoint_file.save(path, model=model.state_dict(), config=to_dict(cfg),
                     dataset={"in_channels": 2, "num_classes": 6, "class_names": list("abcdef")})
     return path
@@ -97,8 +97,8 @@ def test_export_at_another_input_size_keeps_the_stored_configuration(tmp_path):
     net = load(out).net
     assert net.input_shape == (6, 40, 56) and net.time_steps == 7
     small = build_netfile(model.eval(), time_steps=7)
-    for a, b in zip(net.layers, small.layers):  # the same weights, other shapes
-        for sa, sb in zip(a.synapses, b.synapses):
+    for a, b in zip(net.layers, small.layers, strict=True):  # the same weights, other shapes
+        for sa, sb in zip(a.synapses, b.synapses, strict=True):
             np.testing.assert_array_equal(sa.weight, sb.weight)
     result = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "x.net"),
                                       "--set", "model.name=spiking-fcn-tiny"])

@@ -207,7 +207,7 @@ def _finish(run: subprocess.Popen) -> tuple[int, str]:
         _, err = run.communicate(timeout=120)
     except subprocess.TimeoutExpired:
         os.killpg(run.pid, signal.SIGKILL)
-        raise AssertionError("the sharded run did not end after its failure")
+        raise AssertionError("the sharded run did not end after its failure") from None
     return run.returncode, err
 
 

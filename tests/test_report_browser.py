@@ -40,11 +40,11 @@ window.addEventListener("load", () => {
     viewport: [window.innerWidth, window.innerHeight],
   };
   const pre = document.createElement("pre");
-  pre.id = "%s";
+  pre.id = "CHECK_ID";
   pre.textContent = JSON.stringify(result);
   document.body.appendChild(pre);
 });
-</script>""" % CHECK_ID
+</script>""".replace("CHECK_ID", CHECK_ID)
 
 
 @pytest.fixture(scope="session")

@@ -72,7 +72,7 @@ def test_results_table_row_of_a_fine_tuned_ann_twin(tmp_path):
     save_config(cfg, run)
     names = ["flat", "sky"]
     (run / "metrics.json").write_text(json.dumps(dict(
-        miou=0.4567, iou_per_class=dict(zip(names, [0.9, 0.0134])), class_names=names, epochs=4,
+        miou=0.4567, iou_per_class=dict(zip(names, [0.9, 0.0134], strict=True)), class_names=names, epochs=4,
         train_seconds=150.0)))
     script = SCRIPT.parent / "results_table.py"
     out = subprocess.run([sys.executable, str(script), str(run)], capture_output=True, text=True, check=True).stdout

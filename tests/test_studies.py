@@ -94,7 +94,7 @@ def ann_ckpt(tmp_path, data_cfg):
     cfg.model.name = "spiking-deeplab-tiny"
     cfg.train.ann = True
     torch.manual_seed(0)
-    ann = models.from_config(cfg, 2, 6)
+    ann = models.from_config(cfg, 2, 6, ann=True)
     path = tmp_path / "ann" / "checkpoint.pt"
     checkpoint.save(path, model=ann.state_dict(), config=to_dict(cfg),
                     dataset=dict(in_channels=2, num_classes=6, class_names=[f"c{k}" for k in range(6)]))
@@ -117,14 +117,15 @@ def test_converted_net_approaches_its_ann_twin_with_many_steps(norm):
     for layer in net.layers:  # every weight fits Loihi's 8 bits without clamping
         for syn in layer.synapses:
             assert np.abs(syn.weight).max() <= 254
+    from deploy import Deployed
+    from deploy.evaluation import NetPredictor
     from toolchain.data import encode
-    from toolchain.studies.sweep import predict_classes
 
     x = encode(frames, "rate", 300)
     with torch.no_grad():
         ref = models.predict(ann, frames, (16, 16))[0].argmax(1)
-    agree = float((predict_classes(snn, x, net) == ref).float().mean())
-    short = float((predict_classes(snn, encode(frames, "rate", 3), convert_export(snn, 3)) == ref).float().mean())
+    agree = float((NetPredictor(Deployed(net))(x) == ref).float().mean())
+    short = float((NetPredictor(Deployed(convert_export(snn, 3)))(encode(frames, "rate", 3)) == ref).float().mean())
     assert agree > 0.9 and agree > short
 
 

@@ -19,7 +19,7 @@ def ann_ckpt(tmp_path, data_cfg):
     cfg.train.ann = True
     torch.manual_seed(0)
     path = tmp_path / "ann" / "checkpoint.pt"
-    checkpoint.save(path, model=models.from_config(cfg, 2, 6).state_dict(), config=to_dict(cfg),
+    checkpoint.save(path, model=models.from_config(cfg, 2, 6, ann=True).state_dict(), config=to_dict(cfg),
                     dataset=dict(in_channels=2, num_classes=6, class_names=[f"c{k}" for k in range(6)]))
     return path
 

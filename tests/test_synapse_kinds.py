@@ -65,4 +65,4 @@ def test_every_synapse_type_has_a_lava_process_a_nir_node_and_a_fan_in(name):
 def test_an_unknown_synapse_type_is_a_clear_error():
     syn = Synapse("sparse", np.ones((2, 2)))
     with pytest.raises(ToolchainError, match=r"unknown synapse type 'sparse' \(known: conv, convT, pool, dense\)"):
-        syn.lava_process
+        _ = syn.lava_process

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from deploy.agreement import Outputs, differences, silent_layers
+
 from ..core.errors import ToolchainError
 
 
@@ -11,7 +13,7 @@ def _content(name: str, ref: dict, frames: int) -> dict[str, int]:
     """Spikes per layer over the compared frames, after checking that every layer
     spikes and the readout is neither zero nor constant there."""
     totals = {layer: int(sum(c[:frames])) for layer, c in ref["counts"].items()}
-    silent = [layer for layer, n in totals.items() if n == 0]
+    silent = silent_layers(ref["counts"], frames)
     v = np.asarray(ref["voltage"][:frames])
     if silent or not np.any(v != 0) or v.min() == v.max():
         raise ToolchainError(f"bench: {name}: on the {frames} compared frame(s) "
@@ -19,6 +21,10 @@ def _content(name: str, ref: dict, frames: int) -> dict[str, int]:
                              + f" ({ref['backend']}), so comparing the backends proves nothing; use more time "
                                f"steps (T above the pipeline depth) or a trained net")
     return totals
+
+
+def _outputs(row: dict) -> Outputs:
+    return Outputs(readout=row["voltage"], counts=row["counts"], trains=row["trains"])
 
 
 def compare_rows(name: str, rows: list[dict]) -> dict:
@@ -39,18 +45,13 @@ def compare_rows(name: str, rows: list[dict]) -> dict:
         if k == 0:
             raise ToolchainError(f"bench: {name}: {label} ran no frame that {reference['backend']} ran, "
                                  f"so its speed compares nothing")
-        if set(r["trains"]) != set(reference["trains"]) or set(r["counts"]) != set(reference["counts"]):
-            raise ToolchainError(f"bench: {name}: {label} and {reference['backend']} report different layers")
-        if r["voltage"][:k] != reference["voltage"][:k]:
-            raise ToolchainError(f"bench: {name}: {label} and {reference['backend']} readouts differ")
-        for layer, c in reference["counts"].items():
-            if r["counts"][layer][:k] != c[:k]:
-                raise ToolchainError(f"bench: {name}: {label} and {reference['backend']} spike counts "
-                                     f"differ in layer {layer}")
-            for f, (a, b) in enumerate(zip(r["trains"][layer][:k], reference["trains"][layer][:k])):
-                if a != b:
-                    raise ToolchainError(f"bench: {name}: {label} and {reference['backend']} spike trains "
-                                         f"differ in layer {layer}, frame {f}")
+        diff = differences(_outputs(r), _outputs(reference), frames=k)
+        if diff:
+            d, pair = diff[0], f"bench: {name}: {label} and {reference['backend']}"
+            raise ToolchainError(f"{pair} report different layers" if d.output == "layers" else
+                                 f"{pair} readouts differ" if d.output == "readout" else
+                                 f"{pair} spike counts differ in layer {d.layer}" if d.output == "spike counts" else
+                                 f"{pair} spike trains differ in layer {d.layer}, frame {d.frame}")
         compared[label] = k
     # content on the frames every row was compared on (frame 0 at least)
     k = min(compared.values())

@@ -94,7 +94,7 @@ def _measure_stock_conv(spec: dict) -> dict:
     cpu_s = 0.0
     layers = {}
     for layer in net.layers:
-        for src, syn in zip(layer.sources, layer.synapses):
+        for src, syn in zip(layer.sources, layer.synapses, strict=True):
             if syn.type != "conv":
                 continue
             w = lava_conv_weight(syn)
@@ -151,7 +151,7 @@ def _measure_training(spec: dict) -> dict:
     n, (h, w), t = spec["batch"], (cfg.data.height, cfg.data.width), cfg.data.time_steps
     x = (torch.rand(n, 2, h, w, t) < 0.2).float()
     y = torch.randint(0, 6, (n, h, w))
-    graph = models.from_config(cfg, 2, 6).train()
+    graph = models.from_config(cfg, 2, 6, ann=cfg.train.ann, quantized=cfg.train.qat).train()
     plain = PlainLIF(graph, leak=1 - cfg.model.voltage_decay, threshold=cfg.model.threshold).train()
     ours = throughput(graph, x, y, spec["steps"])
     ref = throughput(plain, x, y, spec["steps"])

@@ -162,7 +162,7 @@ def run_bench(*, quick: bool = False, checkpoint: str | None = None, paper_steps
         else:
             cfg = load_config(TINY_CONFIG, overrides)
             torch.manual_seed(0)  # the same untrained net in every run, so runs compare
-            model = models.from_config(cfg, 2, 6, quantized=False)
+            model = models.from_config(cfg, 2, 6, ann=cfg.train.ann)
         trained = checkpoint is not None
         t_steps = cfg.data.time_steps
         net = build_netfile(model.eval(), time_steps=t_steps, encoding=cfg.data.encoding)

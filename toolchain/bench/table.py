@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from ..core.files import write_text
+from ..core.formatting import percent
 
 
 def _ratio(x: float) -> str:
@@ -47,7 +48,7 @@ def format_table(report: dict) -> str:
                  f"{t['plain_torch_samples_per_s']:.2f} samples/s, ratio {t['ratio']:.2f}")
     e = report["evaluation"]
     lines.append(f"test split on the emulator: {e['frames']} frames in {e['wall_s']:.2f} s "
-                 f"({e['steps_per_s']:.1f} steps/s), mIoU {100 * e['miou']:.2f}%")
+                 f"({e['steps_per_s']:.1f} steps/s), mIoU {percent(e['miou'])}%")
     lines.append(f"load average {report['load_avg_start']:.1f} -> {report['load_avg_end']:.1f} "
                  f"on {report['cpus']} CPUs")
     return "\n".join(lines)

@@ -60,7 +60,7 @@ class PlainLIF(torch.nn.Module):
         for t in range(x.shape[-1]):
             out = {INPUT: x[..., t]}
             for node in self.net.nodes:
-                z = sum(syn(out[s]) for syn, s in zip(node.synapses, node.sources))
+                z = sum(syn(out[s]) for syn, s in zip(node.synapses, node.sources, strict=True))
                 if not node.relu:  # the readout accumulates, never spikes
                     acc = z if acc is None else acc + z
                     continue
@@ -76,8 +76,7 @@ def throughput(model, x, y, steps: int) -> float:
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
 
     def one():
-        scores, _ = model(x)
-        scores = F.interpolate(scores, size=y.shape[-2:], mode="bilinear", align_corners=False)
+        scores, _ = models.predict(model, x, y.shape[-2:])  # as training steps
         loss = loss_fn(scores, y)
         opt.zero_grad()
         loss.backward()

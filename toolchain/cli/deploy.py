@@ -7,6 +7,7 @@ import click
 
 from ..core.errors import ToolchainError
 from ..core.files import write_text
+from ..core.formatting import percent
 from . import config_options, quiet_heavy_imports
 
 quiet_heavy_imports()  # before any command of this module loads models
@@ -61,14 +62,14 @@ def export_cmd(checkpoint, target, out, frames, data_root, config_path, override
         for kind, m in (("float", model), ("quantized", quantized_copy(model))):
             ev = evaluate(m, dataset, cpu, batch_size=8, frames=frames)
             report[f"miou_{kind}"] = ev["miou"]
-            report[f"iou_per_class_{kind}"] = dict(zip(dataset.class_names, ev["iou_per_class"]))
+            report[f"iou_per_class_{kind}"] = dict(zip(dataset.class_names, ev["iou_per_class"], strict=True))
         report["frames"] = min(frames, len(dataset))
     write(out, net)
     click.echo(f"wrote {out}: {report['layers']} layers, {report['neurons']} neurons, "
                f"{report['synapses']} synapses, T={net.time_steps}, encoding={net.encoding}")
     if frames > 0:
-        click.echo(f"mIoU on {report['frames']} test frames: float {100 * report['miou_float']:.2f}%  "
-                   f"quantized {100 * report['miou_quantized']:.2f}%")
+        click.echo(f"mIoU on {report['frames']} test frames: float {percent(report['miou_float'])}%  "
+                   f"quantized {percent(report['miou_quantized'])}%")
     from deploy.lava import format_mapping, mapping_report
 
     report["lava_mapping"] = mapping_report(net)

@@ -8,6 +8,7 @@ import click
 
 from ..core.errors import ToolchainError
 from ..core.files import write_text
+from ..core.formatting import percent
 from . import quiet_heavy_imports
 
 quiet_heavy_imports()  # before any command of this module loads models
@@ -157,7 +158,7 @@ def robustness_cmd(ckpts, corruptions, frames, steps, data_root, out_dir):
     robustness.plot(result, out / "robustness.png")
     for label, per in robustness.middle(result).items():
         click.echo(f"{label} at the middle strength: " +
-                   ", ".join(f"{c} {s:g}: {100 * v:.2f}%" for c, (s, v) in per.items()))
+                   ", ".join(f"{c} {s:g}: {percent(v)}%" for c, (s, v) in per.items()))
     click.echo(f"wrote {out / 'robustness.json'}, {out / 'robustness.png'}")
 
 

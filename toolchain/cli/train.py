@@ -9,6 +9,7 @@ import click
 from ..core.config import load_config
 from ..core.errors import ToolchainError
 from ..core.files import write_text
+from ..core.formatting import percent
 from . import config_options, quiet_heavy_imports
 
 quiet_heavy_imports()  # before any command of this module loads models
@@ -50,7 +51,7 @@ def summary_table(r: dict) -> str:
              + (", quantized)" if r["quantized"] else ", float)"), r["miou"])]
     w = max(len(n) for n, _ in rows)
     lines = [f"{'model':<{w}}  test mIoU", f"{'-' * w}  ---------"]
-    lines += [f"{n:<{w}}  {v * 100:8.2f}%" for n, v in rows]
+    lines += [f"{n:<{w}}  {percent(v, width=8)}%" for n, v in rows]
     return "\n".join(lines)
 
 
@@ -79,11 +80,11 @@ def evaluate(ckpt, data_dir, split, json_out, quantized, batch_size):
     r = dict(checkpoint=str(ckpt), split=split, model=cfg.model.name,
              quantized=bool(getattr(model, "quantized", False)), samples=len(ds),
              miou=r["miou"], pixel_acc=r["pixel_acc"], loss=r["loss"],
-             iou_per_class=dict(zip(model.class_names, r["iou_per_class"])), firing=r["firing"])
+             iou_per_class=dict(zip(model.class_names, r["iou_per_class"], strict=True)), firing=r["firing"])
     click.echo(f"{cfg.model.name} ({'quantized' if r['quantized'] else 'float'}) on {split} ({len(ds)} samples): "
-               f"mIoU {r['miou'] * 100:.2f}%  pixel acc {r['pixel_acc'] * 100:.2f}%")
+               f"mIoU {percent(r['miou'])}%  pixel acc {percent(r['pixel_acc'])}%")
     for name, v in r["iou_per_class"].items():
-        click.echo(f"  {name:<14} IoU {v * 100:6.2f}%")
+        click.echo(f"  {name:<14} IoU {percent(v, width=6)}%")
     if json_out:
         write_text(json_out, json.dumps(r, indent=1))
 

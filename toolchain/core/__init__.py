@@ -1,2 +1,3 @@
-"""The lowest layer: errors, atomic files, configs, metrics, Loihi fixed point,
-checkpoints and the allocator. It imports nothing else of the project."""
+"""The lowest layer: errors, atomic files, configs, metrics and their printing,
+Loihi fixed point, checkpoints and the allocator. It imports nothing else of
+the project."""

@@ -21,6 +21,7 @@ import random
 import types
 from collections import OrderedDict
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ def _plain_numpy_state(state: tuple) -> dict:
 def rng_state() -> dict:
     """Every generator's state as tensors and plain values."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": _plain_numpy_state(np.random.get_state())}
+             "numpy": _plain_numpy_state(cast(tuple, np.random.get_state()))}  # the legacy form: a tuple
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, cast
+from typing import cast
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -20,7 +20,7 @@ from .files import write_text
 @dataclass
 class DataConfig:
     dataset: str = "ddd17"  # ddd17 | voc
-    root: Optional[str] = None  # None: the generated DDD17-format default set
+    root: str | None = None  # None: the generated DDD17-format default set
     channels: str = "histograms"  # histograms (the paper's 2) | all (6)
     height: int = 64  # the paper resizes to 64x64
     width: int = 64
@@ -70,14 +70,18 @@ class TrainConfig:
     class_weights: str = "none"
     # a training checkpoint whose model weights this run starts from (fine-tuning:
     # optimiser, schedule and epochs start afresh); the same model and data shapes
-    init: Optional[str] = None
+    init: str | None = None
+    # SynOps per frame to train under (counted as `toolchain energy` counts
+    # them); above it the loss grows by synops_weight x the excess fraction
+    synops_budget: float | None = None
+    synops_weight: float = 1.0
 
 
 @dataclass
 class RunConfig:
     backend: str = "emulator"  # emulator | lava
     split: str = "test"
-    frames: Optional[int] = None  # None: the whole split
+    frames: int | None = None  # None: the whole split
     workers: int = 1
     batch_size: int = 16
 
@@ -90,8 +94,8 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | list[str] = (),
-                base: Optional[Config] = None) -> Config:
+def load_config(path: str | Path | None = None, overrides: tuple[str, ...] | list[str] = (),
+                base: Config | None = None) -> Config:
     """Defaults (or `base`, e.g. a checkpoint's configuration), then the YAML
     file at `path`, then `section.field=value` overrides."""
     merged = OmegaConf.structured(base if base is not None else Config)

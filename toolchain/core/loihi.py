@@ -99,7 +99,7 @@ def pipeline_depth(sources: list[list[int]], delays: list[list[int]] | None = No
     depth = [0]
     for i, srcs in enumerate(sources):
         dl = delays[i] if delays is not None else [0] * len(srcs)
-        depth.append(max(depth[s] + 1 + d for s, d in zip(srcs, dl)))
+        depth.append(max(depth[s] + 1 + d for s, d in zip(srcs, dl, strict=True)))
     return depth[-1]
 
 

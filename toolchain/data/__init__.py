@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch.utils.data import Dataset
-
 from ..core.errors import ToolchainError
+from .dataset import SegmentationDataset
 from .ddd17 import CLASS_NAMES_DDD17, DDD17
 from .encode import ENCODINGS, encode
 from .synth import ensure_default_data
@@ -17,7 +16,7 @@ from .synth import ensure_default_data
 __all__ = ["build_dataset", "ensure_default_data", "encode", "CLASS_NAMES_DDD17", "ENCODINGS"]
 
 
-def build_dataset(cfg, split: str, *, encode_input: bool = True) -> Dataset:
+def build_dataset(cfg, split: str, *, encode_input: bool = True) -> SegmentationDataset:
     """The data set `cfg.dataset` names, for split "train" or "test".
 
     Items are (x, label): x float32 (C, H, W, T) in slayer order, encoded with

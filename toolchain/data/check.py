@@ -4,13 +4,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from PIL import Image
 
 from ..core.errors import ToolchainError
 from ..core.files import atomic_path
+from ..core.formatting import percent
 from .dataset import IGNORE, BadSampleError
 from .ddd17 import CLASS_NAMES_DDD17, SPLITS, read_events, read_label, scan_split
 
@@ -27,7 +27,7 @@ class CheckReport:
     root: Path
     counts: dict[str, int] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
-    shape: Optional[tuple[int, int]] = None
+    shape: tuple[int, int] | None = None
     class_pixels: np.ndarray = field(default_factory=lambda: np.zeros(len(CLASS_NAMES_DDD17) + 1, np.int64))
     ch_sum: np.ndarray = field(default_factory=lambda: np.zeros(6))
     ch_sq: np.ndarray = field(default_factory=lambda: np.zeros(6))
@@ -40,7 +40,7 @@ class CheckReport:
     def class_frequencies(self) -> dict[str, float]:
         total = max(int(self.class_pixels.sum()), 1)
         names = CLASS_NAMES_DDD17 + ["ignore (255)"]
-        return {n: float(c) / total for n, c in zip(names, self.class_pixels)}
+        return {n: float(c) / total for n, c in zip(names, self.class_pixels, strict=True)}
 
     def channel_stats(self) -> list[dict]:
         n = max(self.pixels, 1)
@@ -61,12 +61,12 @@ class CheckReport:
         lines.append("")
         lines.append(f"{'class':<18}{'pixels %':>9}")
         for name, fr in self.class_frequencies().items():
-            lines.append(f"{name:<18}{100 * fr:>9.2f}")
+            lines.append(f"{name:<18}{percent(fr, width=9)}")
         lines.append("")
         lines.append(f"{'channel':<12}{'mean':>9}{'std':>9}{'min':>9}{'max':>9}{'nonzero %':>11}")
         for s in self.channel_stats():
             lines.append(f"{s['channel']:<12}{s['mean']:>9.4f}{s['std']:>9.4f}{s['min']:>9.3f}{s['max']:>9.3f}"
-                         f"{100 * s['nonzero']:>11.2f}")
+                         f"{percent(s['nonzero'], width=11)}")
         return "\n".join(lines)
 
 
@@ -133,7 +133,7 @@ def overlay(label: np.ndarray, base: np.ndarray) -> np.ndarray:
     return np.clip(mix, 0, 255).astype(np.uint8)
 
 
-def gallery(rep: CheckReport, out: str | Path, examples: Optional[list[tuple[str, str]]] = None) -> Path:
+def gallery(rep: CheckReport, out: str | Path, examples: list[tuple[str, str]] | None = None) -> Path:
     """PNG with, per sample: ON histogram, OFF histogram, label overlay."""
     import matplotlib
 
@@ -145,7 +145,7 @@ def gallery(rep: CheckReport, out: str | Path, examples: Optional[list[tuple[str
         raise ToolchainError(f"{rep.root}: no samples to draw")
     aspect = rep.shape[0] / rep.shape[1]
     fig, axes = plt.subplots(len(rows), 3, figsize=(11, len(rows) * (11 / 3 * aspect + 0.35) + 0.4), squeeze=False)
-    for ax_row, (split, name) in zip(axes, rows):
+    for ax_row, (split, name) in zip(axes, rows, strict=True):
         ev = read_events(rep.root / "events" / split / f"{name}.npy")
         lb = read_label(rep.root / "labels" / split / f"{name}.png")
         img_path = rep.root / "images" / split / f"{name}.png"

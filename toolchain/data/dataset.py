@@ -8,7 +8,7 @@ random draw fixed by (seed, epoch, index).
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -39,8 +39,8 @@ class BadSampleError(ToolchainError):
         super().__init__(message)
 
 
-def resize(frame: torch.Tensor, label: Optional[torch.Tensor], height: int, width: int,
-           mode: str = "resize") -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+def resize(frame: torch.Tensor, label: torch.Tensor | None, height: int, width: int,
+           mode: str = "resize") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Frame (C, h, w) float -> (C, H, W): area averaging when shrinking,
     bilinear when growing; label (h, w) -> (H, W) by nearest neighbour.
     mode "crop" first cuts the centred window of the target aspect ratio."""
@@ -83,6 +83,21 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0]) >> 1
+
+
+def encode_sample(frame: torch.Tensor, encoding: str, time_steps: int, seed: int, epoch: int,
+                  index: int) -> torch.Tensor:
+    """`frame` encoded into `time_steps` steps with the random draw fixed by
+    (seed, epoch, index): the one seeded encoding, so that training, evaluation,
+    the studies and `predict` draw the same spikes for the same frame."""
+    g = torch.Generator().manual_seed(sample_seed(seed, epoch, index))
+    return encode(frame, encoding, time_steps, g)
+
+
+def draw(dataset, indices) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples `indices` of `dataset` stacked into a batch (x, y)."""
+    xs, ys = zip(*(dataset[i] for i in indices), strict=True)
+    return torch.stack([torch.as_tensor(x) for x in xs]), torch.stack([torch.as_tensor(y) for y in ys])
 
 
 class SegmentationDataset(Dataset):
@@ -162,5 +177,9 @@ class SegmentationDataset(Dataset):
         frame, label = self.frame(index)
         if not self.encode_input:
             return frame.clone(), label.clone()
-        g = torch.Generator().manual_seed(sample_seed(self.cfg.seed, self.epoch, index))
-        return encode(frame, self.cfg.encoding, self.cfg.time_steps, g), label.clone()
+        return self.encode(frame, index), label.clone()
+
+    def encode(self, frame: torch.Tensor, index: int) -> torch.Tensor:
+        """`frame` (sample `index`'s, or a corrupted copy of it) encoded with the
+        draw this set gives sample `index` at the current epoch."""
+        return encode_sample(frame, self.cfg.encoding, self.cfg.time_steps, self.cfg.seed, self.epoch, index)

@@ -6,8 +6,6 @@ instead of the paper's signed [-0.5, 0.5] values).
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from ..core.errors import ToolchainError
@@ -16,7 +14,7 @@ ENCODINGS = ("poisson", "rate", "direct")
 
 
 def encode(frame: torch.Tensor, encoding: str, time_steps: int,
-           generator: Optional[torch.Generator] = None) -> torch.Tensor:
+           generator: torch.Generator | None = None) -> torch.Tensor:
     """(..., C, H, W) in [0, 1] -> (..., C, H, W, T) float32.
 
     poisson: a Bernoulli(frame) spike per step, the paper's rate code.

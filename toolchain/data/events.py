@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 
@@ -42,17 +42,17 @@ class Events:
     def __len__(self) -> int:
         return len(self.t)
 
-    def __getitem__(self, s) -> "Events":
+    def __getitem__(self, s) -> Events:
         return Events(self.x[s], self.y[s], self.t[s], self.p[s])
 
     @staticmethod
-    def concat(parts: list["Events"]) -> "Events":
+    def concat(parts: list[Events]) -> Events:
         if not parts:
             return Events.empty()
         return Events(*(np.concatenate([getattr(e, f) for e in parts]) for f in FIELDS))
 
     @staticmethod
-    def empty() -> "Events":
+    def empty() -> Events:
         return Events(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, bool))
 
 
@@ -89,7 +89,7 @@ class Recording:
     (AEDAT4 stream info, `width`/`height` entries of an array file) or, failing
     that, from `sensor_size` or the largest coordinate seen."""
 
-    def __init__(self, path: str | Path, sensor_size: Optional[tuple[int, int]] = None):
+    def __init__(self, path: str | Path, sensor_size: tuple[int, int] | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise ToolchainError(f"{self.path}: event file not found")
@@ -381,7 +381,7 @@ def _check_ioheader(buf: bytes, path: Path) -> int:
     fields = struct.unpack_from(f"<{(vt_len - 4) // 2}H", buf, vt + 4)
     if len(fields) < 3 or fields[2] == 0:
         raise ToolchainError(f"{path}: AEDAT4 header has no stream description")
-    for slot, width in zip(fields, (4, 8, 4)):
+    for slot, width in zip(fields, (4, 8, 4), strict=False):
         if slot and root + slot + width > len(buf):
             raise ToolchainError(f"{path}: corrupt AEDAT4 header (field outside the header)")
     at = root + fields[2]

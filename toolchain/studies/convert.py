@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -106,7 +106,7 @@ def convert(ann, snn, stats: dict[str, torch.Tensor], scale: float = 0.7) -> dic
     in_c = snn.input_shape[0]
     lam = {INPUT: torch.ones(in_c, dtype=torch.float64)}
     plan = []  # (snn synapse, unscaled weight or ("pool", k^2), node index)
-    for node, twin in zip(snn.nodes, ann.nodes):
+    for node, twin in zip(snn.nodes, ann.nodes, strict=True):
         pools = [isinstance(s, slayer.synapse.Pool) for s in node.synapses]
         if any(pools):
             if len(node.synapses) != 1:
@@ -129,7 +129,7 @@ def convert(ann, snn, stats: dict[str, torch.Tensor], scale: float = 0.7) -> dic
             top = max(float(s.max()), 1e-6)
             dst = torch.where(s > 1e-3 * top, s, torch.full_like(s, top)).clamp(min=CHANNEL_FLOOR * top)
         lam[node.name] = dst
-        for syn, asyn, src in zip(node.synapses, twin.synapses, node.sources):
+        for syn, asyn, src in zip(node.synapses, twin.synapses, node.sources, strict=True):
             plan.append((syn, _scaled(asyn, syn, lam[src], dst), node))
     hidden = [abs(float(w.abs().max())) for syn, w, node in plan if w is not None and not node.is_readout]
     w_max = max(hidden) if hidden else 1.0
@@ -165,27 +165,27 @@ def training_batches(cfg, frames: int, batch_size: int = 16):
 
 
 def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "layer", percentile: float = 100.0,
-                       scale: float = 0.7, frames: int = 64, data_root: Optional[str] = None,
+                       scale: float = 0.7, frames: int = 64, data_root: str | None = None,
                        log: Callable[[str], None] = print) -> dict:
     """Convert a trained ANN-twin checkpoint into a spiking checkpoint at `out`."""
     from ..core import checkpoint
     from ..core.config import to_dict
 
-    ann, cfg = models.load_checkpoint(ann_ckpt, data_root=data_root)
+    ckpt = checkpoint.load(ann_ckpt)
+    ann, cfg = models.load_checkpoint(ann_ckpt, data_root=data_root, entries=ckpt)
     if isinstance(ann, models.SpikingGraph):
         raise ToolchainError(f"{ann_ckpt}: holds a spiking model; convert takes a twin trained with --ann")
-    ckpt = checkpoint.load(ann_ckpt)
     stats = activation_stats(ann, training_batches(cfg, frames), norm, percentile)
     snn_cfg = copy.deepcopy(cfg)
     snn_cfg.train.ann = False
     snn_cfg.train.qat = False
     snn_cfg.model.voltage_decay = 0.0
     ds = ckpt["dataset"]
-    snn = models.from_config(snn_cfg, ds["in_channels"], ds["num_classes"], quantized=False)
+    snn = models.from_config(snn_cfg, ds["in_channels"], ds["num_classes"])
     info = convert(ann, snn, stats, scale)
     snn_cfg.model.threshold = info["threshold"]
     # the threshold is fixed when a neuron is built: rebuild with the balanced one
-    balanced = models.from_config(snn_cfg, ds["in_channels"], ds["num_classes"], quantized=False)
+    balanced = models.from_config(snn_cfg, ds["in_channels"], ds["num_classes"])
     balanced.load_state_dict(snn.state_dict())
     snn = balanced
     info.update(norm=norm, percentile=percentile, frames=min(frames, 10 ** 9), source=str(ann_ckpt))

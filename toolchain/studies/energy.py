@@ -64,20 +64,21 @@ def count_run(net: NetFile, frames: torch.Tensor, backend: str = "emulator") -> 
         maps[i] = result.spikes[layer.name].sum(axis=(0, 4), dtype=np.float64)
     layers = []
     for i, layer in enumerate(net.layers, start=1):
-        ops = sum(synops(syn, maps[src], layer.shape) for src, syn in zip(layer.sources, layer.synapses))
+        ops = sum(synops(syn, maps[src], layer.shape) for src, syn in zip(layer.sources, layer.synapses, strict=True))
         neurons = int(np.prod(layer.shape))
         layers.append(dict(name=layer.name, type=layer.type, neurons=neurons,
                            spikes=float(maps[i].sum()) / n if i in maps else 0.0,
                            synops=ops / n, neuron_updates=neurons * net.frame_steps(t_steps),
                            macs=sum(connections(s, net.shape_of(src), layer.shape)
-                                    for src, s in zip(layer.sources, layer.synapses))))
+                                    for src, s in zip(layer.sources, layer.synapses, strict=True))))
     return dict(frames=int(n), time_steps=int(t_steps), frame_steps=net.frame_steps(t_steps), backend=backend,
                 input_spikes=float(maps[0].sum()) / n, layers=layers, readout=result.readout,
                 class_map=result.class_map)
 
 
-def energy(counts: dict, model: EnergyModel = EnergyModel()) -> dict:
+def energy(counts: dict, model: EnergyModel | None = None) -> dict:
     """Energy per frame from `count_run`'s counts."""
+    model = model or EnergyModel()
     syn = sum(l["synops"] for l in counts["layers"])
     macs = sum(l["macs"] for l in counts["layers"])
     updates = sum(l["neuron_updates"] for l in counts["layers"])
@@ -91,13 +92,14 @@ def energy(counts: dict, model: EnergyModel = EnergyModel()) -> dict:
                 loihi_uj=loihi_pj * 1e-6, model=asdict(model))
 
 
-def resources(net: NetFile, cores: CoreModel = CoreModel()) -> dict:
+def resources(net: NetFile, cores: CoreModel | None = None) -> dict:
     """Loihi 2 resource estimate per layer and in total."""
+    cores = cores or CoreModel()
     rows = []
     for layer in net.layers:
         neurons = int(np.prod(layer.shape))
         conns, mem_bits, kernel_bits, bits = 0, 0, 0, 0
-        for src, syn in zip(layer.sources, layer.synapses):
+        for src, syn in zip(layer.sources, layer.synapses, strict=True):
             b = weight_bits(syn)
             c = connections(syn, net.shape_of(src), layer.shape)
             conns += c

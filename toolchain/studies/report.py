@@ -26,11 +26,13 @@ import html
 import json
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import ToolchainError
 from ..core.files import atomic_path, write_text
+from ..core.formatting import percent
 
 PICTURES = ("curves.png", "gallery.png")
 MAX_PREDICTIONS = 4
@@ -45,6 +47,12 @@ CSS = ("body{font-family:system-ui,sans-serif;max-width:72em;margin:1.5em auto;p
        "#summary td.text{white-space:normal}#summary tr:nth-child(odd) td{background:#f7f7f7}"
        "img{max-width:100%;height:auto}p.note{color:#555;font-size:.9em}")
 NUMBER = re.compile(r"[-+]?[\d,.]+( \w+)?|n/a|")  # right-aligned cells: numbers with a unit, n/a, blank
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A table's Markdown lines, a | inside a cell escaped."""
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows])
 
 
 class Page:
@@ -77,10 +85,7 @@ class Page:
             elif b[0] == "ul":
                 out += [f"- {item}" for item in b[1]] + [""]
             elif b[0] == "table":
-                out.append("| " + " | ".join(b[1]) + " |")
-                out.append("|" + "---|" * len(b[1]))
-                out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in b[2]]
-                out.append("")
+                out += markdown_table(b[1], b[2]) + [""]
             else:
                 out += [f"![{b[2]}]({b[1]})", ""]
         return "\n".join(out)
@@ -131,10 +136,6 @@ def _config(run_dir: Path) -> dict:
     except (OSError, yaml.YAMLError) as e:
         raise ToolchainError(f"{path}: not readable YAML ({e})") from e
     return cfg if isinstance(cfg, dict) else {}
-
-
-def _pct(v) -> str:
-    return "n/a" if v is None or v != v else f"{100 * v:.2f}"
 
 
 def _num(v) -> str:
@@ -287,14 +288,14 @@ class Run:
         for net, d in unlinked:
             self.models.append(Model(self._rel(net), net, net=net, export=d))
         nets = {m.net: m for m in self.models if m.net is not None}
-        for p, r in self.reports:
+        for _, r in self.reports:
             m = next((m for n, m in nets.items() if _same_file(r["net"], n)), None)
             if m is None:  # a net run without its export report
                 m = Model(Path(r["net"]).name, Path(r["net"]), net=Path(r["net"]))
                 self.models.append(m)
                 nets[m.net] = m
             m.runs.setdefault(r["backend"], r)
-        for p, e in self.energies:
+        for _, e in self.energies:
             m = next((m for m in self.models if m.net != m.dir and _same_file(e["checkpoint"], m.dir / Path(
                 e["checkpoint"]).name)), None)
             if m is not None and m.energy is None:
@@ -313,20 +314,28 @@ class Run:
         return next((m.energy for m in self.models if m.energy is not None and m.config and key(m) == key(model)), None)
 
 
+def miou_cells(m: Model, pct: Callable[[float | None], str] = percent, na: str = NA) -> list[str]:
+    """A model's float, quantized, emulator and Lava mIoU, the columns every
+    results table shows: `pct` of each measurement, `na` where the quantity
+    does not exist (an ANN has no quantized, emulator or Lava form), blank
+    where it was not measured."""
+    ex, lava, emu = m.export or {}, m.runs.get("lava"), m.runs.get("emulator")
+    if m.ann:
+        return [pct(m.metrics["miou"]), na, na, na]
+    fl, qu = (pct(ex.get("miou_float")), pct(ex.get("miou_quantized"))) if ex else ("", "")
+    if not ex and m.metrics is not None:  # no export: the test mIoU at the end of training
+        fl, qu = ("", pct(m.metrics["miou"])) if m.qat else (pct(m.metrics["miou"]), "")
+    return [fl, qu, pct(emu["miou"]) if emu else "", pct(lava["miou"]) if lava else ""]
+
+
 def _row(run: Run, m: Model) -> list[str]:
     """The summary row: model, network, four mIoUs, frames, spikes, ops and energy per frame."""
     ex, lava, emu = m.export or {}, m.runs.get("lava"), m.runs.get("emulator")
+    fl, qu, em, lv = miou_cells(m)
     frames = {}
-    if m.ann:
-        fl, qu, em, lv = _pct(m.metrics["miou"]), NA, NA, NA
-    else:
-        fl, qu = _pct(ex.get("miou_float")) if ex else "", _pct(ex.get("miou_quantized")) if ex else ""
+    if not m.ann:
         if ex.get("frames"):
             frames["torch"] = ex["frames"]
-        if not ex and m.metrics is not None:  # no export: the test mIoU at the end of training
-            fl, qu = (("", _pct(m.metrics["miou"])) if m.qat else (_pct(m.metrics["miou"]), ""))
-        em = _pct(emu["miou"]) if emu else ""
-        lv = _pct(lava["miou"]) if lava else ""
         for name, r in (("emulator", emu), ("Lava", lava)):
             if r:
                 frames[name] = r["frames"]
@@ -355,7 +364,7 @@ SUMMARY_HEADER = ["model", "network", "float mIoU %", "quantized mIoU %", "emula
                   "frames", "spikes / frame", "ops / frame", "energy / frame, 45 nm (uJ)", "Loihi (uJ / frame)"]
 
 
-def _class_ious(m: Model) -> tuple[str, dict] | None:
+def class_ious(m: Model) -> tuple[str, dict] | None:
     """The most deployed measurement of IoU per class: Lava, else emulator, else training."""
     for source, r in (("Lava", m.runs.get("lava")), ("emulator", m.runs.get("emulator")),
                       ("torch, end of training", m.metrics)):
@@ -366,8 +375,7 @@ def _class_ious(m: Model) -> tuple[str, dict] | None:
 
 def _predictions_agree(run: Run) -> list[str]:
     """Compare class-map folders that differ only by backend (pred-lava, pred-emulator)."""
-    import numpy as np
-    from PIL import Image
+    from deploy.agreement import Outputs, differences, read_class_maps
 
     folders = {}
     for p in run.files:
@@ -379,8 +387,8 @@ def _predictions_agree(run: Run) -> list[str]:
         if emu not in folders:
             continue
         common = sorted({p.name for p in folders[lava]} & {p.name for p in folders[emu]})
-        differ = [n for n in common
-                  if not np.array_equal(np.asarray(Image.open(lava / n)), np.asarray(Image.open(emu / n)))]
+        differ = [x.frame for x in differences(Outputs(class_maps=read_class_maps(lava, common)),
+                                               Outputs(class_maps=read_class_maps(emu, common)))]
         verdict = (f"identical, pixel for pixel, on all {len(common)} common frames" if not differ else
                    f"DIFFER on {len(differ)} of {len(common)} common frames (first: {differ[0]})")
         out.append(f"Lava against the emulator: class maps in {run._rel(lava)} and {run._rel(emu)} {verdict}.")
@@ -395,7 +403,7 @@ def _answers(run: Run) -> list[str]:
         if lava and emu:
             same = lava["frames"] == emu["frames"]
             rel = "=" if same and lava["miou"] == emu["miou"] else "vs"
-            out.append(f"{m.label}: Lava mIoU {_pct(lava['miou'])}% {rel} emulator {_pct(emu['miou'])}% "
+            out.append(f"{m.label}: Lava mIoU {percent(lava['miou'])}% {rel} emulator {percent(emu['miou'])}% "
                        + (f"on the same {lava['frames']} frames." if same
                           else f"(Lava on {lava['frames']} frames, emulator on {emu['frames']}; not comparable)."))
     for m in run.models:
@@ -421,13 +429,13 @@ def _summary(page: Page, runs: list[Run], images: _Images):
     answers = [a for r in runs for a in _answers(r)]
     if answers:
         page.ul(answers)
-    ious = [(m, _class_ious(m)) for r in runs for m in r.models]
+    ious = [(m, class_ious(m)) for r in runs for m in r.models]
     ious = [(m, src, per) for m, got in ious if got for src, per in [got]]
     if ious:
         classes = list(dict.fromkeys(c for _, _, per in ious for c in per))
         page.h(2, "IoU per class (%)")
         page.table(["model", "measured in"] + classes,
-                   [[m.label, src] + [_pct(per[c]) if c in per else "" for c in classes] for m, src, per in ious])
+                   [[m.label, src] + [percent(per[c]) if c in per else "" for c in classes] for m, src, per in ious])
     for r in runs:
         for p, s in r.sweeps:
             from .sweep import table
@@ -447,8 +455,8 @@ def _summary(page: Page, runs: list[Run], images: _Images):
             clean = {row["label"]: row["miou"] for row in rb["rows"] if row["strength"] == 0}
             kinds = {row["label"]: row["kind"] for row in rb["rows"]}
             page.table(["model", "kind", "clean"] + [f"{c} (middle strength)" for c in rb["corruptions"]],
-                       [[label, kinds[label], _pct(clean.get(label))]
-                        + [f"{_pct(per[c][1])} at {per[c][0]:g}" if c in per else "" for c in rb["corruptions"]]
+                       [[label, kinds[label], percent(clean.get(label))]
+                        + [f"{percent(per[c][1])} at {per[c][0]:g}" if c in per else "" for c in rb["corruptions"]]
                         for label, per in mid.items()])
 
 
@@ -461,10 +469,10 @@ def _training(page: Page, m: Model, images: _Images):
                 "untrained mIoU %", "majority-class mIoU %"],
                [[m.name, "ANN" if m.ann else "SNN", mt.get("epochs"), weights,
                  f"{d.get('height', '?')}x{d.get('width', '?')}", NA if m.ann else d.get("time_steps", "?"),
-                 _pct(mt.get("miou")), _pct(mt.get("pixel_acc")), _pct(mt.get("untrained_miou")),
-                 _pct(mt.get("majority_miou"))]])
+                 percent(mt.get("miou")), percent(mt.get("pixel_acc")), percent(mt.get("untrained_miou")),
+                 percent(mt.get("majority_miou"))]])
     if mt.get("iou_per_class"):
-        page.table(["class", "IoU %"], [[k, _pct(v)] for k, v in mt["iou_per_class"].items()])
+        page.table(["class", "IoU %"], [[k, percent(v)] for k, v in mt["iou_per_class"].items()])
     if mt.get("firing"):
         what = "mean ReLU activation per neuron" if m.ann else "spikes per neuron per step"
         page.table(["layer", what], [[k, f"{v:.4f}"] for k, v in mt["firing"].items()])
@@ -476,15 +484,15 @@ def _training(page: Page, m: Model, images: _Images):
 def _deployed(page, reports: list[tuple[Path, dict]]):
     page.h(2, "Deployed .net runs")
     page.table(["net", "backend", "frames", "T", "mIoU %", "pixel acc %", "frames/s", "spikes / frame"],
-               [[Path(r["net"]).name, r["backend"], r["frames"], r["time_steps"], _pct(r["miou"]),
-                 _pct(r["pixel_acc"]), f"{r['frames_per_s']:.2f}",
+               [[Path(r["net"]).name, r["backend"], r["frames"], r["time_steps"], percent(r["miou"]),
+                 percent(r["pixel_acc"]), f"{r['frames_per_s']:.2f}",
                  _num(sum(r["spikes_per_frame"].values())) if r.get("spikes_per_frame") else ""]
                 for _, r in reports])
 
 
 def _exports(page, models: list[Model]):
     rows = [[m.net.name, m.label, m.export.get("layers"), m.export.get("neurons"), m.export.get("synapses"),
-             _pct(m.export.get("miou_float")), _pct(m.export.get("miou_quantized")), m.export.get("frames", "")]
+             percent(m.export.get("miou_float")), percent(m.export.get("miou_quantized")), m.export.get("frames", "")]
             for m in models if m.export]
     if rows:
         page.h(2, "Exported .net files")

@@ -14,16 +14,18 @@ All draws are seeded per frame, so SNN and ANN see the same corrupted inputs.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import TensorDataset
 
 import models
 
 from ..core.errors import ToolchainError
-from .sweep import load_frames, miou, predict_classes, quiet_export
+from ..core.formatting import percent
+from .sweep import load_frames, quiet_export, score
 
 FULL_SCALE = 8  # events that a histogram value of 1 stands for
 
@@ -127,9 +129,8 @@ def robustness(checkpoints: list[tuple[str, str]], corruptions: list[str] | None
         t_steps = int(time_steps or cfg.data.time_steps)
         spiking = isinstance(model, models.SpikingGraph)
         net = quiet_export(model, t_steps) if spiking else None
-        k = len(model.class_names)
         clean_x, clean_y = load_frames(cfg, t_steps, frames)
-        clean = miou(predict_classes(model, clean_x, net), clean_y, k)
+        clean = score(model, TensorDataset(clean_x, clean_y), net)
         for name in corruptions:
             fn, levels, where, unit = CORRUPTIONS[name]
             levels = (strengths or {}).get(name, levels)
@@ -140,10 +141,10 @@ def robustness(checkpoints: list[tuple[str, str]], corruptions: list[str] | None
                     x, y = load_frames(cfg, t_steps, frames, transform=frame_transform(name, s))
                 else:
                     x, y = corrupt_spikes(clean_x, name, s), clean_y
-                value = miou(predict_classes(model, x, net), y, k)
+                value = score(model, TensorDataset(x, y), net)
                 rows.append(dict(label=label, kind="SNN" if spiking else "ANN", corruption=name, strength=float(s),
                                  miou=value, unit=unit))
-                log(f"{label:<16} {name:<20} {s:<6g} mIoU {100 * value:6.2f}%")
+                log(f"{label:<16} {name:<20} {s:<6g} mIoU {percent(value, width=6)}%")
     return dict(frames=int(frames), corruptions=corruptions, rows=rows)
 
 
@@ -164,7 +165,7 @@ def table(result: dict) -> tuple[list[str], list[list]]:
     rows = []
     for c in result["corruptions"]:
         for s in sorted({r["strength"] for r in result["rows"] if r["corruption"] == c}):
-            rows.append([c, f"{s:g}"] + [f"{100 * keyed[(c, s, l)]:.2f}" if (c, s, l) in keyed else ""
+            rows.append([c, f"{s:g}"] + [percent(keyed[(c, s, l)]) if (c, s, l) in keyed else ""
                                          for l in labels])
     return header, rows
 
@@ -182,7 +183,7 @@ def plot(result: dict, path: str | Path) -> Path:
     rows_n = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 2.8 * rows_n), squeeze=False)
     labels = list(dict.fromkeys(r["label"] for r in result["rows"]))
-    for ax, name in zip(axes.flat, names):
+    for ax, name in zip(axes.flat, names, strict=False):
         for label in labels:
             rs = sorted((r for r in result["rows"] if r["label"] == label and r["corruption"] == name),
                         key=lambda r: r["strength"])

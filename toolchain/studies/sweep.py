@@ -8,17 +8,17 @@ converted net's rates must settle before they approximate ReLU activations.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import torch
 
 import models
 
+from ..core import checkpoint
 from ..core.errors import ToolchainError
-from ..core.metrics import SegmentationMetric
+from ..core.formatting import percent
 
 BATCH = 8
 
@@ -27,50 +27,42 @@ def load_frames(cfg, time_steps: int, frames: int, split: str = "test", transfor
     """(x (N, C, H, W, T), y (N, H, W)) from the checkpoint's data set at `time_steps`.
 
     `transform(frame, index) -> frame` corrupts the normalised frame before encoding."""
-    from toolchain.data import build_dataset, encode
-    from toolchain.data.dataset import sample_seed
-
-    data = replace(cfg.data, time_steps=int(time_steps))
-    ds = build_dataset(data, split, encode_input=False)
-    n = min(frames, len(ds))
-    if n == 0:
-        raise ToolchainError(f"{split}: no frames to evaluate")
+    ds, n = _dataset(cfg, time_steps, frames, split, encode_input=False)
     xs, ys = [], []
     for i in range(n):
         frame, label = ds[i]
         if transform is not None:
             frame = transform(frame, i).clamp(0, 1)
-        g = torch.Generator().manual_seed(sample_seed(data.seed, 0, i))
-        xs.append(encode(frame, data.encoding, data.time_steps, g))
+        xs.append(ds.encode(frame, i))  # the clean sample's own draw, as in evaluation
         ys.append(label)
     return torch.stack(xs), torch.stack(ys)
 
 
-def predict_classes(model, x: torch.Tensor, net=None) -> torch.Tensor:
-    """(N, H, W) class map: spiking models through their exported `.net` on
-    the emulator, twins in torch."""
-    size = tuple(x.shape[2:4])
-    out = []
+def _dataset(cfg, time_steps: int, frames: int, split: str = "test", encode_input: bool = True):
+    """The checkpoint's data set at `time_steps` and how many of its frames to use."""
+    from toolchain.data import build_dataset
+
+    ds = build_dataset(replace(cfg.data, time_steps=int(time_steps)), split, encode_input=encode_input)
+    n = min(frames, len(ds))
+    if n == 0:
+        raise ToolchainError(f"{split}: no frames to evaluate")
+    return ds, n
+
+
+def score(model, dataset, net=None, frames: int | None = None) -> float:
+    """mIoU of the one evaluator over `dataset` (its first `frames` samples):
+    spiking models through their exported `.net` on the emulator, twins in torch."""
+    from deploy import Deployed
+    from deploy.evaluation import NetPredictor, TorchPredictor, evaluate
+
     if isinstance(model, models.SpikingGraph):
-        from deploy import Deployed
-        from deploy.export import build_netfile
-
         if net is None:
-            net = build_netfile(model, time_steps=x.shape[-1])
-        dep = Deployed(net)
-        for s in range(0, len(x), BATCH):
-            out.append(torch.as_tensor(dep.run(x[s:s + BATCH], keep_spikes=False).class_map.astype(np.int64)))
+            net = quiet_export(model, dataset[0][0].shape[-1])
+        predictor = NetPredictor(Deployed(net))
     else:
-        with torch.no_grad():
-            for s in range(0, len(x), BATCH):
-                out.append(models.predict(model, x[s:s + BATCH], size)[0].argmax(1))
-    return torch.cat(out)
-
-
-def miou(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
-    m = SegmentationMetric(num_classes)
-    m.update(pred, y)
-    return m.compute()["miou"]
+        predictor = TorchPredictor(model)
+    n = len(dataset) if frames is None else min(frames, len(dataset))
+    return evaluate(predictor, dataset, range(n), len(model.class_names), batch_size=BATCH).compute()["miou"]
 
 
 def quiet_export(model, time_steps: int):
@@ -92,23 +84,18 @@ def sweep(checkpoints: list[tuple[str, str]], steps: list[int], frames: int = 32
         raise ToolchainError(f"--steps: need positive time steps, got {steps}")
     rows = []
     for label, path in checkpoints:
-        model, cfg = models.load_checkpoint(path, data_root=data_root)
+        ckpt = checkpoint.load(path)
+        model, cfg = models.load_checkpoint(path, data_root=data_root, entries=ckpt)
         spiking = isinstance(model, models.SpikingGraph)
-        kind = ("converted" if _is_converted(path) else "trained") if spiking else "ANN twin"
+        kind = ("converted" if "conversion" in ckpt else "trained") if spiking else "ANN twin"
         for t in steps:
-            x, y = load_frames(cfg, t, frames)
-            net = quiet_export(model, t) if spiking else None
-            value = miou(predict_classes(model, x, net), y, len(model.class_names))
+            ds, n = _dataset(cfg, t, frames)
+            value = score(model, ds, quiet_export(model, t) if spiking else None, n)
             rows.append(dict(label=label, checkpoint=str(path), kind=kind, time_steps=int(t), miou=value,
-                             frames=int(len(x)), pipeline_depth=int(model.pipeline_depth) if spiking else None))
-            log(f"{label:<20} T={t:<4d} mIoU {100 * value:6.2f}%")
+                             frames=n,
+                             pipeline_depth=int(model.pipeline_depth) if spiking else None))
+            log(f"{label:<20} T={t:<4d} mIoU {percent(value, width=6)}%")
     return dict(steps=[int(t) for t in steps], rows=rows)
-
-
-def _is_converted(path) -> bool:
-    from ..core import checkpoint
-
-    return "conversion" in checkpoint.load(path)
 
 
 def table(result: dict) -> tuple[list[str], list[list]]:
@@ -119,7 +106,7 @@ def table(result: dict) -> tuple[list[str], list[list]]:
     for label in labels:
         mine = {r["time_steps"]: r for r in result["rows"] if r["label"] == label}
         kind = next(iter(mine.values()))["kind"]
-        rows.append([label, kind] + [f"{100 * mine[t]['miou']:.2f}" if t in mine else "" for t in result["steps"]])
+        rows.append([label, kind] + [percent(mine[t]["miou"]) if t in mine else "" for t in result["steps"]])
     return header, rows
 
 

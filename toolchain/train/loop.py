@@ -20,10 +20,11 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 import models
-from models.blocks import firing_rates, set_quantized
+from deploy.synops import SynOpsCounter, budget_penalty
+from models.blocks import set_quantized
 from models.fused_cuba import set_neuron_impl
 
 from ..core import checkpoint
@@ -125,45 +127,35 @@ def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[tor
     return torch.stack(xs), torch.stack(ys)
 
 
-def loss_fn(scores: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+def loss_fn(scores: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     return F.cross_entropy(scores, target, weight=weight, ignore_index=IGNORE)
 
 
 @torch.no_grad()
-def evaluate(model, dataset, device, d: distributed.Dist = distributed.Dist(), batch_size: int = 16,
-             amp: bool = False, progress: bool = False, frames: Optional[int] = None) -> dict:
+def evaluate(model, dataset, device, d: distributed.Dist | None = None, batch_size: int = 16,
+             amp: bool = False, progress: bool = False, frames: int | None = None, synops=None) -> dict:
     """mIoU, per-class IoU, pixel accuracy, loss and firing rate per layer
     over `dataset`, or its first `frames` samples (the ranks split them;
-    results are reduced over all). The one evaluation of a torch model."""
+    results are reduced over all), through the one evaluator."""
+    from deploy.evaluation import TorchPredictor
+    from deploy.evaluation import evaluate as score
+
+    d = d or distributed.Dist()
     model.eval()
-    if hasattr(dataset, "set_epoch"):
-        dataset.set_epoch(0)  # the same Poisson draw at every evaluation
     count = len(dataset) if frames is None else min(frames, len(dataset))
-    indices = list(range(d.rank, count, d.world))
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=indices)
-    metric = SegmentationMetric(dataset.num_classes, IGNORE)
-    loss_sum, pixels, fire_sum, fire_n, readout_max = 0.0, 0.0, {}, 0, 0.0
-    for x, y in tqdm(loader, desc="eval", leave=False, disable=not (progress and d.main and sys.stderr.isatty())):
-        x, y = x.to(device), y.to(device)
-        with torch.autocast(device.type, enabled=amp):
-            scores, spikes = models.predict(model, x, y.shape[-2:])
-        scores = scores.float()
-        readout_max = max(readout_max, float(scores.abs().max()))
-        valid = int((y != IGNORE).sum())
-        if valid:
-            loss_sum += float(F.cross_entropy(scores, y, ignore_index=IGNORE, reduction="sum"))
-            pixels += valid
-        metric.update(scores.argmax(1), y)
-        for k, v in firing_rates(spikes).items():
-            fire_sum[k] = fire_sum.get(k, 0.0) + v * len(x)
-        fire_n += len(x)
+    p = TorchPredictor(model, device, amp, synops)
+    metric = score(p, dataset, range(d.rank, count, d.world), dataset.num_classes, batch_size=batch_size,
+                   progress=progress and d.main and sys.stderr.isatty(), leave=False)
     names = [n.name for n in model.nodes[:-1]]
-    totals = distributed.all_sum(d, [loss_sum, pixels, float(fire_n)] + [fire_sum.get(k, 0.0) for k in names])
+    totals = distributed.all_sum(d, [p.loss_sum, p.pixels, float(p.frames), p.synops_sum]
+                                 + [p.firing_sum.get(k, 0.0) for k in names])
     metric.reduce()
     out = metric.compute()
     out["loss"] = totals[0] / max(totals[1], 1.0)
-    out["firing"] = {k: v / max(totals[2], 1.0) for k, v in zip(names, totals[3:])}
-    out["readout_max"] = distributed.all_max(d, readout_max)
+    out["firing"] = {k: v / max(totals[2], 1.0) for k, v in zip(names, totals[4:], strict=True)}
+    if synops is not None:
+        out["synops_per_frame"] = totals[3] / max(totals[2], 1.0)
+    out["readout_max"] = distributed.all_max(d, p.readout_max)
     return out
 
 
@@ -185,7 +177,7 @@ def majority_baseline(train_counts: torch.Tensor, test_labels) -> tuple[int, dic
     return cls, metric.compute()
 
 
-def class_weights(kind: str, counts: torch.Tensor) -> Optional[list[float]]:
+def class_weights(kind: str, counts: torch.Tensor) -> list[float] | None:
     """Cross-entropy class weights from the training pixel counts: None, or
     1/sqrt(frequency) scaled to mean 1 over the classes present (a class
     absent from the training split gets 0: nothing to learn it from)."""
@@ -260,6 +252,7 @@ class Session:
     scheduler: object
     scaler: object
     dataset_facts: dict
+    synops: SynOpsCounter | None = None  # spiking models only
     history: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
@@ -309,15 +302,23 @@ def setup(cfg: Config, run_dir: Path, train_ds, device: torch.device, d: distrib
     torch.manual_seed(t.seed)
     facts = dict(in_channels=int(train_ds.in_channels), num_classes=int(train_ds.num_classes),
                  class_names=list(train_ds.class_names))
-    model = models.from_config(cfg, facts["in_channels"], facts["num_classes"]).to(device)
+    model = models.from_config(cfg, facts["in_channels"], facts["num_classes"], ann=t.ann, quantized=t.qat).to(device)
     if t.init:
         init_weights(model, t.init, cfg)
     if not t.ann:
         set_quantized(model, t.qat)
+    if t.synops_budget is not None and (t.ann or t.synops_budget <= 0):
+        raise ToolchainError(f"train.synops_budget={t.synops_budget}: "
+                             + ("the ANN twin has no spikes to budget" if t.ann else "must be above 0"))
+    counter = None
+    if not t.ann:
+        with warnings.catch_warnings():  # its export is for the synapse geometry only: no overflow to warn of
+            warnings.simplefilter("ignore")
+            counter = SynOpsCounter(model, cfg.data.time_steps).to(device)
     net = torch.nn.parallel.DistributedDataParallel(model) if d.enabled else model
     optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     return Session(cfg, run_dir, d, device, amp, model, net, optimizer, make_scheduler(cfg, optimizer),
-                   torch.cuda.amp.GradScaler(enabled=amp), facts)
+                   torch.cuda.amp.GradScaler(enabled=amp), facts, counter)
 
 
 def init_weights(model: torch.nn.Module, path: str, cfg: Config) -> None:
@@ -361,7 +362,7 @@ def baselines(s: Session, train_ds, test_ds, given_datasets: bool) -> dict:
         cls, base = majority_baseline(counts, _labels(cfg, "test"))
     weights = class_weights(cfg.train.class_weights, counts)
     t0 = time.time()
-    ev = evaluate(s.model, test_ds, s.device, s.d, cfg.train.batch_size, s.amp)
+    ev = evaluate(s.model, test_ds, s.device, s.d, cfg.train.batch_size, s.amp, synops=s.synops)
     s.history.append(dict(epoch=0, lr=None, train_loss=None, seconds=time.time() - t0, **ev))
     s.extra = dict(untrained=ev, majority_class=cls, majority=base, train_seconds=0.0, samples=0,
                    class_pixels=counts.tolist(), class_weights=weights)
@@ -369,7 +370,7 @@ def baselines(s: Session, train_ds, test_ds, given_datasets: bool) -> dict:
 
 
 def train_one_epoch(s: Session, train_ds, sampler, epoch: int, interrupt, *, resume_state=None,
-                    callback: Optional[Callable[[int, int], None]] = None,
+                    callback: Callable[[int, int], None] | None = None,
                     log: Callable[[str], None] = print) -> tuple[float, float, float]:
     """One pass over the training split; returns (summed loss, samples) over
     all ranks and this rank's seconds of training in it.
@@ -388,6 +389,7 @@ def train_one_epoch(s: Session, train_ds, sampler, epoch: int, interrupt, *, res
     order = list(sampler)
     n_steps = math.ceil(len(order) / per_rank)
     loss_sum, seen, step0, before = 0.0, 0, 0, 0.0
+    synops_sum = 0.0  # of this run of the epoch: the bar's running figure
     if resume_state is not None and resume_state["step"] > 0:
         gen.set_state(resume_state["aug_rng"])
         loss_sum, seen, *rest = resume_state["partial"]
@@ -406,15 +408,21 @@ def train_one_epoch(s: Session, train_ds, sampler, epoch: int, interrupt, *, res
             x, y = augment(x, y, gen)
         x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
         with torch.autocast(s.device.type, enabled=s.amp):
-            scores, _ = models.predict(s.net, x, y.shape[-2:])
+            scores, spikes = models.predict(s.net, x, y.shape[-2:])
             loss = loss_fn(scores.float(), y, weight)
+            if s.synops is not None:
+                synops, _ = s.synops(x, spikes)
+                synops_sum += float(synops) * len(x)
+                if t.synops_budget is not None:
+                    loss = loss + t.synops_weight * budget_penalty(synops.float(), t.synops_budget)
         s.optimizer.zero_grad(set_to_none=True)
         s.scaler.scale(loss).backward()
         s.scaler.step(s.optimizer)
         s.scaler.update()
         loss_sum += float(loss) * len(x)
         seen += len(x)
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=tty)
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", **({"synops/frame": f"{synops_sum / seen:.3g}"}
+                                                         if s.synops is not None else {}), refresh=tty)
         if callback is not None:
             callback(epoch, step)
         if _all_flag(s.d, interrupt.flag) and step + 1 < n_steps:
@@ -431,8 +439,9 @@ def log_epoch(s: Session, log: Callable[[str], None], writer, samples_per_s: flo
     if not s.d.main:
         return
     h = s.history[-1]
+    synops = f"  {h['synops_per_frame']:.4g} SynOps/frame" if "synops_per_frame" in h else ""
     log(f"epoch {h['epoch']}/{s.cfg.train.epochs}  loss {h['train_loss']:.4f}  test mIoU {h['miou']:.4f}  "
-        f"pixel acc {h['pixel_acc']:.4f}  {samples_per_s:.1f} samples/s")
+        f"pixel acc {h['pixel_acc']:.4f}{synops}  {samples_per_s:.1f} samples/s")
     _log_epoch(writer, h, s.class_names)
     _write_csv(s.history, s.class_names, s.run_dir / "log.csv")
     plots.curves(s.history, s.run_dir / "curves.png")
@@ -453,9 +462,9 @@ def check_readout_hears(s: Session, ev: dict) -> None:
         f"in {s.run_dir}")
 
 
-def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, epochs: Optional[int] = None,
-          datasets=None, callback: Optional[Callable[[int, int], None]] = None,
-          log: Callable[[str], None] = print) -> Optional[dict]:
+def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, epochs: int | None = None,
+          datasets=None, callback: Callable[[int, int], None] | None = None,
+          log: Callable[[str], None] = print) -> dict | None:
     """Train `cfg.model.name` on `cfg.data`; write checkpoints, logs, plots
     and `metrics.json` to `run_dir`; return the final metrics (None on
     ranks other than 0).
@@ -505,7 +514,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, epochs: Opt
             lr = s.optimizer.param_groups[0]["lr"]
             s.scheduler.step()
             t0 = time.time()
-            ev = evaluate(s.model, test_ds, s.device, d, t.batch_size, s.amp)
+            ev = evaluate(s.model, test_ds, s.device, d, t.batch_size, s.amp, synops=s.synops)
             s.history.append(dict(epoch=epoch + 1, lr=lr, train_loss=loss_sum / max(samples, 1.0),
                                   seconds=train_seconds + time.time() - t0, **ev))
             s.extra["train_seconds"] += train_seconds
@@ -541,7 +550,7 @@ def _log_epoch(writer, h: dict, class_names: list[str]) -> None:
     writer.add_scalar("miou", h["miou"], e)
     writer.add_scalar("pixel_acc", h["pixel_acc"], e)
     writer.add_scalar("lr", h["lr"], e)
-    for c, v in zip(class_names, h["iou_per_class"]):
+    for c, v in zip(class_names, h["iou_per_class"], strict=True):
         writer.add_scalar(f"iou/{c}", v, e)
     for k, v in h["firing"].items():
         writer.add_scalar(f"firing/{k}", v, e)
@@ -551,9 +560,9 @@ def _log_epoch(writer, h: dict, class_names: list[str]) -> None:
 def _gallery(model, dataset, device, class_names, path, amp):
     model.eval()
     dataset.set_epoch(0)
-    n = min(GALLERY_SIZE, len(dataset))
-    xs, ys = zip(*(dataset[i] for i in range(n)))
-    x, y = torch.stack(xs), torch.stack(ys)
+    from toolchain.data.dataset import draw
+
+    x, y = draw(dataset, range(min(GALLERY_SIZE, len(dataset))))
     with torch.no_grad(), torch.autocast(device.type, enabled=amp):
         scores, _ = models.predict(model, x.to(device), y.shape[-2:])
     plots.gallery(x, y, scores.argmax(1).cpu(), class_names, path)
@@ -565,7 +574,8 @@ def _write_metrics(run_dir: Path, cfg: Config, history, extra, class_names, fina
         model=cfg.model.name, init=cfg.train.init, ann=bool(cfg.train.ann), quantized=bool(cfg.train.qat and not cfg.train.ann),
         epochs=last["epoch"], final=final,
         miou=last["miou"], pixel_acc=last["pixel_acc"], loss=last["loss"],
-        iou_per_class=dict(zip(class_names, last["iou_per_class"])), firing=last["firing"],
+        iou_per_class=dict(zip(class_names, last["iou_per_class"], strict=True)), firing=last["firing"],
+        synops_per_frame=last.get("synops_per_frame"), synops_budget=cfg.train.synops_budget,
         untrained_miou=extra["untrained"]["miou"], majority_miou=extra["majority"]["miou"],
         majority_class=class_names[extra["majority_class"]], train_seconds=extra["train_seconds"],
         train_samples_per_s=extra["samples"] / extra["train_seconds"] if extra["train_seconds"] else None,

@@ -62,7 +62,7 @@ def gallery(inputs: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, cla
         ax[i, 2].imshow(pal[preds[i].numpy()])
         for a in ax[i]:
             a.axis("off")
-    for a, t in zip(ax[0], ("event input", "ground truth", "prediction")):
+    for a, t in zip(ax[0], ("event input", "ground truth", "prediction"), strict=False):
         a.set_title(t)
     handles = [matplotlib.patches.Patch(color=pal[k], label=c) for k, c in enumerate(class_names)]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(class_names), 6), fontsize=8)
