@@ -203,36 +203,37 @@ def _sparse(rows, cols, vals, src, out):
     return csr_matrix((vals.astype(np.int32), (rows, cols)), shape=(int(np.prod(out)), int(np.prod(src))))
 
 
+def _window_matrix(syn: Synapse, co, ci, yo, xo, ky, kx, vals, src: tuple, out: tuple):
+    """Output neuron (co, yo, xo) reads input (ci, yi, xi) through tap (ky, kx)
+    of a strided, padded, dilated window: the taps that land inside the input
+    with a nonzero weight, as a sparse matrix."""
+    yi = yo * syn.stride[0] - syn.padding[0] + ky * syn.dilation[0]
+    xi = xo * syn.stride[1] - syn.padding[1] + kx * syn.dilation[1]
+    ok = (yi >= 0) & (yi < src[1]) & (xi >= 0) & (xi < src[2]) & (vals != 0)
+    return _sparse(_flat_index(co[ok], yo[ok], xo[ok], out), _flat_index(ci[ok], yi[ok], xi[ok], src),
+                   vals[ok], src, out)
+
+
 def pool_matrix(syn: Synapse, src: tuple, out: tuple):
     """Per-channel sum pooling as a sparse (n_out, n_in) matrix in Lava's flat order."""
-    c, hi, wi = src
+    c = src[0]
     _, ho, wo = out
     kh, kw = syn.kernel
     cc, yo, xo, ky, kx = np.meshgrid(np.arange(c), np.arange(ho), np.arange(wo),
                                      np.arange(kh), np.arange(kw), indexing="ij")
-    yi = yo * syn.stride[0] - syn.padding[0] + ky * syn.dilation[0]
-    xi = xo * syn.stride[1] - syn.padding[1] + kx * syn.dilation[1]
-    vals = np.asarray(syn.weight)[ky, kx]
-    ok = (yi >= 0) & (yi < hi) & (xi >= 0) & (xi < wi) & (vals != 0)
-    return _sparse(_flat_index(cc[ok], yo[ok], xo[ok], out), _flat_index(cc[ok], yi[ok], xi[ok], src),
-                   vals[ok], src, out)
+    return _window_matrix(syn, cc, cc, yo, xo, ky, kx, np.asarray(syn.weight)[ky, kx], src, out)
 
 
 def conv_matrix(syn: Synapse, src: tuple, out: tuple):
     """Convolution as a sparse (n_out, n_in) matrix in Lava's flat order."""
-    ci_n, hi, wi = src
+    ci_n = src[0]
     co_n, ho, wo = out
     w = np.asarray(syn.weight)  # (out, in/groups, kh, kw)
     cig, cog = ci_n // syn.groups, co_n // syn.groups
     co, cil, yo, xo, ky, kx = np.meshgrid(np.arange(co_n), np.arange(cig), np.arange(ho), np.arange(wo),
                                           np.arange(w.shape[2]), np.arange(w.shape[3]), indexing="ij")
     ci = (co // cog) * cig + cil
-    yi = yo * syn.stride[0] - syn.padding[0] + ky * syn.dilation[0]
-    xi = xo * syn.stride[1] - syn.padding[1] + kx * syn.dilation[1]
-    vals = w[co, cil, ky, kx]
-    ok = (yi >= 0) & (yi < hi) & (xi >= 0) & (xi < wi) & (vals != 0)
-    return _sparse(_flat_index(co[ok], yo[ok], xo[ok], out), _flat_index(ci[ok], yi[ok], xi[ok], src),
-                   vals[ok], src, out)
+    return _window_matrix(syn, co, ci, yo, xo, ky, kx, w[co, cil, ky, kx], src, out)
 
 
 def convT_matrix(syn: Synapse, src: tuple, out: tuple):
