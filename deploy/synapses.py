@@ -355,16 +355,18 @@ def _nir_dense(syn: Synapse, src: tuple, out: tuple, name: str) -> dict:
     return nodes
 
 
-def _nir_pool(syn: Synapse, src: tuple, out: tuple, name: str) -> dict:
+def _nir_pool(syn: Synapse, src: tuple, out: tuple, name: str, *, as_conv: bool = False) -> dict:
     """SumPool2d, then a Scale by the kernel's weight unless it is 1; unequal
-    kernel weights or dilation: the per-channel Conv2d it is."""
+    kernel weights, dilation or `as_conv` (the portable graph's form: NIR
+    consumers import no Scale, snntorch no SumPool2d): the per-channel Conv2d
+    it is, the kernel's weights folded in."""
     import nir
     k = np.asarray(syn.weight)
     spatial = zip(src[1:], syn.kernel, syn.stride, syn.padding, syn.dilation, strict=True)
     if tuple(out[1:]) != tuple(conv_out(n, kk, s, p, d) for n, kk, s, p, d in spatial):
         raise ToolchainError(f"{name}: pool windows reach past the input edge (output {tuple(out[1:])} "
                              f"from input {tuple(src[1:])}); NIR pooling has no such edge rule")
-    if np.any(k != k.flat[0]) or tuple(syn.dilation) != (1, 1):
+    if as_conv or np.any(k != k.flat[0]) or tuple(syn.dilation) != (1, 1):
         depthwise = Synapse("conv", np.broadcast_to(k, (src[0], 1, *k.shape)).copy(), syn.stride,
                             syn.padding, syn.dilation, groups=src[0])
         return _nir_conv(depthwise, src, out, name)

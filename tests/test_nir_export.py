@@ -72,10 +72,10 @@ def dense_net(neuron: Neuron, time_steps: int = 8) -> NetFile:
     return net
 
 
-def simulate(graph: nir.NIRGraph, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def simulate(graph: nir.NIRGraph, x: np.ndarray, *, summed: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Forward-Euler (dt = 1) interpreter of the NIR node kinds the exporter
-    writes. Returns the output node's value after the last step and the
-    output of every Delay node (N, C, H, W, T)."""
+    writes. Returns the output node's value after the last step (`summed`:
+    summed over all steps) and the output of every Delay node (N, C, H, W, T)."""
     nodes, preds = graph.nodes, {name: [] for name in graph.nodes}
     for src, dst in graph.edges:
         preds[dst].append(src)
@@ -95,6 +95,7 @@ def simulate(graph: nir.NIRGraph, x: np.ndarray) -> tuple[np.ndarray, dict[str, 
     state: dict[str, dict[str, torch.Tensor]] = {}
     delayed = {name: [] for name, n in nodes.items() if isinstance(n, nir.Delay)}
     n_batch = x.shape[0]
+    total = 0.0
     for t in range(x.shape[-1]):
         out = {}
         for name in order:
@@ -137,16 +138,17 @@ def simulate(graph: nir.NIRGraph, x: np.ndarray) -> tuple[np.ndarray, dict[str, 
                 out[name] = z
             else:
                 raise AssertionError(f"interpreter lacks {type(node).__name__}")
+        total = total + out["output"]
         for name in delayed:
             delayed[name].append(out[name].numpy())
             state.setdefault(name, {"hist": []})["hist"].append(out[preds[name][0]])
     # a layer's spikes are its axon delay's output (`L.delay`); `L.syn<k>.delay` are synapse delays
-    return out["output"].numpy(), {k[: -len(".delay")]: np.stack(v, -1) for k, v in delayed.items()
+    return (total if summed else out["output"]).numpy(), {k[: -len(".delay")]: np.stack(v, -1) for k, v in delayed.items()
                                    if ".syn" not in k}
 
 
 def test_round_trip_has_expected_nodes_and_edges(tmp_path):
-    back = nir.read(export_nir(small_net(Neuron(1024, 123, 32)), tmp_path / "net.nir"))
+    back = nir.read(export_nir(small_net(Neuron(1024, 123, 32)), tmp_path / "net.nir", timing="exact"))
     kinds = {name: type(node).__name__ for name, node in back.nodes.items()}
     assert kinds == {
         "input": "Input", "output": "Output",
@@ -169,7 +171,7 @@ def test_round_trip_has_expected_nodes_and_edges(tmp_path):
 
 def test_round_trip_parameters_follow_the_documented_mapping(tmp_path):
     net = small_net(Neuron(1024, 123, 32))
-    back = nir.read(export_nir(net, tmp_path / "net.nir"))
+    back = nir.read(export_nir(net, tmp_path / "net.nir", timing="exact"))
 
     np.testing.assert_array_equal(back.nodes["c2.syn0"].weight, net.layers[2].synapses[0].weight / 64)
     np.testing.assert_array_equal(back.nodes["c2.syn0"].dilation, [2, 2])
@@ -191,9 +193,9 @@ def test_round_trip_parameters_follow_the_documented_mapping(tmp_path):
 
 
 def test_pool_weight_of_64_has_no_scale_and_unequal_pool_weights_are_a_per_channel_conv(tmp_path):
-    back = nir.read(export_nir(small_net(Neuron(1024, 123, 32), pool_weight=64), tmp_path / "a.nir"))
+    back = nir.read(export_nir(small_net(Neuron(1024, 123, 32), pool_weight=64), tmp_path / "a.nir", timing="exact"))
     assert isinstance(back.nodes["p1.syn0"], nir.SumPool2d) and "p1.syn0.scale" not in back.nodes
-    back = nir.read(export_nir(dense_net(Neuron(1024, 123, 32)), tmp_path / "b.nir"))
+    back = nir.read(export_nir(dense_net(Neuron(1024, 123, 32)), tmp_path / "b.nir", timing="exact"))
     pool = back.nodes["p1.syn0"]
     assert isinstance(pool, nir.Conv2d) and pool.groups == 1 and pool.weight.shape == (4, 4, 2, 2)
     np.testing.assert_array_equal(pool.weight[2, 2], [[40 / 64, 20 / 64], [20 / 64, 10 / 64]])
@@ -216,7 +218,8 @@ def test_euler_simulation_of_the_nir_graph_reproduces_the_emulator(make, tmp_pat
     ref = emulator.run(net, x, device="cpu")
     # the NIR graph runs the frame's T + D - 1 steps: the input, then zeros while the pipeline drains
     padded = F.pad(x, (0, net.spike_steps(8) - 8))
-    got_readout, got_spikes = simulate(nir.read(export_nir(net, tmp_path / "net.nir")), padded.numpy())
+    graph = nir.read(export_nir(net, tmp_path / "net.nir", timing="exact"))
+    got_readout, got_spikes = simulate(graph, padded.numpy())
     assert set(got_spikes) == set(ref.spikes)
     assert_output_has_content(ref, layers=[layer.name for layer in net.layers[:-1]], where="NIR vs emulator")
     for name, s in ref.spikes.items():
@@ -230,7 +233,8 @@ def test_euler_simulation_of_the_nir_graph_reproduces_the_emulator(make, tmp_pat
 
 
 def test_without_axon_delay_neurons_feed_consumers_directly(tmp_path):
-    back = nir.read(export_nir(small_net(Neuron(1024, 123, 32)), tmp_path / "net.nir", axon_delay=False))
+    back = nir.read(export_nir(small_net(Neuron(1024, 123, 32)), tmp_path / "net.nir", timing="exact",
+                               axon_delay=False))
     assert not any(isinstance(n, nir.Delay) for n in back.nodes.values())
     assert ("c1", "p1.syn0") in map(tuple, back.edges)
 
@@ -252,10 +256,10 @@ def test_pool_past_the_edge_zero_decay_and_non_nets_are_refused(tmp_path):
         Layer("out", "conv", (2, 3, 3), [1], [Synapse("conv", np.full((2, 2, 1, 1), 64))], READOUT)])
     netfile.validate(edge)
     with pytest.raises(ToolchainError, match=r"p.syn0: pool windows reach past the input edge"):
-        export_nir(edge, tmp_path / "a.nir")
+        export_nir(edge, tmp_path / "a.nir", timing="exact")
     integrator = small_net(Neuron(1024, 0, 32))
     with pytest.raises(ToolchainError, match=r"layer 1 \(c1\): zero current or voltage decay"):
-        export_nir(integrator, tmp_path / "b.nir")
+        export_nir(integrator, tmp_path / "b.nir", timing="exact")
     with pytest.raises(ToolchainError, match="NIR export is built from a .net file"):
         export_nir(models.build("spiking-deeplab-tiny", 2, 6, (16, 16)), tmp_path / "c.nir")
     assert list(tmp_path.iterdir()) == []
@@ -264,10 +268,60 @@ def test_pool_past_the_edge_zero_decay_and_non_nets_are_refused(tmp_path):
 def test_spiking_deeplab_tiny_exports_and_reads_back(tmp_path):
     torch.manual_seed(0)
     net = build_netfile(models.build("spiking-deeplab-tiny", 2, 6, (16, 16), quantized=True), time_steps=20)
-    back = nir.read(export_nir(net, tmp_path / "deeplab.nir"))
+    back = nir.read(export_nir(net, tmp_path / "deeplab.nir", timing="exact"))
     lifs = [name for name, n in back.nodes.items() if isinstance(n, nir.CubaLIF)]
     assert sorted(lifs) == sorted(layer.name for layer in net.layers[:-1])
     assert isinstance(back.nodes["classifier"], nir.I)
     np.testing.assert_allclose(back.nodes["classifier"].r, 1 / 20)
     np.testing.assert_array_equal(back.nodes["output"].input_type["input"], [6, 4, 4])
     np.testing.assert_array_equal(back.nodes["conv1.syn0"].weight, net.layers[0].synapses[0].weight / 64)
+
+
+# ---------------------------------------------------------------- the portable graph (the default)
+def test_portable_graph_has_only_consumer_nodes_and_delays_only_where_depths_differ(tmp_path):
+    net = small_net(Neuron(1024, 123, 32))  # the readout adds c2 (3 layers deep) and a skip from c1
+    back = nir.read(export_nir(net, tmp_path / "net.nir"))
+    kinds = {name: type(node).__name__ for name, node in back.nodes.items()}
+    assert kinds == {
+        "input": "Input", "output": "Output",
+        "c1.syn0": "Conv2d", "c1": "CubaLIF", "p1.syn0": "Conv2d", "p1": "CubaLIF",
+        "c2.syn0": "Conv2d", "c2.syn1": "Conv2d", "c2": "CubaLIF",
+        "out.syn0.delay": "Delay", "out.syn0": "Conv2d", "out.syn1": "Conv2d",
+    }
+    assert sorted(map(tuple, back.edges)) == sorted([
+        ("input", "c1.syn0"), ("c1.syn0", "c1"), ("c1", "p1.syn0"), ("p1.syn0", "p1"),
+        ("p1", "c2.syn0"), ("p1", "c2.syn1"), ("c2.syn0", "c2"), ("c2.syn1", "c2"),
+        ("c2", "out.syn0.delay"), ("out.syn0.delay", "out.syn0"), ("out.syn0", "output"),
+        ("c1", "out.syn1"), ("out.syn1", "output"),
+    ])
+    md = back.metadata
+    assert md["timing"] == "portable" and md["dt"] == 1e-4 and md["time_steps"] == 10
+    # the skip arrives 2 steps before the deep path in Lava: the deep path waits 2 steps (in seconds: x dt)
+    np.testing.assert_allclose(back.nodes["out.syn0.delay"].delay, 2e-4)
+    assert md["lag"] == 2 and md["run_steps"] == 10 + net.pipeline_depth - 2
+    assert md["delay_nodes"] == "out.syn0.delay" and "cannot import" in md["consumers"]
+    pool = back.nodes["p1.syn0"]  # SumPool2d x Scale 0.5 folded into a per-channel conv
+    assert pool.weight.shape == (4, 4, 2, 2) and np.all(pool.weight[1, 1] == 0.5) and pool.weight.sum() == 8
+    lif = back.nodes["c1"]  # dt = 1e-4: tau = dt / a, w_in and r as at dt = 1
+    np.testing.assert_allclose(lif.tau_syn, 1e-4 * 4096 / 1024, rtol=1e-6)
+    np.testing.assert_allclose(lif.tau_mem, 1e-4 * 4096 / 123, rtol=1e-6)
+    np.testing.assert_allclose(lif.w_in, 4096 / 1024, rtol=1e-6)
+    np.testing.assert_allclose(lif.r, 4096 / 123, rtol=1e-6)
+    # delayed_net's skip delay matches the depths: no Delay on that path
+    delayed = nir.read(export_nir(delayed_net(Neuron(1024, 123, 32)), tmp_path / "d.nir"))
+    assert "out.syn0.delay" not in delayed.nodes and "out.syn1.delay" not in delayed.nodes
+    assert "c2.syn1.delay" in delayed.nodes  # c2's 2-step 1x1 synapse: longer than its 3x3 twin
+
+
+@pytest.mark.parametrize("make", [small_net, dense_net, delayed_net])
+def test_euler_simulation_of_the_portable_graph_reproduces_the_emulators_readout(make, tmp_path):
+    # as the exact-timing test above: states stay on Loihi's grid, so float dynamics are exact
+    net = make(Neuron(4096, 2048, 40), time_steps=8)
+    x = (torch.rand(2, *net.input_shape, 8, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+    ref = emulator.run(net, x, device="cpu")
+    graph = nir.read(export_nir(net, tmp_path / "net.nir", dt=1.0))  # the interpreter steps by 1
+    steps = graph.metadata["run_steps"]
+    got, _ = simulate(graph, F.pad(x, (0, steps - 8)).numpy(), summed=True)
+    expected = readout_value(ref.voltage.numpy().astype(np.float64), 8)
+    assert np.count_nonzero(expected) > expected.size // 2
+    np.testing.assert_allclose(got.reshape(expected.shape) / 8, expected, rtol=1e-5, atol=1e-6)

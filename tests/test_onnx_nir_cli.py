@@ -74,11 +74,16 @@ def test_nir_target_writes_graph_with_configured_time_steps(checkpoint, tmp_path
     out = tmp_path / "net.nir"
     export("--checkpoint", checkpoint, "--target", "nir", "--out", out, "--set", "data.time_steps=5")
     back = nir.read(out)
-    assert back.metadata["time_steps"] == 5
-    np.testing.assert_allclose(back.nodes["classifier"].r, 0.2)
+    # the portable graph by default: it ends at the classifier's synapse, the host sums over run_steps
+    assert back.metadata["time_steps"] == 5 and back.metadata["timing"] == "portable"
+    assert "classifier" not in back.nodes and ("classifier.syn0", "output") in map(tuple, back.edges)
     model, _ = models.load_checkpoint(checkpoint, quantized=True)
     net = build_netfile(model, time_steps=5)
     np.testing.assert_array_equal(back.nodes["conv1.syn0"].weight, net.layers[0].synapses[0].weight / 64)
+    exact = tmp_path / "exact.nir"
+    export("--checkpoint", checkpoint, "--target", "nir", "--out", exact, "--set", "data.time_steps=5",
+           "--nir-timing", "exact")
+    np.testing.assert_allclose(nir.read(exact).nodes["classifier"].r, 0.2)
 
 
 def test_export_at_another_input_size_keeps_the_stored_configuration(tmp_path):

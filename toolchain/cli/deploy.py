@@ -23,8 +23,12 @@ TARGETS = ("loihi-sim", "onnx", "nir")
 @click.option("--frames", type=int, default=32, show_default=True,
               help="Test frames for the float vs quantized mIoU check (0 skips it).")
 @click.option("--data", "data_root", default=None, help="Data root (default: the config's).")
+@click.option("--nir-timing", type=click.Choice(("portable", "exact")), default="portable", show_default=True,
+              help="nir target: 'portable' writes only nodes NIR consumers import (norse, snntorch), the "
+                   "output being the readout's input, per-layer step delays dropped (metadata 'lag'); "
+                   "'exact' keeps Lava's step timing (Delay, Scale, SumPool2d, an integrator readout).")
 @config_options
-def export_cmd(checkpoint, target, out, frames, data_root, config_path, overrides):
+def export_cmd(checkpoint, target, out, frames, data_root, nir_timing, config_path, overrides):
     """Quantize a trained model to Loihi fixed point and write it as a .net file
     (or its step graph as ONNX, or NIR, both built from that .net)."""
     from dataclasses import replace
@@ -51,7 +55,7 @@ def export_cmd(checkpoint, target, out, frames, data_root, config_path, override
     if target in ("onnx", "nir"):
         from deploy.nir_export import export_nir
         from deploy.onnx_export import export_onnx
-        click.echo(f"wrote {(export_onnx if target == 'onnx' else export_nir)(net, out)}")
+        click.echo(f"wrote {export_onnx(net, out) if target == 'onnx' else export_nir(net, out, timing=nir_timing)}")
         return
     report = dict(net=str(out), target=target, layers=len(net.layers), neurons=net.num_neurons,
                   synapses=net.num_synapses)
