@@ -9,6 +9,8 @@ run's spikes it is the energy study's figure (tests/test_spike_budget.py).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -27,7 +29,9 @@ class SynOpsCounter(torch.nn.Module):
         from .export import build_netfile
 
         was_training = model.training
-        net = build_netfile(model, time_steps=time_steps)  # for the synapse geometry only
+        with warnings.catch_warnings():  # for the synapse geometry only: no readout range to warn of
+            warnings.simplefilter("ignore")
+            net = build_netfile(model, time_steps=time_steps)
         model.train(was_training)
         names = [INPUT] + [layer.name for layer in net.layers]
         # per source: one (H, W) map of the operations one spike there causes,

@@ -48,3 +48,36 @@ def test_convert_sweep_energy_robustness_report_from_the_cli(ann_ckpt, tmp_path,
     with pytest.raises(SystemExit) as e:
         main(["sweep", "--checkpoint", str(conv), "--steps", "0,x", "--out", str(tmp_path / "bad")])
     assert e.value.code == 2 and "--steps" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_pareto_fine_tunes_per_budget_deploys_every_point_and_resumes(tmp_path, data_cfg, capsys):
+    """Each budget is an ordinary run fine-tuned from the checkpoint; every point,
+    the start included, is measured on its deployed .net; a second call reuses
+    the finished runs instead of training again."""
+    from toolchain.core import checkpoint
+
+    cfg = Config(data=data_cfg)
+    cfg.model.name = "spiking-deeplab-tiny"
+    cfg.train.batch_size = 4
+    torch.manual_seed(0)
+    start = tmp_path / "start" / "checkpoint.pt"
+    checkpoint.save(start, model=models.from_config(cfg, 2, 6).state_dict(), config=to_dict(cfg),
+                    dataset=dict(in_channels=2, num_classes=6, class_names=[f"c{k}" for k in range(6)]))
+    out = tmp_path / "front"
+    args = ["pareto", "--checkpoint", str(start), "--budgets", "2e5,5e4", "--epochs", "1", "--frames", "2",
+            "--out", str(out)]
+    main(args)
+    result = json.loads((out / "pareto.json").read_text())
+    assert [p["label"] for p in result["points"]] == ["start", "budget 2e+05", "budget 5e+04"]
+    assert [p["budget"] for p in result["points"]] == [None, 2e5, 5e4]
+    assert all(p["synops_per_frame"] > 0 and p["neuron_updates_per_frame"] > 0 for p in result["points"])
+    assert all((out / d / "model.net").is_file() for d in ("start", "budget-200000", "budget-50000"))
+    assert (out / "pareto.png").stat().st_size > 1000
+    assert "SynOps/frame" in capsys.readouterr().out
+    finished = (out / "budget-50000" / "metrics.json").stat().st_mtime_ns
+    main(args)
+    assert (out / "budget-50000" / "metrics.json").stat().st_mtime_ns == finished
+    with pytest.raises(SystemExit) as e:
+        main(["pareto", "--checkpoint", str(start), "--budgets", "1e6,x", "--out", str(tmp_path / "bad")])
+    assert e.value.code == 2 and "--budgets" in capsys.readouterr().err

@@ -31,6 +31,7 @@ COMMANDS = {
     "convert": ("studies", "convert_cmd", "Convert a trained ANN twin into a spiking network."),
     "sweep": ("studies", "sweep_cmd", "mIoU against the number of time steps T."),
     "energy": ("studies", "energy_cmd", "Spikes, synaptic operations, energy per frame, Loihi 2 resources."),
+    "pareto": ("studies", "pareto_cmd", "The accuracy-energy front: fine-tune under SynOps budgets, deploy each point."),
     "robustness": ("studies", "robustness_cmd", "mIoU under input corruptions, SNN against ANN."),
     "report": ("studies", "report_cmd", "One HTML page summarising runs and studies."),
     "bench": ("bench", "bench_cmd", "Lava against the emulator, training throughput, evaluation time."),

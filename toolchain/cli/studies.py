@@ -172,3 +172,39 @@ def report_cmd(run_dirs, out_dir, title):
 
     md, hp = build(list(run_dirs), out_dir, title)
     click.echo(f"wrote {md} and {hp}")
+
+
+@click.command("pareto")
+@click.option("--checkpoint", "ckpt", required=True, type=click.Path(dir_okay=False),
+              help="Trained spiking checkpoint every point is fine-tuned from.")
+@click.option("--budgets", required=True,
+              help="SynOps per frame to fine-tune under, comma-separated (e.g. 3e6,1.5e6,7.5e5).")
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Fine-tuning epochs per budget.")
+@click.option("--frames", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Test frames each deployed point is measured on.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Fine-tuning learning rate (default: a tenth of the checkpoint's).")
+@click.option("--ann", "ann_ckpt", default=None, type=click.Path(dir_okay=False),
+              help="The ANN twin's checkpoint, for its point on the front.")
+@click.option("--data", "data_root", default=None, help="Data root (default: the checkpoint's).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Study folder (resumable): a run per budget, pareto.json, pareto.png.")
+def pareto_cmd(ckpt, budgets, epochs, frames, lr, ann_ckpt, data_root, out_dir):
+    """The accuracy-energy front: fine-tune under SynOps budgets, deploy and measure each point."""
+    from ..studies import pareto
+
+    try:
+        values = [float(v) for v in budgets.split(",") if v.strip()]
+    except ValueError as e:
+        raise ToolchainError(f"--budgets: {budgets!r} is not a comma-separated list of numbers") from e
+    result = pareto.pareto(ckpt, values, out_dir, epochs=epochs, frames=frames, lr=lr, ann_checkpoint=ann_ckpt,
+                           data_root=data_root, log=click.echo)
+    out = Path(out_dir)
+    _dump(out / "pareto.json", result)
+    pareto.plot(result, out / "pareto.png")
+    header, rows = pareto.table(result)
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    for row in [header] + rows:
+        click.echo("  ".join(f"{c:>{w}}" for c, w in zip(row, widths, strict=True)))
+    click.echo(f"wrote {out / 'pareto.json'} and {out / 'pareto.png'}")

@@ -20,7 +20,6 @@ import os
 import signal
 import sys
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -310,11 +309,7 @@ def setup(cfg: Config, run_dir: Path, train_ds, device: torch.device, d: distrib
     if t.synops_budget is not None and (t.ann or t.synops_budget <= 0):
         raise ToolchainError(f"train.synops_budget={t.synops_budget}: "
                              + ("the ANN twin has no spikes to budget" if t.ann else "must be above 0"))
-    counter = None
-    if not t.ann:
-        with warnings.catch_warnings():  # its export is for the synapse geometry only: no overflow to warn of
-            warnings.simplefilter("ignore")
-            counter = SynOpsCounter(model, cfg.data.time_steps).to(device)
+    counter = None if t.ann else SynOpsCounter(model, cfg.data.time_steps).to(device)
     net = torch.nn.parallel.DistributedDataParallel(model) if d.enabled else model
     optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     return Session(cfg, run_dir, d, device, amp, model, net, optimizer, make_scheduler(cfg, optimizer),

@@ -1,0 +1,126 @@
+"""The accuracy-energy front: one spiking model fine-tuned under several SynOps
+budgets, each point deployed (`.net` on the emulator) and measured the way
+`toolchain energy` measures it, next to the ANN twin's point.
+
+Every point is a folder `budget-<N>/` under the study's folder holding an
+ordinary training run (resumable: an interrupted study continues where it
+stopped) and its `.net`; `pareto.json` holds the figures, `pareto.png` the front.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.config import config_from_dict, to_dict
+from ..core.errors import ToolchainError
+from ..core.formatting import percent
+
+
+def _point(label: str, model, cfg, frames: int, folder: Path, budget: float | None) -> dict:
+    """Deploy `model` and measure it: mIoU of the `.net` on the test split's
+    first `frames` frames (the emulator) and its energy on the same frames."""
+    from deploy.netfile import write
+    from deploy.runner import evaluate
+
+    from . import energy
+    from .sweep import load_frames, quiet_export
+
+    net = quiet_export(model, cfg.data.time_steps)
+    net_path = folder / "model.net"
+    write(net_path, net)
+    report, _ = evaluate(net_path, cfg.data, frames=frames, progress=False)
+    x, _ = load_frames(cfg, net.time_steps, frames)
+    counts = energy.count_run(net, x)
+    e = energy.energy(counts)
+    return dict(label=label, budget=budget, net=str(net_path), frames=report["frames"], miou=report["miou"],
+                iou_per_class=report["iou_per_class"], synops_per_frame=e["synops_per_frame"],
+                neuron_updates_per_frame=e["neuron_updates_per_frame"], spikes_per_frame=e["spikes_per_frame"],
+                snn_45nm_uj=e["snn_45nm_uj"], loihi_uj=e["loihi_uj"], macs_per_frame=e["macs_per_frame"],
+                ann_45nm_uj=e["ann_45nm_uj"])
+
+
+def pareto(checkpoint: str, budgets: list[float], out_dir: str | Path, *, epochs: int = 3, frames: int = 64,
+           lr: float | None = None, ann_checkpoint: str | None = None, data_root: str | None = None,
+           log=print) -> dict:
+    """Fine-tune `checkpoint` under each budget (SynOps per frame) for `epochs`
+    epochs at `lr` (default: a tenth of its training rate; at the full rate
+    the budget's first steps throw away what the model had learnt) and
+    measure every deployed point, the starting model's included."""
+    import models
+    from models.ann import AnnGraph
+
+    from ..train.loop import train
+    from .sweep import _dataset, score
+
+    if not budgets or any(b <= 0 for b in budgets):
+        raise ToolchainError(f"pareto: budgets {budgets} must be SynOps per frame above 0")
+    out = Path(out_dir)
+    start, cfg = models.load_checkpoint(checkpoint, data_root=data_root)
+    if not isinstance(start, models.SpikingGraph):
+        raise ToolchainError(f"{checkpoint}: a non-spiking twin; the front starts from a spiking model")
+    (out / "start").mkdir(parents=True, exist_ok=True)
+    points = [_point("start", start, cfg, frames, out / "start", None)]
+    log(f"start: mIoU {percent(points[0]['miou'])}%  {points[0]['synops_per_frame']:.4g} SynOps/frame")
+    for b in sorted(budgets, reverse=True):
+        run = out / f"budget-{b:.0f}"
+        tuned = config_from_dict(to_dict(cfg))
+        tuned.train.init, tuned.train.synops_budget, tuned.train.epochs = str(checkpoint), float(b), epochs
+        tuned.train.lr = cfg.train.lr / 10 if lr is None else lr
+        done = (run / "metrics.json").is_file() and '"final": true' in (run / "metrics.json").read_text()
+        if not done:
+            log(f"budget {b:.4g} SynOps/frame: fine-tuning {epochs} epoch(s) in {run}")
+            train(tuned, run, resume=(run / "checkpoint.pt").is_file(), log=log)
+        model, tuned = models.load_checkpoint(run / "checkpoint.pt", data_root=data_root)
+        points.append(_point(f"budget {b:.4g}", model, tuned, frames, run, float(b)))
+        p = points[-1]
+        log(f"budget {b:.4g}: mIoU {percent(p['miou'])}%  {p['synops_per_frame']:.4g} SynOps/frame")
+    ann = None
+    if ann_checkpoint is not None:
+        twin, twin_cfg = models.load_checkpoint(ann_checkpoint, data_root=data_root)
+        if not isinstance(twin, AnnGraph):
+            raise ToolchainError(f"{ann_checkpoint}: not a non-spiking twin (`toolchain train --ann`)")
+        ds, n = _dataset(twin_cfg, twin_cfg.data.time_steps, frames)
+        ann = dict(label="ANN twin", miou=score(twin, ds, None, n), macs_per_frame=points[0]["macs_per_frame"],
+                   ann_45nm_uj=points[0]["ann_45nm_uj"], frames=n)
+    return dict(checkpoint=str(checkpoint), epochs=epochs, lr=cfg.train.lr / 10 if lr is None else lr, frames=frames,
+                points=points, ann=ann)
+
+
+def table(result: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["point", "mIoU %", "SynOps/frame", "neuron updates/frame", "45 nm uJ", "Loihi uJ"]
+    rows = [[p["label"], percent(p["miou"]), f"{p['synops_per_frame']:.4g}", f"{p['neuron_updates_per_frame']:.4g}",
+             f"{p['snn_45nm_uj']:.4g}", f"{p['loihi_uj']:.4g}"] for p in result["points"]]
+    if result["ann"] is not None:
+        a = result["ann"]
+        rows.append([a["label"], percent(a["miou"]), f"{a['macs_per_frame']:.4g} MACs", "-", f"{a['ann_45nm_uj']:.4g}",
+                     "-"])
+    return header, rows
+
+
+def plot(result: dict, path: str | Path) -> Path:
+    """mIoU against SynOps per frame, and against energy per frame (45 nm and Loihi)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = result["points"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    miou = [100 * p["miou"] for p in pts]
+    a.plot([p["synops_per_frame"] for p in pts], miou, "o-", label="SNN (deployed .net)")
+    b.plot([p["snn_45nm_uj"] for p in pts], miou, "o-", label="SNN, 45 nm")
+    b.plot([p["loihi_uj"] for p in pts], miou, "s--", label="SNN, Loihi figures")
+    for p, m in zip(pts, miou, strict=True):
+        a.annotate(p["label"], (p["synops_per_frame"], m), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if result["ann"] is not None:
+        ann = result["ann"]
+        a.plot([ann["macs_per_frame"]], [100 * ann["miou"]], "k*", ms=10, label="ANN twin (MACs)")
+        b.plot([ann["ann_45nm_uj"]], [100 * ann["miou"]], "k*", ms=10, label="ANN twin, 45 nm")
+    a.set(xlabel="SynOps per frame", ylabel="mIoU %", xscale="log", title="accuracy against operations")
+    b.set(xlabel="uJ per frame", ylabel="mIoU %", xscale="log", title="accuracy against energy")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
