@@ -247,3 +247,48 @@ def test_report_leads_with_the_summary_and_reports_an_ann_twin_as_an_ann(tmp_pat
     assert "quantized" not in ann_details.replace("not quantized", "")
     page = hp.read_text()
     assert page.index('<table id="summary">') < page.index("<h2>Details")
+
+
+def _pareto_point(label, budget, miou, synops, loihi):
+    return dict(label=label, budget=budget, net=f"front/{label}/model.net", frames=4, miou=miou,
+                iou_per_class={"flat": miou}, synops_per_frame=synops, neuron_updates_per_frame=2.5e5,
+                spikes_per_frame=synops / 9, snn_45nm_uj=synops * 0.9e-6, loihi_uj=loihi,
+                macs_per_frame=3.2e7, ann_45nm_uj=147.2)
+
+
+@pytest.mark.parametrize("cheapest_loihi", [120.0, 294.4])
+def test_report_shows_the_accuracy_energy_front_against_the_ann_twin(tmp_path, cheapest_loihi):
+    from PIL import Image
+
+    front = tmp_path / "run" / "front"
+    front.mkdir(parents=True)
+    points = [_pareto_point("start", None, 0.3141, 3.1e6, 400.0),
+              _pareto_point("budget 1e+06", 1e6, 0.2718, 1.2e6, cheapest_loihi)]
+    (front / "pareto.json").write_text(json.dumps(dict(
+        checkpoint="run/train/checkpoint.pt", epochs=2, lr=1e-4, frames=4, points=points,
+        ann=dict(label="ANN twin", miou=0.3333, macs_per_frame=3.2e7, ann_45nm_uj=147.2, frames=4))))
+    Image.new("RGB", (8, 8)).save(front / "pareto.png")
+    md, hp = report.build([tmp_path / "run"], tmp_path / "report")
+    text = md.read_text()
+    section = text.split("## Accuracy against energy", 1)[1].split("\n## ", 1)[0]
+    assert "(4 frames, front)" in section.splitlines()[0]
+    assert "| point | mIoU % | SynOps/frame | neuron updates/frame | 45 nm uJ | Loihi uJ |" in section
+    assert "| start | 31.41 | 3.1e+06 | 2.5e+05 | 2.79 | 400 |" in section
+    assert f"| budget 1e+06 | 27.18 | 1.2e+06 | 2.5e+05 | 1.08 | {cheapest_loihi:.4g} |" in section
+    assert "| ANN twin | 33.33 | 3.2e+07 MACs | n/a | 147.2 | n/a |" in section
+    if cheapest_loihi < 147.2:
+        assert ("On the Loihi figures 1 of 2 spiking points cost less than the ANN twin's 147 uJ per frame at "
+                "45 nm (mIoU 33.33%): budget 1e+06 120 uJ (mIoU 27.18%).") in section
+    else:
+        assert ("No spiking point costs less on the Loihi figures than the ANN twin's 147 uJ per frame at 45 nm "
+                "(mIoU 33.33%): the cheapest, budget 1e+06 at 294 uJ (mIoU 27.18%), is 2.00x dearer.") in section
+    assert "](img/01_pareto.png)" in section and (tmp_path / "report" / "img" / "01_pareto.png").is_file()
+    page = hp.read_text()
+    assert "<h3>Accuracy against energy" in page and "<td>3.2e+07 MACs</td>" in page and "<td>n/a</td>" in page
+    assert page.count("<img src=\"data:image/png;base64,") == 1
+
+
+def test_pareto_answer_without_an_ann_twin_says_there_is_nothing_to_compare():
+    result = dict(checkpoint="c.pt", epochs=1, lr=1e-3, frames=4, ann=None,
+                  points=[_pareto_point("start", None, 0.3, 3e6, 10.0)])
+    assert report.pareto_answer(result).startswith("No ANN twin on this front")

@@ -4,15 +4,15 @@ A run folder is searched (recursively) for what the toolchain writes:
 training runs (`metrics.json` with `config.yaml` beside it), converted
 checkpoints (`convert.json`), exported nets (`X.net.json` beside `X.net`),
 `toolchain run --json` reports, the studies' `sweep.json`, `energy.json`,
-`robustness.json`, and their PNG plots and pictures.
+`robustness.json`, `pareto.json`, and their PNG plots and pictures.
 
 The page leads with the answer: one row per model (float, quantized,
 emulator and Lava mIoU, spikes and energy per frame), IoU per class, the
-Lava-equals-emulator check, then the latency and robustness curves; the
-details of every run follow. A model's kind comes from its saved config:
-an ANN twin (`train.ann`) is reported with activations and MACs, never as
-spiking or quantized; an SNN is quantized only if it trained with
-`train.qat`.
+Lava-equals-emulator check, then the latency curves, the accuracy-energy
+front and the robustness curves; the details of every run follow. A
+model's kind comes from its saved config: an ANN twin (`train.ann`) is
+reported with activations and MACs, never as spiking or quantized; an SNN
+is quantized only if it trained with `train.qat`.
 
 The page is a list of blocks (heading, paragraph, list, table, image)
 rendered twice, to Markdown and to plain HTML, so neither needs a converter.
@@ -36,7 +36,7 @@ from ..core.formatting import percent
 
 PICTURES = ("curves.png", "gallery.png")
 MAX_PREDICTIONS = 4
-STUDY_FILES = ("metrics.json", "sweep.json", "energy.json", "robustness.json", "convert.json")
+STUDY_FILES = ("metrics.json", "sweep.json", "energy.json", "robustness.json", "pareto.json", "convert.json")
 NA = "n/a"  # the quantity does not exist for this model (an ANN has no spikes, no fixed point, no Lava form)
 
 CSS = ("body{font-family:system-ui,sans-serif;max-width:72em;margin:1.5em auto;padding:0 1em;line-height:1.4;"
@@ -46,7 +46,8 @@ CSS = ("body{font-family:system-ui,sans-serif;max-width:72em;margin:1.5em auto;p
        "th{background:#eee;white-space:normal;vertical-align:bottom}th:first-child,.text{text-align:left}"
        "#summary td.text{white-space:normal}#summary tr:nth-child(odd) td{background:#f7f7f7}"
        "img{max-width:100%;height:auto}p.note{color:#555;font-size:.9em}")
-NUMBER = re.compile(r"[-+]?[\d,.]+( \w+)?|n/a|")  # right-aligned cells: numbers with a unit, n/a, blank
+# right-aligned cells: numbers (1,500, 0.25, 1.5e+06) with a unit, n/a, blank
+NUMBER = re.compile(r"[-+]?[\d,.]+(e[-+]?\d+)?( \w+)?|n/a|")
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -237,6 +238,7 @@ class Run:
         self.sweeps = [(p, _load(p)) for p in by_name.get("sweep.json", [])]
         self.energies = [(p, _load(p)) for p in by_name.get("energy.json", [])]
         self.robustness = [(p, _load(p)) for p in by_name.get("robustness.json", [])]
+        self.paretos = [(p, _load(p)) for p in by_name.get("pareto.json", [])]
         exports, self.reports = {}, []
         for p in files:
             if p.suffix != ".json" or p.name in STUDY_FILES:
@@ -445,6 +447,9 @@ def _summary(page: Page, runs: list[Run], images: _Images):
             if p.with_suffix(".png").is_file():
                 images.add(page, p.with_suffix(".png"), "mIoU against T")
     for r in runs:
+        for p, pa in r.paretos:
+            _pareto(page, r._rel(p.parent), p, pa, images)
+    for r in runs:
         for p, rb in r.robustness:
             from .robustness import middle
 
@@ -458,6 +463,47 @@ def _summary(page: Page, runs: list[Run], images: _Images):
                        [[label, kinds[label], percent(clean.get(label))]
                         + [f"{percent(per[c][1])} at {per[c][0]:g}" if c in per else "" for c in rb["corruptions"]]
                         for label, per in mid.items()])
+
+
+def pareto_answer(result: dict) -> str:
+    """Whether a spiking point of the front costs less on the Loihi figures
+    than the ANN twin at 45 nm; if none does, by what factor the cheapest is dearer."""
+    ann, pts = result["ann"], result["points"]
+    if ann is None:
+        return "No ANN twin on this front (`toolchain pareto --ann`): nothing to compare the Loihi figures with."
+    if not pts:
+        return "No spiking point on this front."
+    bar = ann["ann_45nm_uj"]
+    twin = f"the ANN twin's {bar:.3g} uJ per frame at 45 nm (mIoU {percent(ann['miou'])}%)"
+    cheaper = sorted((p for p in pts if p["loihi_uj"] < bar), key=lambda p: p["loihi_uj"])
+    if cheaper:
+        each = "; ".join(f"{p['label']} {p['loihi_uj']:.3g} uJ (mIoU {percent(p['miou'])}%)" for p in cheaper)
+        return (f"On the Loihi figures {len(cheaper)} of {len(pts)} spiking points cost less than {twin}: "
+                f"{each}.")
+    low = min(pts, key=lambda p: p["loihi_uj"])
+    return (f"No spiking point costs less on the Loihi figures than {twin}: the cheapest, {low['label']} at "
+            f"{low['loihi_uj']:.3g} uJ (mIoU {percent(low['miou'])}%), is {low['loihi_uj'] / bar:.2f}x dearer.")
+
+
+def _pareto(page: Page, where: str, path: Path, result: dict, images: _Images):
+    """The accuracy-energy front of one `toolchain pareto` study: its table, plot and answer."""
+    from .pareto import table
+
+    frames = list(dict.fromkeys(p["frames"] for p in result["points"])) or [result["frames"]]
+    page.h(2, f"Accuracy against energy: mIoU (%) against SynOps and energy per frame "
+              f"({', '.join(map(str, frames))} frames, {where})")
+    header, rows = table(result)
+    # The study prints "-" where the ANN twin has no such quantity; the report says n/a.
+    page.table(header, [[NA if c == "-" else c for c in row] for row in rows])
+    ckpt = Path(result["checkpoint"])
+    twin = (" (the ANN twin: in torch, its energy MACs x E_MAC at 45 nm; n/a: does not exist for an ANN)"
+            if result["ann"] is not None else "")
+    page.p(f"Each budget (SynOps per frame) fine-tunes {ckpt.parent.name}/{ckpt.name} for {result['epochs']} "
+           f"epoch(s) at lr {result['lr']:g}; every point is measured as the deployed .net on the emulator{twin}. "
+           "45 nm: SynOps x E_AC; Loihi: SynOps and neuron updates at Loihi's figures.", note=True)
+    page.p(pareto_answer(result))
+    if path.with_suffix(".png").is_file():
+        images.add(page, path.with_suffix(".png"), "mIoU against SynOps and energy per frame")
 
 
 def _training(page: Page, m: Model, images: _Images):
@@ -569,7 +615,7 @@ def build(run_dirs: list[str | Path], out_dir: str | Path, title: str = "Toolcha
         if not run.is_dir():
             raise ToolchainError(f"{run}: not a run folder")
     runs = [Run(Path(r), out_dir.resolve()) for r in run_dirs]
-    if not any(r.models or r.sweeps or r.energies or r.robustness for r in runs):
+    if not any(r.models or r.sweeps or r.energies or r.robustness or r.paretos for r in runs):
         raise ToolchainError(f"{', '.join(map(str, run_dirs))}: no metrics.json or study results found")
     page = Page(title)
     images = _Images(out_dir)
