@@ -78,6 +78,10 @@ def test_pareto_fine_tunes_per_budget_deploys_every_point_and_resumes(tmp_path, 
     finished = (out / "budget-50000" / "metrics.json").stat().st_mtime_ns
     main(args)
     assert (out / "budget-50000" / "metrics.json").stat().st_mtime_ns == finished
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:  # a finished run of other settings is not passed off as this one
+        main(args[:-4] + ["--epochs", "2", "--out", str(out)])
+    assert e.value.code == 2 and "fine-tuned with other settings (epochs 1 -> 2)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["pareto", "--checkpoint", str(start), "--budgets", "1e6,x", "--out", str(tmp_path / "bad")])
     assert e.value.code == 2 and "--budgets" in capsys.readouterr().err

@@ -38,8 +38,21 @@ def _point(label: str, model, cfg, frames: int, folder: Path, budget: float | No
                 ann_45nm_uj=e["ann_45nm_uj"])
 
 
+def _same_fine_tuning(run: Path, wanted) -> None:
+    """A budget's folder is reused (finished, or resumed) only for the same fine-tuning."""
+    from ..core.config import load_config
+
+    had = load_config(run / "config.yaml").train
+    keys = ("init", "synops_budget", "synops_weight", "epochs", "lr")
+    changed = [f"{k} {getattr(had, k)} -> {getattr(wanted.train, k)}" for k in keys
+               if getattr(had, k) != getattr(wanted.train, k)]
+    if changed:
+        raise ToolchainError(f"{run}: fine-tuned with other settings ({', '.join(changed)}); "
+                             f"give the study another --out")
+
+
 def pareto(checkpoint: str, budgets: list[float], out_dir: str | Path, *, epochs: int = 3, frames: int = 64,
-           lr: float | None = None, ann_checkpoint: str | None = None, data_root: str | None = None,
+           lr: float | None = None, weight: float = 1.0, ann_checkpoint: str | None = None, data_root: str | None = None,
            log=print) -> dict:
     """Fine-tune `checkpoint` under each budget (SynOps per frame) for `epochs`
     epochs at `lr` (default: a tenth of its training rate; at the full rate
@@ -65,6 +78,9 @@ def pareto(checkpoint: str, budgets: list[float], out_dir: str | Path, *, epochs
         tuned = config_from_dict(to_dict(cfg))
         tuned.train.init, tuned.train.synops_budget, tuned.train.epochs = str(checkpoint), float(b), epochs
         tuned.train.lr = cfg.train.lr / 10 if lr is None else lr
+        tuned.train.synops_weight = weight
+        if (run / "config.yaml").is_file():
+            _same_fine_tuning(run, tuned)
         done = (run / "metrics.json").is_file() and '"final": true' in (run / "metrics.json").read_text()
         if not done:
             log(f"budget {b:.4g} SynOps/frame: fine-tuning {epochs} epoch(s) in {run}")
@@ -81,7 +97,8 @@ def pareto(checkpoint: str, budgets: list[float], out_dir: str | Path, *, epochs
         ds, n = _dataset(twin_cfg, twin_cfg.data.time_steps, frames)
         ann = dict(label="ANN twin", miou=score(twin, ds, None, n), macs_per_frame=points[0]["macs_per_frame"],
                    ann_45nm_uj=points[0]["ann_45nm_uj"], frames=n)
-    return dict(checkpoint=str(checkpoint), epochs=epochs, lr=cfg.train.lr / 10 if lr is None else lr, frames=frames,
+    return dict(checkpoint=str(checkpoint), epochs=epochs, lr=cfg.train.lr / 10 if lr is None else lr,
+                synops_weight=weight, frames=frames,
                 points=points, ann=ann)
 
 
