@@ -10,6 +10,7 @@ import types
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import models
 from toolchain.core import checkpoint
@@ -248,6 +249,7 @@ if sys.argv[1] == "keep":
     from toolchain.core.allocator import keep_freed_memory
     assert keep_freed_memory()
 import torch
+import torch.nn.functional as F
 torch.set_num_threads(1)
 def step(n=1 << 26):  # 256 MiB tensors, as a training step's frames of a layer
     a = torch.ones(n); b = torch.ones(n); c = a + b; del a; d = c * 2; del b, c; return d
@@ -272,3 +274,22 @@ def test_toolchain_keeps_freed_blocks_instead_of_faulting_them_in_every_step():
     default, kept = faults("default"), faults("keep")
     assert default > 5 * 3 * 65_536  # three fresh blocks a step
     assert kept < default / 2
+
+
+def test_dice_term_counts_a_thin_class_by_overlap_not_by_pixels():
+    from toolchain.data.dataset import IGNORE
+    from toolchain.train.loop import dice_loss
+
+    y = torch.zeros(1, 8, 8, dtype=torch.long)
+    y[0, 2:6, 4] = 1  # a pole: 4 pixels of 64
+    y[0, 0, 0] = IGNORE
+    perfect = F.one_hot(y.clamp(max=1), 2).permute(0, 3, 1, 2).float() * 50
+    assert float(dice_loss(perfect, y)) == pytest.approx(0.0, abs=1e-6)
+    missed = perfect.clone()
+    missed[:, :, 2:6, 4] = torch.tensor([50.0, 0.0])[:, None]  # the pole called road
+    # cross-entropy hardly notices 4 pixels; Dice loses half its score (the pole's class scores 0)
+    assert float(dice_loss(missed, y)) == pytest.approx(0.5, abs=0.05)
+    scores = torch.zeros(1, 2, 8, 8, requires_grad=True)
+    loss_fn(scores, y, dice_weight=1.0).backward()
+    assert float(scores.grad[0, 1, 2:6, 4].min()) < 0 < float(scores.grad[0, 1, 0, 1])
+    assert float(scores.grad[0, :, 0, 0].abs().sum()) == 0  # ignored pixel

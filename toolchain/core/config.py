@@ -68,6 +68,8 @@ class TrainConfig:
     # none | inverse-sqrt: cross-entropy weights 1/sqrt(pixel frequency) from
     # the training labels, mean 1 over the classes present (thin classes count)
     class_weights: str = "none"
+    # + dice_weight x soft Dice loss (0: cross-entropy alone); helps thin classes
+    dice_weight: float = 0.0
     # a training checkpoint whose model weights this run starts from (fine-tuning:
     # optimiser, schedule and epochs start afresh); the same model and data shapes
     init: str | None = None

@@ -126,8 +126,29 @@ def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[tor
     return torch.stack(xs), torch.stack(ys)
 
 
-def loss_fn(scores: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    return F.cross_entropy(scores, target, weight=weight, ignore_index=IGNORE)
+def loss_fn(scores: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+            dice_weight: float = 0.0) -> torch.Tensor:
+    """Cross-entropy, plus `dice_weight` x the soft Dice loss (mean over the
+    classes present in the batch), which counts a class by its overlap rather
+    than its pixels: a pole of 10 pixels weighs as much as the road."""
+    loss = F.cross_entropy(scores, target, weight=weight, ignore_index=IGNORE)
+    if dice_weight:
+        loss = loss + dice_weight * dice_loss(scores, target)
+    return loss
+
+
+def dice_loss(scores: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """1 - soft Dice of the softmax against the labels, averaged over the classes
+    that occur in the batch's labels; ignored pixels left out."""
+    valid = (target != IGNORE).unsqueeze(1)
+    prob = scores.float().softmax(1) * valid
+    onehot = F.one_hot(target.clamp(max=scores.shape[1] - 1) * valid[:, 0], scores.shape[1]).permute(0, 3, 1, 2)
+    onehot = onehot * valid
+    inter = (prob * onehot).sum(dim=(0, 2, 3))
+    total = prob.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
+    present = onehot.sum(dim=(0, 2, 3)) > 0
+    dice = (2 * inter + eps) / (total + eps)
+    return 1 - dice[present].mean() if bool(present.any()) else scores.sum() * 0
 
 
 @torch.no_grad()
@@ -404,7 +425,7 @@ def train_one_epoch(s: Session, train_ds, sampler, epoch: int, interrupt, *, res
         x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
         with torch.autocast(s.device.type, enabled=s.amp):
             scores, spikes = models.predict(s.net, x, y.shape[-2:])
-            loss = loss_fn(scores.float(), y, weight)
+            loss = loss_fn(scores.float(), y, weight, t.dice_weight)
             if s.synops is not None:
                 synops, _ = s.synops(x, spikes)
                 synops_sum += float(synops) * len(x)
