@@ -72,6 +72,7 @@ def test_pareto_fine_tunes_per_budget_deploys_every_point_and_resumes(tmp_path, 
     assert [p["label"] for p in result["points"]] == ["start", "budget 2e+05", "budget 5e+04"]
     assert [p["budget"] for p in result["points"]] == [None, 2e5, 5e4]
     assert all(p["synops_per_frame"] > 0 and p["neuron_updates_per_frame"] > 0 for p in result["points"])
+    assert list(result["points"][0]["iou_per_class"]) == [f"c{k}" for k in range(6)]  # by the model's class names
     assert all((out / d / "model.net").is_file() for d in ("start", "budget-200000", "budget-50000"))
     assert (out / "pareto.png").stat().st_size > 1000
     assert "SynOps/frame" in capsys.readouterr().out

@@ -25,6 +25,7 @@ def _point(label: str, model, cfg, frames: int, folder: Path, budget: float | No
     from .sweep import load_frames, quiet_export
 
     net = quiet_export(model, cfg.data.time_steps)
+    net.class_names = list(model.class_names)  # the per-class IoU by name
     net_path = folder / "model.net"
     write(net_path, net)
     report, _ = evaluate(net_path, cfg.data, frames=frames, progress=False)
