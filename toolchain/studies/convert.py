@@ -69,12 +69,6 @@ def activation_stats(ann, batches, norm: str = "layer", percentile: float = 100.
     return out
 
 
-def _effective(syn) -> torch.Tensor:
-    if hasattr(syn, "weight_g") and hasattr(syn, "weight_v"):
-        return torch._weight_norm(syn.weight_v, syn.weight_g, 0).detach()
-    return syn.weight.detach()
-
-
 def _set_weight(syn, w: torch.Tensor) -> None:
     """Store `w` in a slayer synapse, through its weight norm when it has one."""
     w = w.to(syn.weight.dtype if not hasattr(syn, "weight_v") else syn.weight_v.dtype).reshape(
