@@ -26,6 +26,7 @@ COMMANDS = {
     "upgrade-checkpoint": ("train", "upgrade_checkpoint_cmd",
                            "Rewrite a toolchain 0.1 checkpoint in the format that cannot run code."),
     "export": ("deploy", "export_cmd", "Quantize a trained model to Loihi fixed point; write .net, ONNX or NIR."),
+    "import": ("deploy", "import_cmd", "Import a NIR graph (snntorch, norse, toolchain) as a Loihi .net file."),
     "run": ("deploy", "run_cmd", "Run a .net over a data split: mIoU, speed, spikes per layer."),
     "predict": ("deploy", "predict_cmd", "Segment an event recording window by window."),
     "convert": ("studies", "convert_cmd", "Convert a trained ANN twin into a spiking network."),

@@ -1,4 +1,4 @@
-"""`toolchain export`, `toolchain run` and `toolchain predict`."""
+"""`toolchain export`, `toolchain import`, `toolchain run` and `toolchain predict`."""
 from __future__ import annotations
 
 import json
@@ -80,6 +80,53 @@ def export_cmd(checkpoint, target, out, frames, data_root, nir_timing, config_pa
     click.echo("Lava process per layer (deploy.lava.Network) and its Loihi 2 cost:")
     click.echo(format_mapping(report["lava_mapping"]))
     write_text(str(out) + ".json", json.dumps(report, indent=2))
+
+
+def _shape(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ToolchainError(f"--input-shape {text!r}: give C,H,W (or C) as integers") from None
+    if not shape or min(shape) < 1:
+        raise ToolchainError(f"--input-shape {text!r}: sizes must be >= 1")
+    return shape
+
+
+@click.command("import")
+@click.option("--nir", "nir_path", required=True, type=click.Path(dir_okay=False), help="The NIR file to read.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="The .net file to write.")
+@click.option("--time-steps", type=int, default=None,
+              help="T, input steps per frame [default: the graph's metadata 'time_steps'].")
+@click.option("--classes", default=None, help="Class names, comma-separated, one per readout channel.")
+@click.option("--input-shape", default=None, help="C,H,W where the Input node carries no shape.")
+@click.option("--dt", type=float, default=None,
+              help="The graph's time step [default: metadata 'dt', else 1e-4 (snntorch's)].")
+@click.option("--frames", type=int, default=4, show_default=True,
+              help="Random input frames for the float-graph vs emulator check (0 skips it).")
+@click.option("--rate", type=float, default=0.3, show_default=True, help="Spike probability of those frames.")
+def import_cmd(nir_path, out, time_steps, classes, input_shape, dt, frames, rate):
+    """Read a NIR graph, quantize it to Loihi fixed point and write a validated .net;
+    report each layer's weight error and the spikes the float graph and the
+    emulator agree on."""
+    import torch
+
+    from deploy.nir_import import agreement, format_report, import_nir
+
+    names = [c.strip() for c in classes.split(",")] if classes else []
+    result = import_nir(nir_path, out, time_steps=time_steps, class_names=names, input_shape=_shape(input_shape),
+                        dt=dt)
+    net = result.net
+    click.echo(f"wrote {out}: {len(net.layers)} layers, {net.num_neurons} neurons, {net.num_synapses} synapses, "
+               f"T={net.time_steps}, dt={result.dt:g}")
+    agree = None
+    if frames > 0:
+        gen = torch.Generator().manual_seed(0)
+        x = (torch.rand((frames, *net.input_shape, net.time_steps), generator=gen) < rate).float()
+        agree = agreement(result, x)
+        click.echo(f"float NIR graph vs emulator on {frames} random frames (spike rate {rate:g}):")
+    click.echo(format_report(result, agree))
 
 
 @click.command("run")
