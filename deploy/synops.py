@@ -34,9 +34,8 @@ class SynOpsCounter(torch.nn.Module):
             net = build_netfile(model, time_steps=time_steps)
         model.train(was_training)
         names = [INPUT] + [layer.name for layer in net.layers]
-        # per source: one (H, W) map of the operations one spike there causes,
-        # summed over the synapses that read it, and per target layer its share
-        self._sources: dict[str, str] = {}
+        # per synapse (source -> layer): the (H, W) map of the operations one
+        # spike of the source causes through it, as `synapses.synops` counts them
         self.edges: list[tuple[str, str]] = []
         for layer in net.layers:
             for src, syn in zip(layer.sources, layer.synapses, strict=True):
@@ -47,7 +46,6 @@ class SynOpsCounter(torch.nn.Module):
                 self.register_buffer(buffer, torch.as_tensor(np.ascontiguousarray(per_spike), dtype=torch.float32),
                                      persistent=False)
                 self.edges.append((names[src], layer.name))
-                self._sources[buffer] = names[src]
 
     def forward(self, x: torch.Tensor, spikes: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # spikes summed over time and channels: a source's fan-out map is the

@@ -152,6 +152,8 @@ def upgrade(path: str | Path, out: str | Path | None = None) -> Path:
         raise ToolchainError(f"{path}: checkpoint not found")
     allow_list = types.SimpleNamespace(Unpickler=_V1Unpickler, load=pickle.load, __name__="toolchain_v1_pickle")
     try:
+        # weights_only=False only so that torch takes our unpickler, whose
+        # find_class admits torch's weights-only globals and _V1_EXTRA, nothing else
         ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=allow_list)
     except pickle.UnpicklingError as e:
         raise ToolchainError(f"{path}: refused: {e}".splitlines()[0]) from None

@@ -8,6 +8,7 @@ stopped) and its `.net`; `pareto.json` holds the figures, `pareto.png` the front
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..core.config import config_from_dict, to_dict
@@ -37,6 +38,12 @@ def _point(label: str, model, cfg, frames: int, folder: Path, budget: float | No
                 neuron_updates_per_frame=e["neuron_updates_per_frame"], spikes_per_frame=e["spikes_per_frame"],
                 snn_45nm_uj=e["snn_45nm_uj"], loihi_uj=e["loihi_uj"], macs_per_frame=e["macs_per_frame"],
                 ann_45nm_uj=e["ann_45nm_uj"])
+
+
+def _finished(run: Path) -> bool:
+    """Whether the training run in `run` ran all its epochs (its metrics say final)."""
+    metrics = run / "metrics.json"
+    return metrics.is_file() and json.loads(metrics.read_text()).get("final") is True
 
 
 def _same_fine_tuning(run: Path, wanted) -> None:
@@ -71,6 +78,7 @@ def pareto(checkpoint: str, budgets: list[float], out_dir: str | Path, *, epochs
     start, cfg = models.load_checkpoint(checkpoint, data_root=data_root)
     if not isinstance(start, models.SpikingGraph):
         raise ToolchainError(f"{checkpoint}: a non-spiking twin; the front starts from a spiking model")
+    lr = cfg.train.lr / 10 if lr is None else lr
     (out / "start").mkdir(parents=True, exist_ok=True)
     points = [_point("start", start, cfg, frames, out / "start", None)]
     log(f"start: mIoU {percent(points[0]['miou'])}%  {points[0]['synops_per_frame']:.4g} SynOps/frame")
@@ -78,12 +86,10 @@ def pareto(checkpoint: str, budgets: list[float], out_dir: str | Path, *, epochs
         run = out / f"budget-{b:.0f}"
         tuned = config_from_dict(to_dict(cfg))
         tuned.train.init, tuned.train.synops_budget, tuned.train.epochs = str(checkpoint), float(b), epochs
-        tuned.train.lr = cfg.train.lr / 10 if lr is None else lr
-        tuned.train.synops_weight = weight
+        tuned.train.lr, tuned.train.synops_weight = lr, weight
         if (run / "config.yaml").is_file():
             _same_fine_tuning(run, tuned)
-        done = (run / "metrics.json").is_file() and '"final": true' in (run / "metrics.json").read_text()
-        if not done:
+        if not _finished(run):
             log(f"budget {b:.4g} SynOps/frame: fine-tuning {epochs} epoch(s) in {run}")
             train(tuned, run, resume=(run / "checkpoint.pt").is_file(), log=log)
         model, tuned = models.load_checkpoint(run / "checkpoint.pt", data_root=data_root)
@@ -98,8 +104,7 @@ def pareto(checkpoint: str, budgets: list[float], out_dir: str | Path, *, epochs
         ds, n = _dataset(twin_cfg, twin_cfg.data.time_steps, frames)
         ann = dict(label="ANN twin", miou=score(twin, ds, None, n), macs_per_frame=points[0]["macs_per_frame"],
                    ann_45nm_uj=points[0]["ann_45nm_uj"], frames=n)
-    return dict(checkpoint=str(checkpoint), epochs=epochs, lr=cfg.train.lr / 10 if lr is None else lr,
-                synops_weight=weight, frames=frames,
+    return dict(checkpoint=str(checkpoint), epochs=epochs, lr=lr, synops_weight=weight, frames=frames,
                 points=points, ann=ann)
 
 

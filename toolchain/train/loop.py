@@ -41,9 +41,9 @@ from ..core.config import Config, config_from_dict, save_config, to_dict
 from ..core.errors import ToolchainError
 from ..core.files import write_text
 from ..core.metrics import SegmentationMetric
+from ..data.dataset import IGNORE, draw
 from . import distributed, plots
 
-IGNORE = 255
 CHECKPOINT = "checkpoint.pt"
 GALLERY_SIZE = 4
 
@@ -427,7 +427,8 @@ def train_one_epoch(s: Session, train_ds, sampler, epoch: int, interrupt, *, res
             scores, spikes = models.predict(s.net, x, y.shape[-2:])
             loss = loss_fn(scores.float(), y, weight, t.dice_weight)
             if s.synops is not None:
-                synops, _ = s.synops(x, spikes)
+                with torch.set_grad_enabled(t.synops_budget is not None):  # else counted for the log only
+                    synops, _ = s.synops(x, spikes)
                 synops_sum += float(synops) * len(x)
                 if t.synops_budget is not None:
                     loss = loss + t.synops_weight * budget_penalty(synops.float(), t.synops_budget)
@@ -576,8 +577,6 @@ def _log_epoch(writer, h: dict, class_names: list[str]) -> None:
 def _gallery(model, dataset, device, class_names, path, amp):
     model.eval()
     dataset.set_epoch(0)
-    from toolchain.data.dataset import draw
-
     x, y = draw(dataset, range(min(GALLERY_SIZE, len(dataset))))
     with torch.no_grad(), torch.autocast(device.type, enabled=amp):
         scores, _ = models.predict(model, x.to(device), y.shape[-2:])
