@@ -105,9 +105,10 @@ class GraphBuilder:
         out = (c, math.ceil(h / POOL_KERNEL), math.ceil(w / POOL_KERNEL))
         return self._add(name, [src], [syn], out)
 
-    def upsample_add(self, name, up_src, skip_src, spiking=True):
+    def upsample_add(self, name, up_src, skip_src, spiking=True, channels=None):
         """Stride-2 transposed conv of `up_src` plus a 1x1 score conv of
-        `skip_src` (the FCN skip), summed into one neuron group. The kernel
+        `skip_src` (the FCN skip), summed into one neuron group of `channels`
+        (default: those of `up_src`). The kernel
         is 4 (pad 1) along an axis whose target size is even and 3 (pad 1)
         where it is odd, so the output lands exactly on the skip's size
         without a crop.
@@ -126,13 +127,14 @@ class GraphBuilder:
                 kernel.append(3)
             else:
                 raise ValueError(f"node {name}: cannot upsample {n_in} to {n_out} with stride 2")
-        up = slayer.synapse.ConvTranspose(cu, cu, tuple(kernel), stride=2, padding=1,
+        cout = channels or cu
+        up = slayer.synapse.ConvTranspose(cu, cout, tuple(kernel), stride=2, padding=1,
                                           weight_scale=self.weight_scale, weight_norm=self.weight_norm)
-        score = self._conv(cs, cu, 1)
+        score = self._conv(cs, cout, 1)
         delay = self.depths[up_src] - self.depths[skip_src]
         if delay < 0:
             raise ValueError(f"node {name}: the skip {skip_src!r} is deeper than {up_src!r}")
-        return self._add(name, [up_src, skip_src], [up, score], (cu, hs, ws), spiking, delays=[0, delay])
+        return self._add(name, [up_src, skip_src], [up, score], (cout, hs, ws), spiking, delays=[0, delay])
 
     def build(self) -> SpikingGraph:
         graph = SpikingGraph(self.nodes, self.input_shape, self.neuron)

@@ -158,7 +158,7 @@ def test_lava_spikes_align_with_torch_node_outputs():
 
 @pytest.mark.lava
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["spiking-deeplab-tiny", "spiking-fcn-tiny"])
+@pytest.mark.parametrize("name", ["spiking-deeplab-tiny", "spiking-fcn-tiny", "spiking-deeplab-tiny-decoder"])
 @pytest.mark.parametrize("t_vs_depth", [-3, 0, 3])
 def test_whole_tiny_presets_agree_spike_for_spike_in_torch_emulator_and_lava(name, t_vs_depth):
     """Both segmenters end to end (pooling, dilation, transposed conv, skips,

@@ -26,7 +26,7 @@ def test_unknown_model_is_a_clean_error():
 
 
 @pytest.mark.parametrize("name,channels", [("spiking-deeplab-tiny", 2), ("spiking-fcn-tiny", 2),
-                                           ("spiking-deeplab-small", 6)])
+                                           ("spiking-deeplab-small", 6), ("spiking-deeplab-tiny-decoder", 6)])
 def test_spikes_reach_every_layer_at_init(name, channels):
     torch.manual_seed(0)
     model = build(name, channels, 6, (64, 64), quantized=True)
@@ -61,6 +61,24 @@ def test_fcn_has_three_upsampling_stages_with_additive_skips():
     assert len(ups) == 3 and all(len(n.sources) == 2 for n in ups)
     readout, _ = model(_spikes(1, 2, 64, 64, 4))
     assert readout.shape == (1, 6, 64, 64)
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (50, 87)])
+def test_decoder_reads_out_at_the_input_resolution_through_delayed_low_level_skips(hw):
+    """The DeepLabv3+-style decoder: two x2 stages, each a transposed conv of
+    the coarser path plus a 1x1 projection of conv2 / conv1, the skip delayed
+    so that both inputs of a stage belong to the same frame."""
+    model = build("spiking-deeplab-tiny-decoder", 6, 6, hw)
+    stages = [n for n in model.nodes if n.name.startswith("decoder")]
+    assert [n.sources for n in stages] == [["conv4", "conv2"], ["decoder1", "conv1"]]
+    assert [n.synapses[0].out_channels for n in stages] == [32, 16]
+    depth = {"input": 0}
+    for n in model.nodes:
+        depth[n.name] = max(depth[s] + 1 + d for s, d in zip(n.sources, n.delays, strict=True))
+        if n in stages:  # both paths arrive together
+            assert depth[n.sources[0]] == depth[n.sources[1]] + n.delays[1]
+    readout, _ = model(_spikes(1, 6, *hw, 3))
+    assert readout.shape == (1, 6, *hw)
 
 
 def test_odd_input_sizes_upsample_back_exactly():
