@@ -19,6 +19,21 @@ into windows; each window becomes exactly the frame training saw:
 Windows run in small batches and every window's outputs are written as soon
 as its batch is done, and the GIF is written frame by frame, so memory does
 not grow with the recording's length.
+
+Backends for a `.net`: `emulator` (default; the bit-exact fixed-point
+emulator, each batch a fresh run) or `lava` (Lava's fixed_pt CPU simulator,
+the reference). With `lava` the whole recording streams through ONE Lava
+runtime: one `deploy.lava.Network` between the host file adapters of
+`lava_host.LavaNetwork` is built on the first batch, and each batch's encoded
+windows go into `lava_procs.FileSource`'s memory-mapped input slots (as many
+slots as `--batch`), then one `RunSteps` of batch x (T + D) steps continues
+the same runtime. Windows follow the `.net` timing rule back to back (T input
+steps then D zero steps while the deepest path drains, every layer restarting
+as a window reaches it: `deploy.lava`), so
+window k gives what the emulator gives for it alone: the same class map,
+readout voltage and spike counts. Only one batch of windows is ever encoded
+in memory. A net whose skips are not delay-aligned (`Network.aligned`) is
+exact in Lava only one frame per network, and is refused.
 """
 from __future__ import annotations
 
@@ -27,7 +42,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import torch
@@ -41,6 +56,9 @@ from toolchain.data.ddd17 import CHANNELS, DDD17
 from toolchain.data.events import WINDOW_US, Events, Recording, to_ddd17
 
 from .runner import PALETTE
+
+if TYPE_CHECKING:
+    from .lava_host import LavaNetwork
 
 DAVIS346 = (346, 260)  # (width, height)
 DDD17_ROWS = 200  # the release's crops are the top 200 rows of the DAVIS346
@@ -102,22 +120,59 @@ _DDD17 = DDD17.__new__(DDD17)
 
 # ---------------------------------------------------------------- models
 class _Net:
-    """A `.net` on the emulator or in Lava."""
+    """A `.net` on the emulator, or streamed window by window through one Lava
+    runtime (built on the first batch, stopped by `close`)."""
 
-    def __init__(self, path, backend: str):
+    def __init__(self, path, backend: str, batch_size: int):
         import deploy
 
+        if backend not in deploy.BACKENDS:
+            raise ToolchainError(f"unknown backend {backend!r} (choose from {', '.join(deploy.BACKENDS)})")
+        self.path = str(path)
         self.deployed = deploy.load(path)
         self.backend = backend
         net = self.deployed.net
         self.input_shape, self.time_steps, self.encoding = net.input_shape, net.time_steps, net.encoding
         self.class_names = list(net.class_names)
         self.channels, self.resize = None, None
+        self.batch_size = batch_size
+        self._lava: LavaNetwork | None = None  # built when the first batch runs
+        self._windows = 0  # windows run so far, to name the one Lava failed at
+        if backend == "lava":
+            from .lava import arrivals
 
-    def class_maps(self, x: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Class maps (N, H, W) and spikes per layer per frame {name: (N,)}."""
-        r = self.deployed.run(x, backend=self.backend, keep_spikes=False)
-        return r.class_map, r.counts
+            if not arrivals(net)[1]:
+                raise ToolchainError(f"{path}: its skips are not delay-aligned, so Lava is exact for it only "
+                                     f"with a network per frame, and a recording streams through one Lava "
+                                     f"runtime (use --backend emulator, or re-export the net)")
+
+    def class_maps(self, x: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
+        """Class maps (N, H, W), spikes per layer per frame {name: (N,)} and the
+        readout's integer voltage (N, K, H', W')."""
+        if self.backend == "emulator":
+            r = self.deployed.run(x, backend="emulator", keep_spikes=False)
+            return r.class_map, r.counts, r.voltage
+        from . import lava_host
+
+        if not bool(((x == 0) | (x == 1)).all()):
+            raise ToolchainError(f"{self.path}: input must be 0/1 spikes (Loihi inputs are binary); "
+                                 f"encoding {self.encoding!r} gave other values")
+        if self._lava is None:
+            # one network and runtime for the whole recording; a slot per window of a batch
+            self._lava = lava_host.LavaNetwork(self.deployed.net, self.time_steps, capacity=self.batch_size,
+                                               keep_spikes=False)
+        try:
+            _, counts, voltage = self._lava.run(x.numpy())
+        except lava_host.LavaRunError as e:
+            raise ToolchainError(f"{self.path}: Lava failed at window {self._windows + e.frame}: {e.what}") from e
+        self._windows += len(x)
+        r = self.deployed._result({}, counts, voltage, x.shape[-1])
+        return r.class_map, r.counts, r.voltage
+
+    def close(self) -> None:
+        if self._lava is not None:
+            self._lava.close()
+            self._lava = None
 
 
 class _Checkpoint:
@@ -134,12 +189,15 @@ class _Checkpoint:
         self.channels, self.resize = d.channels, d.resize
         self.backend = "torch"
 
-    def class_maps(self, x: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def class_maps(self, x: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
         import models
 
         with torch.no_grad():
             scores, _ = models.predict(self.model, x, tuple(self.input_shape[1:]))
-        return scores.argmax(1).numpy().astype(np.uint8), {}
+        return scores.argmax(1).numpy().astype(np.uint8), {}, None
+
+    def close(self) -> None:
+        pass
 
 
 # ---------------------------------------------------------------- images
@@ -214,7 +272,9 @@ def predict(source, out_dir, *, net: str | None = None, checkpoint: str | None =
             progress: bool = True) -> dict:
     """Segment every window of `source`; write, under `out_dir`,
     `maps/window_NNNNNN.npz` (class_map (H, W) uint8, t_start, t_end in us and,
-    for a `.net`, spikes_<layer>: the window's spike count in each layer),
+    for a `.net`, spikes_<layer>: the window's spike count in each layer, and
+    voltage (K, H', W') int64: the readout's integer voltage, whose
+    `toolchain.core.loihi.readout_value` is the class score),
     `overlays/window_NNNNNN.png`, `recording.gif` and `summary.json`.
     Returns the summary."""
     if (net is None) == (checkpoint is None):
@@ -226,7 +286,7 @@ def predict(source, out_dir, *, net: str | None = None, checkpoint: str | None =
         raise ToolchainError(f"--window-ms must be positive, got {window_ms}")
     if checkpoint is not None and backend != "emulator":
         raise ToolchainError(f"--backend {backend} runs a .net file; a checkpoint runs as the torch model")
-    model = _Net(net, backend) if net is not None else _Checkpoint(checkpoint)
+    model = _Net(net, backend, batch_size) if net is not None else _Checkpoint(checkpoint)
     where = str(net or checkpoint)
     rec = Recording(source, sensor_size)
     mode = resize_mode or model.resize or "resize"
@@ -250,13 +310,15 @@ def predict(source, out_dir, *, net: str | None = None, checkpoint: str | None =
             frames = [window_frame(ev, a, b, geo) for a, b, ev in batch]
             x = torch.stack([encode_sample(f, model.encoding, model.time_steps, seed, 0, index + i)
                              for i, f in enumerate(frames)])
-            maps, spikes = model.class_maps(x)
+            maps, spikes, voltage = model.class_maps(x)
             for j, ((a, b, _), frame, cm) in enumerate(zip(batch, frames, maps, strict=True)):
                 name = f"window_{index:06d}"
+                extra: dict[str, np.ndarray] = {f"spikes_{k}": np.asarray(v[j], np.int64) for k, v in spikes.items()}
+                if voltage is not None:
+                    extra["voltage"] = np.asarray(voltage[j], np.int64)
                 with atomic_path(maps_dir / f"{name}.npz") as tmp:
                     with open(tmp, "wb") as f:
-                        np.savez_compressed(f, class_map=cm, t_start=np.int64(a), t_end=np.int64(b),
-                                            **{f"spikes_{k}": np.int64(v[j]) for k, v in spikes.items()})
+                        np.savez_compressed(f, class_map=cm, t_start=np.int64(a), t_end=np.int64(b), **extra)
                 img = overlay(frame, cm)
                 with atomic_path(png_dir / f"{name}.png") as tmp:
                     img.save(tmp, format="PNG")
@@ -272,6 +334,7 @@ def predict(source, out_dir, *, net: str | None = None, checkpoint: str | None =
         bar.close()
         ok = True
     finally:
+        model.close()  # the Lava runtime, when one was started
         if writer is not None:
             writer.close(ok)
     seconds = time.perf_counter() - started

@@ -168,9 +168,12 @@ def _with_root(data_cfg, root):
               help="Event recording: .aedat4 (DAVIS), .npz or .h5/.hdf5 with x, y, t, p.")
 @click.option("--window-ms", type=float, default=None,
               help="Window length [default: 50, the milliseconds a DDD17 frame accumulates].")
-@click.option("--backend", type=click.Choice(["emulator", "lava"]), default="emulator", show_default=True)
+@click.option("--backend", type=click.Choice(["emulator", "lava"]), default="emulator", show_default=True,
+              help="A .net on the bit-exact emulator, or in Lava's CPU simulator: the whole recording "
+                   "streamed through one Lava runtime, the same outputs.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--batch", "batch_size", type=int, default=8, show_default=True, help="Windows run together.")
+@click.option("--batch", "batch_size", type=int, default=8, show_default=True,
+              help="Windows run together (with lava: windows per Lava run of the one runtime).")
 @click.option("--resize", "resize_mode", type=click.Choice(["resize", "crop"]), default=None,
               help="Sensor frame to model input [default: the checkpoint's data.resize, else resize].")
 @click.option("--sensor-crop/--no-sensor-crop", default=None,
