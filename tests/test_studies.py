@@ -250,7 +250,7 @@ def test_report_leads_with_the_summary_and_reports_an_ann_twin_as_an_ann(tmp_pat
 
 
 def _pareto_point(label, budget, miou, synops, loihi):
-    return dict(label=label, budget=budget, net=f"front/{label}/model.net", frames=4, miou=miou,
+    return dict(label=label, budget=budget, time_steps=8, net=f"front/{label}/model.net", frames=4, miou=miou,
                 iou_per_class={"flat": miou}, synops_per_frame=synops, neuron_updates_per_frame=2.5e5,
                 spikes_per_frame=synops / 9, snn_45nm_uj=synops * 0.9e-6, loihi_uj=loihi,
                 macs_per_frame=3.2e7, ann_45nm_uj=147.2)
@@ -272,10 +272,10 @@ def test_report_shows_the_accuracy_energy_front_against_the_ann_twin(tmp_path, c
     text = md.read_text()
     section = text.split("## Accuracy against energy", 1)[1].split("\n## ", 1)[0]
     assert "(4 frames, front)" in section.splitlines()[0]
-    assert "| point | mIoU % | SynOps/frame | neuron updates/frame | 45 nm uJ | Loihi uJ |" in section
-    assert "| start | 31.41 | 3.1e+06 | 2.5e+05 | 2.79 | 400 |" in section
-    assert f"| budget 1e+06 | 27.18 | 1.2e+06 | 2.5e+05 | 1.08 | {cheapest_loihi:.4g} |" in section
-    assert "| ANN twin | 33.33 | 3.2e+07 MACs | n/a | 147.2 | n/a |" in section
+    assert "| point | T | mIoU % | SynOps/frame | neuron updates/frame | 45 nm uJ | Loihi uJ |" in section
+    assert "| start | 8 | 31.41 | 3.1e+06 | 2.5e+05 | 2.79 | 400 |" in section
+    assert f"| budget 1e+06 | 8 | 27.18 | 1.2e+06 | 2.5e+05 | 1.08 | {cheapest_loihi:.4g} |" in section
+    assert "| ANN twin | n/a | 33.33 | 3.2e+07 MACs | n/a | 147.2 | n/a |" in section
     if cheapest_loihi < 147.2:
         assert ("On the Loihi figures 1 of 2 spiking points cost less than the ANN twin's 147 uJ per frame at "
                 "45 nm (mIoU 33.33%): budget 1e+06 120 uJ (mIoU 27.18%).") in section

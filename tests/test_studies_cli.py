@@ -66,12 +66,22 @@ def test_pareto_fine_tunes_per_budget_deploys_every_point_and_resumes(tmp_path, 
                     dataset=dict(in_channels=2, num_classes=6, class_names=[f"c{k}" for k in range(6)]))
     out = tmp_path / "front"
     args = ["pareto", "--checkpoint", str(start), "--budgets", "2e5,5e4", "--epochs", "1", "--frames", "2",
-            "--out", str(out)]
+            "--steps", "3", "--out", str(out)]
     main(args)
     result = json.loads((out / "pareto.json").read_text())
-    assert [p["label"] for p in result["points"]] == ["start", "budget 2e+05", "budget 5e+04"]
-    assert [p["budget"] for p in result["points"]] == [None, 2e5, 5e4]
+    t = cfg.data.time_steps
+    assert [(p["label"], p["time_steps"]) for p in result["points"]] == [
+        ("start", t), ("start", 3), ("budget 2e+05", t), ("budget 2e+05", 3), ("budget 5e+04", t), ("budget 5e+04", 3)]
+    assert [p["budget"] for p in result["points"]] == [None, None, 2e5, 2e5, 5e4, 5e4]
     assert all(p["synops_per_frame"] > 0 and p["neuron_updates_per_frame"] > 0 for p in result["points"])
+    # fewer steps, fewer neuron updates: every neuron is updated on each of a frame's T + D steps
+    start_t, start_3 = result["points"][:2]
+    depth = models.from_config(cfg, 2, 6).pipeline_depth
+    assert start_3["neuron_updates_per_frame"] * (t + depth) == start_t["neuron_updates_per_frame"] * (3 + depth)
+    # the front's mIoU from its one emulator run is the deployed .net's mIoU as `toolchain run` scores it
+    from deploy.runner import evaluate
+    report, _ = evaluate(out / "start" / "model.net", cfg.data, frames=2, progress=False)
+    assert start_t["miou"] == pytest.approx(report["miou"], abs=1e-12)
     assert list(result["points"][0]["iou_per_class"]) == [f"c{k}" for k in range(6)]  # by the model's class names
     assert all((out / d / "model.net").is_file() for d in ("start", "budget-200000", "budget-50000"))
     assert (out / "pareto.png").stat().st_size > 1000

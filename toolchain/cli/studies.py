@@ -187,12 +187,14 @@ def report_cmd(run_dirs, out_dir, title):
               help="Fine-tuning learning rate (default: a tenth of the checkpoint's).")
 @click.option("--weight", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="train.synops_weight: the loss added per budget's worth of excess SynOps.")
+@click.option("--steps", default="",
+              help="Also measure every point at these T, comma-separated (fewer steps, fewer neuron updates).")
 @click.option("--ann", "ann_ckpt", default=None, type=click.Path(dir_okay=False),
               help="The ANN twin's checkpoint, for its point on the front.")
 @click.option("--data", "data_root", default=None, help="Data root (default: the checkpoint's).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Study folder (resumable): a run per budget, pareto.json, pareto.png.")
-def pareto_cmd(ckpt, budgets, epochs, frames, lr, weight, ann_ckpt, data_root, out_dir):
+def pareto_cmd(ckpt, budgets, epochs, frames, lr, weight, steps, ann_ckpt, data_root, out_dir):
     """The accuracy-energy front: fine-tune under SynOps budgets, deploy and measure each point."""
     from ..studies import pareto
 
@@ -201,7 +203,7 @@ def pareto_cmd(ckpt, budgets, epochs, frames, lr, weight, ann_ckpt, data_root, o
     except ValueError as e:
         raise ToolchainError(f"--budgets: {budgets!r} is not a comma-separated list of numbers") from e
     result = pareto.pareto(ckpt, values, out_dir, epochs=epochs, frames=frames, lr=lr, weight=weight,
-                           ann_checkpoint=ann_ckpt,
+                           steps=_ints(steps, "--steps") if steps.strip() else [], ann_checkpoint=ann_ckpt,
                            data_root=data_root, log=click.echo)
     out = Path(out_dir)
     _dump(out / "pareto.json", result)

@@ -16,28 +16,40 @@ from ..core.errors import ToolchainError
 from ..core.formatting import percent
 
 
-def _point(label: str, model, cfg, frames: int, folder: Path, budget: float | None) -> dict:
-    """Deploy `model` and measure it: mIoU of the `.net` on the test split's
-    first `frames` frames (the emulator) and its energy on the same frames."""
-    from deploy.netfile import write
-    from deploy.runner import evaluate
+def _points(label: str, model, cfg, frames: int, folder: Path, budget: float | None,
+            steps: list[int]) -> list[dict]:
+    """Deploy `model` and measure it at its training T and at each of `steps`:
+    one emulator run of the `.net` on the test split's first `frames` frames
+    gives both the class maps (mIoU) and the spikes (energy). The `.net` at the
+    training T is kept in `folder`."""
+    import torch
 
+    from deploy.netfile import write
+
+    from ..core.metrics import SegmentationMetric
     from . import energy
     from .sweep import load_frames, quiet_export
 
-    net = quiet_export(model, cfg.data.time_steps)
-    net.class_names = list(model.class_names)  # the per-class IoU by name
-    net_path = folder / "model.net"
-    write(net_path, net)
-    report, _ = evaluate(net_path, cfg.data, frames=frames, progress=False)
-    x, _ = load_frames(cfg, net.time_steps, frames)
-    counts = energy.count_run(net, x)
-    e = energy.energy(counts)
-    return dict(label=label, budget=budget, net=str(net_path), frames=report["frames"], miou=report["miou"],
-                iou_per_class=report["iou_per_class"], synops_per_frame=e["synops_per_frame"],
-                neuron_updates_per_frame=e["neuron_updates_per_frame"], spikes_per_frame=e["spikes_per_frame"],
-                snn_45nm_uj=e["snn_45nm_uj"], loihi_uj=e["loihi_uj"], macs_per_frame=e["macs_per_frame"],
-                ann_45nm_uj=e["ann_45nm_uj"])
+    names = list(model.class_names)
+    out = []
+    for t in dict.fromkeys([cfg.data.time_steps, *steps]):
+        net = quiet_export(model, t)
+        net.class_names = names  # the per-class IoU by name
+        if t == cfg.data.time_steps:
+            write(folder / "model.net", net)
+        x, y = load_frames(cfg, t, frames)
+        counts = energy.count_run(net, x)
+        metric = SegmentationMetric(len(names))
+        metric.update(torch.from_numpy(counts["class_map"]), y)
+        scores = metric.compute()
+        e = energy.energy(counts)
+        out.append(dict(label=label, budget=budget, time_steps=t, net=str(folder / "model.net"), frames=len(x),
+                        miou=scores["miou"], iou_per_class=dict(zip(names, scores["iou_per_class"], strict=True)),
+                        synops_per_frame=e["synops_per_frame"],
+                        neuron_updates_per_frame=e["neuron_updates_per_frame"],
+                        spikes_per_frame=e["spikes_per_frame"], snn_45nm_uj=e["snn_45nm_uj"],
+                        loihi_uj=e["loihi_uj"], macs_per_frame=e["macs_per_frame"], ann_45nm_uj=e["ann_45nm_uj"]))
+    return out
 
 
 def _finished(run: Path) -> bool:
@@ -60,12 +72,13 @@ def _same_fine_tuning(run: Path, wanted) -> None:
 
 
 def pareto(checkpoint: str, budgets: list[float], out_dir: str | Path, *, epochs: int = 3, frames: int = 64,
-           lr: float | None = None, weight: float = 1.0, ann_checkpoint: str | None = None, data_root: str | None = None,
-           log=print) -> dict:
+           lr: float | None = None, weight: float = 1.0, steps: list[int] = (), ann_checkpoint: str | None = None,
+           data_root: str | None = None, log=print) -> dict:
     """Fine-tune `checkpoint` under each budget (SynOps per frame) for `epochs`
     epochs at `lr` (default: a tenth of its training rate; at the full rate
     the budget's first steps throw away what the model had learnt) and
-    measure every deployed point, the starting model's included."""
+    measure every deployed point, the starting model's included, at its
+    training T and at each T of `steps` (fewer steps: fewer neuron updates)."""
     import models
     from models.ann import AnnGraph
 
@@ -80,8 +93,8 @@ def pareto(checkpoint: str, budgets: list[float], out_dir: str | Path, *, epochs
         raise ToolchainError(f"{checkpoint}: a non-spiking twin; the front starts from a spiking model")
     lr = cfg.train.lr / 10 if lr is None else lr
     (out / "start").mkdir(parents=True, exist_ok=True)
-    points = [_point("start", start, cfg, frames, out / "start", None)]
-    log(f"start: mIoU {percent(points[0]['miou'])}%  {points[0]['synops_per_frame']:.4g} SynOps/frame")
+    points = _points("start", start, cfg, frames, out / "start", None, list(steps))
+    _log_points(points, log)
     for b in sorted(budgets, reverse=True):
         run = out / f"budget-{b:.0f}"
         tuned = config_from_dict(to_dict(cfg))
@@ -93,9 +106,7 @@ def pareto(checkpoint: str, budgets: list[float], out_dir: str | Path, *, epochs
             log(f"budget {b:.4g} SynOps/frame: fine-tuning {epochs} epoch(s) in {run}")
             train(tuned, run, resume=(run / "checkpoint.pt").is_file(), log=log)
         model, tuned = models.load_checkpoint(run / "checkpoint.pt", data_root=data_root)
-        points.append(_point(f"budget {b:.4g}", model, tuned, frames, run, float(b)))
-        p = points[-1]
-        log(f"budget {b:.4g}: mIoU {percent(p['miou'])}%  {p['synops_per_frame']:.4g} SynOps/frame")
+        points += _log_points(_points(f"budget {b:.4g}", model, tuned, frames, run, float(b), list(steps)), log)
     ann = None
     if ann_checkpoint is not None:
         twin, twin_cfg = models.load_checkpoint(ann_checkpoint, data_root=data_root)
@@ -108,14 +119,22 @@ def pareto(checkpoint: str, budgets: list[float], out_dir: str | Path, *, epochs
                 points=points, ann=ann)
 
 
+def _log_points(points: list[dict], log) -> list[dict]:
+    for p in points:
+        log(f"{p['label']}, T={p['time_steps']}: mIoU {percent(p['miou'])}%  {p['synops_per_frame']:.4g} SynOps/frame"
+            f"  {p['neuron_updates_per_frame']:.4g} neuron updates/frame")
+    return points
+
+
 def table(result: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["point", "mIoU %", "SynOps/frame", "neuron updates/frame", "45 nm uJ", "Loihi uJ"]
-    rows = [[p["label"], percent(p["miou"]), f"{p['synops_per_frame']:.4g}", f"{p['neuron_updates_per_frame']:.4g}",
-             f"{p['snn_45nm_uj']:.4g}", f"{p['loihi_uj']:.4g}"] for p in result["points"]]
+    header = ["point", "T", "mIoU %", "SynOps/frame", "neuron updates/frame", "45 nm uJ", "Loihi uJ"]
+    rows = [[p["label"], str(p.get("time_steps", "-")), percent(p["miou"]), f"{p['synops_per_frame']:.4g}",
+             f"{p['neuron_updates_per_frame']:.4g}", f"{p['snn_45nm_uj']:.4g}", f"{p['loihi_uj']:.4g}"]
+            for p in result["points"]]
     if result["ann"] is not None:
         a = result["ann"]
-        rows.append([a["label"], percent(a["miou"]), f"{a['macs_per_frame']:.4g} MACs", "-", f"{a['ann_45nm_uj']:.4g}",
-                     "-"])
+        rows.append([a["label"], "-", percent(a["miou"]), f"{a['macs_per_frame']:.4g} MACs", "-",
+                     f"{a['ann_45nm_uj']:.4g}", "-"])
     return header, rows
 
 
@@ -126,14 +145,23 @@ def plot(result: dict, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = result["points"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    miou = [100 * p["miou"] for p in pts]
-    a.plot([p["synops_per_frame"] for p in pts], miou, "o-", label="SNN (deployed .net)")
-    b.plot([p["snn_45nm_uj"] for p in pts], miou, "o-", label="SNN, 45 nm")
-    b.plot([p["loihi_uj"] for p in pts], miou, "s--", label="SNN, Loihi figures")
-    for p, m in zip(pts, miou, strict=True):
-        a.annotate(p["label"], (p["synops_per_frame"], m), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    trained_t = result["points"][0].get("time_steps") if result["points"] else None
+    by_t: dict = {}
+    for p in result["points"]:  # files written before T was recorded hold one T
+        by_t.setdefault(p.get("time_steps", trained_t), []).append(p)
+    for t, pts in by_t.items():
+        tag = "" if t is None else f" T={t}"
+        style = "-" if t == trained_t else ":"
+        miou = [100 * p["miou"] for p in pts]
+        line = a.plot([p["synops_per_frame"] for p in pts], miou, "o" + style, label=f"SNN{tag} (deployed .net)")[0]
+        b.plot([p["snn_45nm_uj"] for p in pts], miou, "o" + style, color=line.get_color(), label=f"SNN{tag}, 45 nm")
+        b.plot([p["loihi_uj"] for p in pts], miou, "s" + style, color=line.get_color(), mfc="none",
+               label=f"SNN{tag}, Loihi figures")
+        if t == trained_t:
+            for p, m in zip(pts, miou, strict=True):
+                a.annotate(p["label"], (p["synops_per_frame"], m), fontsize=7, xytext=(3, 3),
+                           textcoords="offset points")
     if result["ann"] is not None:
         ann = result["ann"]
         a.plot([ann["macs_per_frame"]], [100 * ann["miou"]], "k*", ms=10, label="ANN twin (MACs)")
