@@ -293,3 +293,30 @@ def test_dice_term_counts_a_thin_class_by_overlap_not_by_pixels():
     loss_fn(scores, y, dice_weight=1.0).backward()
     assert float(scores.grad[0, 1, 2:6, 4].min()) < 0 < float(scores.grad[0, 1, 0, 1])
     assert float(scores.grad[0, :, 0, 0].abs().sum()) == 0  # ignored pixel
+
+
+def test_boundary_weight_makes_a_missed_pole_cost_more_than_a_missed_patch_of_road():
+    """A pole 1 pixel wide is all boundary: with boundary_weight its pixels (and
+    the road pixels beside it) weigh more, road far from any edge does not;
+    ignored pixels stay out of the loss and are never marked."""
+    from toolchain.data.dataset import IGNORE
+    from toolchain.train.loop import boundaries
+
+    y = torch.zeros(1, 8, 8, dtype=torch.long)
+    y[0, 2:6, 4] = 1  # a pole
+    y[0, 7, 7] = IGNORE
+    edge = boundaries(y)[0]
+    assert edge[2:6, 3:6].all() and not edge[0, 0] and not edge[7, 7] and not edge[6, 7]  # ignore is no label
+    assert int(edge.sum()) == 6 * 3  # the pole and the road around it: rows 1-6, columns 3-5
+    good = F.one_hot(y.clamp(max=1), 2).permute(0, 3, 1, 2).float() * 5
+    pole_missed = good.clone()
+    pole_missed[0, :, 2:6, 4] = torch.tensor([5.0, 0.0])[:, None]
+    road_missed = good.clone()
+    road_missed[0, :, 0, 0:4] = torch.tensor([0.0, 5.0])[:, None]  # four road pixels far from the pole
+    plain = [float(loss_fn(s, y)) for s in (pole_missed, road_missed)]
+    weighted = [float(loss_fn(s, y, boundary_weight=4.0)) for s in (pole_missed, road_missed)]
+    assert plain[0] == pytest.approx(plain[1])  # four wrong pixels each
+    assert weighted[0] > 2 * weighted[1]
+    scores = torch.zeros(1, 2, 8, 8, requires_grad=True)
+    loss_fn(scores, y, weight=torch.tensor([0.5, 2.0]), boundary_weight=4.0).backward()
+    assert float(scores.grad[0, :, 7, 7].abs().sum()) == 0  # ignored pixel

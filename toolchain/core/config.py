@@ -72,6 +72,9 @@ class TrainConfig:
     dice_weight: float = 0.0
     # a training checkpoint whose model weights this run starts from (fine-tuning:
     # optimiser, schedule and epochs start afresh); the same model and data shapes
+    # label-boundary pixels weigh 1 + boundary_weight in the cross-entropy (0: off);
+    # thin objects are all boundary
+    boundary_weight: float = 0.0
     init: str | None = None
     # SynOps per frame to train under (counted as `toolchain energy` counts
     # them); above it the loss grows by synops_weight x the excess fraction

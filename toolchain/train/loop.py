@@ -127,14 +127,35 @@ def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[tor
 
 
 def loss_fn(scores: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
-            dice_weight: float = 0.0) -> torch.Tensor:
+            dice_weight: float = 0.0, boundary_weight: float = 0.0) -> torch.Tensor:
     """Cross-entropy, plus `dice_weight` x the soft Dice loss (mean over the
     classes present in the batch), which counts a class by its overlap rather
-    than its pixels: a pole of 10 pixels weighs as much as the road."""
-    loss = F.cross_entropy(scores, target, weight=weight, ignore_index=IGNORE)
+    than its pixels: a pole of 10 pixels weighs as much as the road. With
+    `boundary_weight`, pixels on a label boundary weigh 1 + boundary_weight in
+    the cross-entropy: a pole 1-2 pixels wide is all boundary, the road's
+    inside none."""
+    if boundary_weight:
+        ce = F.cross_entropy(scores, target, weight=weight, ignore_index=IGNORE, reduction="none")
+        pixel = 1 + boundary_weight * boundaries(target).float()
+        if weight is not None:  # the weighted mean F.cross_entropy takes: by class weight of the target
+            pixel = pixel * weight[target.clamp(max=len(weight) - 1)]
+        pixel = pixel * (target != IGNORE)
+        loss = (ce * pixel).sum() / pixel.sum().clamp(min=1e-12)
+    else:
+        loss = F.cross_entropy(scores, target, weight=weight, ignore_index=IGNORE)
     if dice_weight:
         loss = loss + dice_weight * dice_loss(scores, target)
     return loss
+
+
+def boundaries(target: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) bool: labelled pixels with another label among their 8
+    neighbours (ignored pixels neither count as a label nor are marked)."""
+    t = target.unsqueeze(1).long()
+    valid = t != IGNORE
+    high = F.max_pool2d(torch.where(valid, t, -1).float(), 3, 1, 1)
+    low = -F.max_pool2d(-torch.where(valid, t, IGNORE + 1).float(), 3, 1, 1)
+    return ((high != low) & valid)[:, 0]
 
 
 def dice_loss(scores: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -425,7 +446,7 @@ def train_one_epoch(s: Session, train_ds, sampler, epoch: int, interrupt, *, res
         x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
         with torch.autocast(s.device.type, enabled=s.amp):
             scores, spikes = models.predict(s.net, x, y.shape[-2:])
-            loss = loss_fn(scores.float(), y, weight, t.dice_weight)
+            loss = loss_fn(scores.float(), y, weight, t.dice_weight, t.boundary_weight)
             if s.synops is not None:
                 with torch.set_grad_enabled(t.synops_budget is not None):  # else counted for the log only
                     synops, _ = s.synops(x, spikes)
