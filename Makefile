@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 TC := $(VENV)/bin/toolchain
 DEMO ?= demo
 
-.PHONY: setup browser lock lint demo test test-fast bench clean
+.PHONY: setup browser lock lint docs demo test test-fast bench clean
 
 # The environment is updated when the pins or the lock change; it holds
 # exactly the versions in requirements.lock.
@@ -16,19 +16,24 @@ setup: $(VENV)/.installed
 browser:
 	bash scripts/setup-browser.sh
 
-# Re-resolves pyproject.toml's pins (transitive dependencies at their newest
-# compatible versions) in a scratch environment and writes requirements.lock.
+# Re-resolves pyproject.toml's ranges (every package at its newest version
+# within them) in a scratch environment and writes requirements.lock.
 lock:
 	bash scripts/setup-venv.sh --lock requirements.lock
 
 demo: setup
 	bash examples/demo.sh $(DEMO)
 
-test: setup browser lint
+# The documentation site into site/: --strict fails on a broken link, anchor
+# or API reference. (The variable quiets mkdocs-material's banner about MkDocs 2.)
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d site
+
+test: setup browser lint docs
 	$(PY) -m pytest -n 2 --timeout 900 --hypothesis-profile=ci
 
 lint: setup
-	$(VENV)/bin/ruff check toolchain models deploy tests scripts examples
+	$(VENV)/bin/ruff check toolchain models deploy tests scripts examples docs
 	$(VENV)/bin/mypy
 
 test-fast: setup
@@ -38,4 +43,4 @@ bench: setup
 	$(TC) bench --json bench.json
 
 clean:
-	rm -rf $(DEMO) .pytest_cache .hypothesis
+	rm -rf $(DEMO) .pytest_cache .hypothesis site dist

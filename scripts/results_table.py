@@ -1,4 +1,4 @@
-"""The README's results table from run folders: one markdown row per run.
+"""The results table of docs/results.md from run folders: one markdown row per run.
 
 A spiking run deployed by `scripts/deploy_run.sh` (RUN/deploy/) gives float /
 quantized (torch) / emulator / Lava mIoU, Lava's per-class IoU, spikes,

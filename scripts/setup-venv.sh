@@ -3,8 +3,9 @@
 # requirements.lock, or (with --lock) writes that lock afresh.
 #
 #   scripts/setup-venv.sh [VENV]          create or update VENV (default .venv) from the lock
-#   scripts/setup-venv.sh --lock [FILE]   resolve pyproject.toml's pins in a scratch environment
-#                                         and write every installed version to FILE
+#   scripts/setup-venv.sh --lock [FILE]   resolve pyproject.toml's ranges (dependencies and the dev
+#                                         and docs extras) in a scratch environment, newest versions
+#                                         within them, and write every installed version to FILE
 #                                         (default requirements.lock); `make lock` runs this
 #
 # lava-nc 0.10 runs on Python 3.10 only, so find a 3.10 interpreter first and
@@ -57,16 +58,16 @@ if [ "${1:-}" = "--lock" ]; then
     LOCK=${2:-requirements.lock}
     SCRATCH=$(mktemp -d)
     trap 'rm -rf "$SCRATCH"' EXIT
-    echo "setup: resolving pyproject.toml's pins in a scratch environment ($SCRATCH)"
+    echo "setup: resolving pyproject.toml's ranges in a scratch environment ($SCRATCH)"
     "$PY" -m venv "$SCRATCH/venv"
     "$SCRATCH/venv/bin/python" -m pip install --quiet --upgrade pip
-    "$SCRATCH/venv/bin/python" -m pip install --quiet -e ".[dev]"
+    "$SCRATCH/venv/bin/python" -m pip install --quiet -e ".[dev,docs]"
     {
         echo "# Every package of the environment, direct (pyproject.toml) and transitive, pip and"
         echo "# setuptools included. Written by \`make lock\` (scripts/setup-venv.sh --lock) from"
-        echo "# pyproject.toml's pins with CPython $("$PY" -c 'import platform; print(platform.python_version())')" \
+        echo "# pyproject.toml's ranges with CPython $("$PY" -c 'import platform; print(platform.python_version())')" \
              "on $(uname -s) $(uname -m); \`make setup\` installs exactly"
-        echo "# these versions. Change a pin in pyproject.toml, then run \`make lock\`; do not edit by hand."
+        echo "# these versions. Change a range in pyproject.toml, then run \`make lock\`; do not edit by hand."
         # `pip freeze`, plus what it hides as "standard library" (argparse, wsgiref)
         # although unittest2 installs argparse from PyPI; sorted as pip sorts.
         "$SCRATCH/venv/bin/python" - <<'PY'
@@ -99,7 +100,7 @@ fi
 # The lock constrains every package, pip first; anything the lock does not
 # hold (left by an older lock) is removed, so the environment is the lock.
 "$VENV/bin/python" -m pip install --quiet -c "$LOCK" pip
-"$VENV/bin/python" -m pip install --quiet -c "$LOCK" -e ".[dev]"
+"$VENV/bin/python" -m pip install --quiet -c "$LOCK" -e ".[dev,docs]"
 extra=$(LC_ALL=C comm -23 <("$VENV/bin/python" -m pip freeze --all --exclude-editable | names) \
                           <(grep -v '^#' "$LOCK" | names))
 if [ -n "$extra" ]; then

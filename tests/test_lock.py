@@ -1,14 +1,19 @@
 """requirements.lock: every installed package pinned, in step with pyproject.toml.
 
-`make lock` writes the lock from pyproject.toml's pins; `make setup` installs
-exactly the lock. These tests fail when a pin changes without `make lock`,
-when the lock misses a pin, and when the environment differs from the lock.
+pyproject.toml states compatible ranges (what an installed wheel accepts);
+exact versions live in the lock alone. `make lock` resolves the ranges into
+the lock; `make setup` installs exactly the lock. These tests fail when a
+range is written as an exact pin, when a range changes so that the lock
+falls outside it without `make lock`, when the lock misses a direct
+dependency, and when the environment differs from the lock.
 """
 from __future__ import annotations
 
 import importlib.metadata
 import re
 from pathlib import Path
+
+from packaging.requirements import Requirement
 
 try:
     import tomllib
@@ -24,15 +29,11 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def pins(pyproject_text: str) -> dict[str, str]:
-    """{name: version} of [project.dependencies] and the dev extra; every entry must be name==version."""
+def requirements(pyproject_text: str) -> dict[str, Requirement]:
+    """{name: requirement} of [project.dependencies] and every extra (dev, docs)."""
     project = tomllib.loads(pyproject_text)["project"]
-    out = {}
-    for req in project["dependencies"] + project["optional-dependencies"]["dev"]:
-        m = re.fullmatch(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;,]+)\s*", req)
-        assert m, f"pyproject.toml: {req!r} is not pinned as name==version"
-        out[canonical(m[1])] = m[2]
-    return out
+    reqs = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    return {canonical(r.name): r for r in map(Requirement, reqs)}
 
 
 def locked(lock_text: str) -> dict[str, str]:
@@ -51,29 +52,51 @@ def locked(lock_text: str) -> dict[str, str]:
 
 
 def disagreements(pyproject_text: str, lock_text: str) -> list[str]:
-    """Each pin of pyproject.toml the lock lacks or holds at another version."""
+    """Each requirement of pyproject.toml the lock lacks or holds outside its range."""
     lock = locked(lock_text)
-    return [f"{name}: pyproject.toml pins {version}, requirements.lock has {lock.get(name, 'nothing')}"
-            for name, version in pins(pyproject_text).items() if lock.get(name) != version]
+    return [f"{name}: pyproject.toml asks {req.specifier}, requirements.lock has {lock.get(name, 'nothing')}"
+            for name, req in requirements(pyproject_text).items()
+            if name not in lock or not req.specifier.contains(lock[name], prereleases=True)]
 
 
-def test_every_pin_of_pyproject_is_in_the_lock_at_the_same_version():
+def exact_pins(pyproject_text: str) -> list[str]:
+    """Requirements pinned to one version (== or ===): those belong in the lock."""
+    return [str(r) for r in requirements(pyproject_text).values()
+            if any(s.operator in ("==", "===") for s in r.specifier)]
+
+
+def test_every_requirement_of_pyproject_is_in_the_lock_within_its_range():
     bad = disagreements((ROOT / "pyproject.toml").read_text(), (ROOT / "requirements.lock").read_text())
-    assert not bad, "pins and lock disagree; run `make lock`:\n" + "\n".join(bad)
+    assert not bad, "ranges and lock disagree; run `make lock`:\n" + "\n".join(bad)
 
 
-def test_a_changed_or_missing_pin_is_caught():
+def test_pyproject_states_ranges_and_the_lock_alone_exact_versions():
+    text = (ROOT / "pyproject.toml").read_text()
+    assert exact_pins(text) == [], "exact versions belong in requirements.lock"
+    assert all(r.specifier for r in requirements(text).values()), "every requirement states its range"
+    assert exact_pins(re.sub(r'"torch[^"]*"', '"torch==2.3.1"', text, count=1)) == ["torch==2.3.1"]
+
+
+def test_a_range_the_lock_falls_outside_or_a_missing_package_is_caught():
     pyproject, lock = (ROOT / "pyproject.toml").read_text(), (ROOT / "requirements.lock").read_text()
-    torch = pins(pyproject)["torch"]
-    bumped = pyproject.replace(f'"torch=={torch}"', '"torch==0.0.1"')
-    assert disagreements(bumped, lock) == [f"torch: pyproject.toml pins 0.0.1, requirements.lock has {torch}"]
+    torch = requirements(pyproject)["torch"]
+    locked_torch = locked(lock)["torch"]
+    moved = re.sub(r'"torch[^"]*"', '"torch>=9"', pyproject, count=1)
+    assert disagreements(moved, lock) == [f"torch: pyproject.toml asks >=9, requirements.lock has {locked_torch}"]
     no_torch = "\n".join(l for l in lock.splitlines() if not l.lower().startswith("torch=="))
-    assert disagreements(pyproject, no_torch) == [f"torch: pyproject.toml pins {torch}, requirements.lock has nothing"]
+    assert disagreements(pyproject, no_torch) == [
+        f"torch: pyproject.toml asks {torch.specifier}, requirements.lock has nothing"]
+
+
+def test_the_docs_tools_are_locked():
+    lock = locked((ROOT / "requirements.lock").read_text())
+    for name in ("mkdocs", "mkdocs-material", "mkdocstrings", "mkdocstrings-python", "mkdocs-click"):
+        assert name in lock, f"requirements.lock lacks {name}"
 
 
 def test_the_lock_holds_transitive_dependencies_too():
     lock = locked((ROOT / "requirements.lock").read_text())
-    direct = pins((ROOT / "pyproject.toml").read_text())
+    direct = requirements((ROOT / "pyproject.toml").read_text())
     assert len(lock) > len(direct)
     for name in ("pip", "setuptools", "tomli", "protobuf", "pluggy"):  # the set-up and pytest need these
         assert name in lock, f"requirements.lock lacks {name}"

@@ -6,6 +6,7 @@ robustness), `toolchain report` writes the page, and chromium loads it on a
 laptop-sized window: every image must decode, the summary table must be the
 first table and visible without scrolling, and it must fit the page width.
 A screenshot of what a reader sees first is kept under pytest's tmp path.
+The documentation site's front page is opened the same way.
 """
 from __future__ import annotations
 
@@ -123,3 +124,57 @@ def test_report_reads_well_in_a_real_browser(demo_report, chromium, tmp_path):
     _browser(chromium, tmp_path / "profile", f"--screenshot={shot}", demo_report.as_uri())
     assert shot.stat().st_size > 10_000
     print(f"\nscreenshot of the report's first screen: {shot}")
+
+
+# Runs once the docs' front page has loaded; writes what the browser saw into the DOM.
+DOCS_CHECK_SCRIPT = """<script>
+window.addEventListener("load", () => {
+  const gallery = [...document.images].find(i => i.src.endsWith("small-gallery.png"));
+  const result = {
+    title: (document.querySelector("article h1") || {}).textContent,
+    images: [...document.images].map(i => ({src: i.src.split("/").pop(), ok: i.complete && i.naturalWidth > 0})),
+    galleryTop: gallery ? gallery.getBoundingClientRect().top : null,
+    navLinks: document.querySelectorAll("nav a[href]").length,
+    pageFits: document.documentElement.scrollWidth <= window.innerWidth,
+  };
+  const pre = document.createElement("pre");
+  pre.id = "CHECK_ID";
+  pre.textContent = JSON.stringify(result);
+  document.body.appendChild(pre);
+});
+</script>""".replace("CHECK_ID", CHECK_ID)
+
+
+@pytest.fixture(scope="module")
+def docs_site(tmp_path_factory) -> Path:
+    """The documentation site as `make docs` builds it (mkdocs build --strict)."""
+    from tests.test_docs import build_site
+
+    return build_site(tmp_path_factory.mktemp("docs") / "site")
+
+
+@pytest.mark.slow
+def test_docs_front_page_reads_well_in_a_real_browser(docs_site, chromium, tmp_path):
+    """The site's front page in chromium on a laptop screen: the title, the
+    best model's gallery on the first screen, every image decoded, the
+    navigation, no sideways scrolling; a screenshot is kept under tmp_path."""
+    front = docs_site / "index.html"
+    probe = front.with_name("probe.html")  # beside index.html, so its relative assets resolve
+    probe.write_text(front.read_text().replace("</body>", DOCS_CHECK_SCRIPT + "</body>"))
+    dom = _browser(chromium, tmp_path / "profile", "--virtual-time-budget=10000", "--dump-dom",
+                   probe.as_uri()).stdout
+    m = re.search(rf'<pre id="{CHECK_ID}">(.*?)</pre>', dom, re.S)
+    assert m, f"the check script did not run; the browser returned:\n{dom[:2000]}"
+    seen = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<")
+                      .replace("&gt;", ">"))
+    assert seen["title"].strip().startswith("toolchain")
+    broken = [i["src"] for i in seen["images"] if not i["ok"]]
+    assert not broken, f"images that did not load: {broken}"
+    assert seen["galleryTop"] is not None and 0 < seen["galleryTop"] < WINDOW[1], (
+        f"the gallery starts at {seen['galleryTop']} px, below the first screen")
+    assert seen["navLinks"] >= 20, "the navigation is missing"
+    assert seen["pageFits"], "the front page scrolls sideways on a laptop screen"
+    shot = tmp_path / "docs-front.png"
+    _browser(chromium, tmp_path / "profile", f"--screenshot={shot}", front.as_uri())
+    assert shot.stat().st_size > 10_000
+    print(f"\nscreenshot of the docs' front page: {shot}")

@@ -1,7 +1,7 @@
 """scripts/same_in_lava_and_emulator.py, the check the demo and deploy_run.sh
 stop on: it passes only when the class maps are byte-identical, the spike
-counts equal and every layer spikes; scripts/results_table.py, the README's
-results table."""
+counts equal and every layer spikes; scripts/results_table.py, the results page's
+table."""
 from __future__ import annotations
 
 import json
@@ -63,7 +63,7 @@ def test_any_difference_or_a_silent_layer_fails(tmp_path, maps, what):
 
 
 def test_results_table_row_of_a_fine_tuned_ann_twin(tmp_path):
-    # scripts/results_table.py: the README's rows; a starting checkpoint is named by its run
+    # scripts/results_table.py: the results page's rows; a starting checkpoint is named by its run
     from toolchain.core.config import Config, save_config
 
     cfg = Config()

@@ -1,3 +1,3 @@
 """Neuromorphic toolchain for event-camera semantic segmentation."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.config import shipped_config
 from ..core.errors import ToolchainError
 from .compare import compare_rows
 
-TINY_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "ddd17-tiny.yaml"
+TINY_CONFIG = shipped_config("ddd17-tiny.yaml")  # package data: the bench runs from an installed wheel
 PAPER_MODELS = ("spiking-deeplab", "spiking-fcn")  # benched at DDD17's 200x346
 
 class _Timeout(ToolchainError):

@@ -10,7 +10,7 @@ padding raised before torch loads, 0.83 M faults, 5 s and 0.61 samples/s. The
 process keeps its peak resident size, which each step reaches anyway. Set
 before torch loads (`toolchain.cli.main`): the heap's layout then suits it
 best; later calls still help. The emulator and the Lava processes `toolchain`
-forks gain as well (README, Benchmark).
+forks gain as well (docs/benchmarks.md).
 """
 
 from __future__ import annotations

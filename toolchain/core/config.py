@@ -7,6 +7,8 @@ the command line. The resolved result is saved next to every output.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.abc import Traversable
 from pathlib import Path
 from typing import cast
 
@@ -70,11 +72,11 @@ class TrainConfig:
     class_weights: str = "none"
     # + dice_weight x soft Dice loss (0: cross-entropy alone); helps thin classes
     dice_weight: float = 0.0
-    # a training checkpoint whose model weights this run starts from (fine-tuning:
-    # optimiser, schedule and epochs start afresh); the same model and data shapes
     # label-boundary pixels weigh 1 + boundary_weight in the cross-entropy (0: off);
     # thin objects are all boundary
     boundary_weight: float = 0.0
+    # a training checkpoint whose model weights this run starts from (fine-tuning:
+    # optimiser, schedule and epochs start afresh); the same model and data shapes
     init: str | None = None
     # SynOps per frame to train under (counted as `toolchain energy` counts
     # them); above it the loss grows by synops_weight x the excess fraction
@@ -99,16 +101,50 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
 
+def _shipped_dir() -> Traversable:
+    # package data beside this module: the same in a checkout and an installed wheel
+    return resources.files("toolchain.core").joinpath("configs")
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configurations shipped inside the package: the files of
+    examples/, copied (tests/test_wheel.py keeps the two identical)."""
+    return sorted(p.name for p in _shipped_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def shipped_config(name: str) -> Path:
+    """The file of a shipped configuration by name (`ddd17-tiny` or
+    `ddd17-tiny.yaml`), found through importlib.resources."""
+    name = name if name.endswith(".yaml") else f"{name}.yaml"
+    if name not in shipped_configs():
+        raise ToolchainError(f"{name}: no such shipped configuration (shipped: {', '.join(shipped_configs())})")
+    # a wheel installs as plain files (never zipped: torch and Lava are not), so this is a path
+    return Path(str(_shipped_dir().joinpath(name)))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """`path` when it is a file; else, for a bare name or `examples/NAME.yaml`
+    naming a shipped configuration, that configuration, so the documented
+    `--config examples/ddd17-tiny.yaml` works outside a checkout too."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    name = path.name if path.name.endswith(".yaml") else f"{path.name}.yaml"
+    if path.parent.name in ("", "examples") and name in shipped_configs():
+        return shipped_config(name)
+    raise ToolchainError(f"{path}: config file not found "
+                         f"(shipped configurations, by name: {', '.join(shipped_configs())})")
+
+
 def load_config(path: str | Path | None = None, overrides: tuple[str, ...] | list[str] = (),
                 base: Config | None = None) -> Config:
     """Defaults (or `base`, e.g. a checkpoint's configuration), then the YAML
-    file at `path`, then `section.field=value` overrides."""
+    file at `path` (or the shipped configuration it names), then
+    `section.field=value` overrides."""
     merged = OmegaConf.structured(base if base is not None else Config)
     try:
         if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise ToolchainError(f"{path}: config file not found")
+            path = resolve_config_path(path)
             merged = OmegaConf.merge(merged, OmegaConf.load(path))
         if overrides:
             bad = [o for o in overrides if "=" not in o]
