@@ -5,15 +5,22 @@
   thresholds already lie on Loihi's grid, so the scale is 1 and the decays
   round back to the same integers).
 - A conv SNN built and exported by snntorch imports, runs identically in the
-  emulator and in Lava, and agrees with snntorch's own float run, measured
-  (seed 0, 8 frames of 10 steps): 98.96% of the readout pixels' classes (2 of
-  192), 99.86% of the first layer's spikes, 97.9% of the second's. Below the
-  99% asked for, and not a bug of the import: the same figures hold against
-  this module's own float64 reference (`nir_import.simulate`), so they are the
-  cost of Loihi's arithmetic: float weights rounded to the 8-bit grid (0.39%
-  of the largest weight at most) and decayed states truncated to 1/4096,
-  which move neurons near the threshold, and differences grow with depth.
-  The asserts below hold those measured figures with a small margin.
+  emulator and in Lava, and agrees with snntorch's own float run, measured on
+  24 frames of 10 steps (1152 readout pixels, 368640 first-layer and 92160
+  second-layer spike values): 98.87% of the readout pixels' classes (13
+  differ; snntorch picks class b on 1080 of them), 99.885% of the first
+  layer's spikes, 98.27% of the second's. Below the 99% asked for, and not a
+  bug of the import: the same figures hold against this module's own float64
+  reference (`nir_import.simulate`), and switching each fixed-point effect on
+  alone puts almost all of it on the 8-bit weights (`deploy.nir_import`'s
+  docstring). Over 8 weight draws of this net and 3 input draws the readout
+  agrees on 97.97% (97.0..99.7% per weight draw); plain-rounded 10-bit
+  weights would give 99.3%. Keeping each output's weight sum in the rounding
+  (`round_to_grid`) cut the disagreeing spikes by 20 to 30% there (readout
+  97.54% -> 97.97%, first layer 99.82% -> 99.87%, second 98.53% -> 98.85%);
+  on this draw the readout moved from 10 to 13 differing pixels of 1152 while
+  both layers improved, within the spread between draws. The asserts below
+  hold the measured figures with a small margin.
 - Unsupported nodes are refused in one line naming the file and the node.
 """
 from __future__ import annotations
@@ -31,7 +38,7 @@ import models
 from deploy import emulator, netfile
 from deploy.export import build_netfile
 from deploy.nir_export import export_nir
-from deploy.nir_import import agreement, import_nir
+from deploy.nir_import import agreement, import_nir, round_to_grid
 from tests.content import assert_has_content
 from toolchain.cli import cli
 from toolchain.core.errors import ToolchainError
@@ -115,7 +122,7 @@ def snntorch_case(tmp_path_factory):
     nir.write(path, export_to_nir(module, torch.zeros(1, 2, 12, 16), ignore_dims=[0]))
     out = path.with_suffix(".net")
     result = import_nir(path, out, time_steps=T, class_names=["a", "b", "c"])
-    x = spikes_in((2, 12, 16), n=8)
+    x = spikes_in((2, 12, 16), n=24)
     emu = emulator.run(result.net, x, device="cpu")
     return module, result, netfile.read(out), x, emu
 
@@ -139,9 +146,47 @@ def test_snntorch_graph_imports_and_agrees_with_snntorch(snntorch_case, capsys):
               + ", ".join(f"{k} {v:.3%}" for k, v in per_layer.items())
               + f"; readout max |diff| {float((mine - readout).abs().max() / readout.abs().max()):.3%} of max; "
               f"own float reference: classes {ours['classes']:.3%}, spikes {ours['layers']}")
-    assert pixels >= 0.98  # measured 98.96% (module docstring)
-    assert per_layer["1"] >= 0.99 and per_layer["3"] >= 0.97, per_layer  # measured 99.86%, 97.9%
-    assert ours["classes"] >= 0.98 and all(v >= 0.97 for v in ours["layers"].values())
+    assert all(int(s.sum()) for s in spikes.values()), "snntorch: a compared layer never spikes"
+    assert len(torch.unique(readout.argmax(1))) > 1, "snntorch's readout picks one class everywhere"
+    assert pixels >= 0.98  # measured 98.87% of 1152 (module docstring)
+    assert per_layer["1"] >= 0.998 and per_layer["3"] >= 0.98, per_layer  # measured 99.885%, 98.27%
+    assert ours["classes"] == pytest.approx(pixels) and ours["layers"] == pytest.approx(per_layer)
+
+
+def test_snntorch_weights_keep_each_outputs_sum(snntorch_case):
+    """Every imported weight lies within one grid step of the float weight times s,
+    and each output's weight sum within half a step; the scale uses the full range."""
+    module, result, net, _, _ = snntorch_case
+    convs = [m for m in module if isinstance(m, torch.nn.Conv2d)]
+    for layer, rep, conv in zip(net.layers, result.layers, convs, strict=True):
+        w = conv.weight.detach().double().numpy() * rep.scale * 32  # in grid steps (2/64)
+        q = layer.synapses[0].weight / 2
+        assert np.abs(q - w).max() < 1, layer.name
+        assert np.abs(q.sum((1, 2, 3)) - w.sum((1, 2, 3))).max() <= 0.5 + 1e-9, layer.name
+        assert max(q.max() / 127, q.min() / -128) == pytest.approx(1), layer.name
+        assert rep.max_rel == pytest.approx(np.abs(q - w).max() / np.abs(w).max())
+
+
+def test_round_to_grid_is_nearest_with_kept_sums():
+    r = torch.randn(64, 50, generator=torch.Generator().manual_seed(0)).double().numpy() * 40
+    r[0, :3] = [200.0, -200.0, 126.7]  # clamped, and one that may not move up past 127
+    q = round_to_grid(r)
+    assert np.array_equal(q, np.round(q)) and q.min() >= -128 and q.max() <= 127
+    inside = np.abs(r).max(1) < 127  # rows with no clamped entry
+    assert 0 < inside.sum() < len(r)
+    assert np.abs(q - r)[inside].max() < 1
+    assert np.abs(q.sum(1) - r.sum(1))[inside].max() <= 0.5 + 1e-9
+    moved = q != np.round(r)
+    assert moved.any() and not moved.all()
+    # the moved entries of a row went one way, and came nearer a tie that way than any it left
+    res = r - np.round(r)
+    for row in np.flatnonzero(moved.any(1) & inside):
+        step = q[row] - np.round(r[row])
+        way = np.unique(step[moved[row]])
+        assert len(way) == 1, row
+        assert (way * res[row])[moved[row]].min() >= (way * res[row])[~moved[row]].max(), row
+    on_grid = np.round(r)  # the toolchain's own weights: unchanged, but for the clamped
+    assert np.array_equal(round_to_grid(on_grid), on_grid.clip(-128, 127))
 
 
 @pytest.mark.lava
