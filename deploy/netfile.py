@@ -18,10 +18,19 @@ of CUBA neurons with the synapse(s) feeding it:
            kernelSize, stride, padding, dilation, groups
     add:   synapse/<k>/{type, ...the fields above}, one per entry of sources
     every synapse: optional delay (default 0): steps added to the connection's
-           one, 0..62 (netx's field name; Lava's DelaySparse/DelayDense)
+           one, 0..62 (netx's field name; Lava's DelaySparse/DelayDense);
+           optional weightExponent (default 0; version 3): the synapse's
+           weights are weight x 2^weightExponent, 0..7 (Loihi's synapse
+           weight exponent, Lava's weight_exp; netx ignores it)
 
 Spatial pairs are (y, x), as slayer writes them. Weights are Loihi's 8-bit
-synapse integers (slayer's weight x 64: even, -256..254). The last layer is the
+synapse integers (slayer's weight x 64: even, -256..254), their mantissas where a
+weightExponent scales them: in memory `Synapse.weight` holds the integers the
+synapse adds, mantissa x 2^exponent, and the writer finds the exponent (the
+smallest that fits, `weight_exponent`). Only a synapse Lava runs as its Conv
+may have one: Lava's Dense and Sparse clip weights to 8 bits. A layer may
+read one source through several synapses (their inputs add, as any two
+connections into one Loihi neuron). The last layer is the
 readout: a CUBA group whose neuron is the non-spiking integrator
 (iDecay 4096, vDecay 0, vThMant at its 17-bit maximum), so a chain of
 conv/dense layers is a network netx loads unchanged.
@@ -58,13 +67,15 @@ Chw = tuple[int, int, int]  # (channels, height, width)
 
 FORMAT = "toolchain-net"
 VERSION = 2
-VERSIONS = (1, 2)
+EXPONENT_VERSION = 3  # the first with weightExponent; a net without one is still written as version 2
+VERSIONS = (1, 2, 3)
 LAYER_TYPES = SYNAPSE_TYPES + ("add",)
 READOUT_RULE = ("final voltage of the readout integrator after T+D steps (D = pipelineDepth) / (4096*T), "
                 "then bilinear upsampling to the input size; class = argmax")
 MAX_NEURONS = 200_000_000  # far above paper size (about 10 M): anything larger is a corrupt file
 MAX_WEIGHTS = 500_000_000
 MAX_DELAY = 62  # Loihi 2 delays are 6-bit; netx clamps them to 62
+MAX_WEIGHT_EXP = 7  # Loihi's synapse weight exponent is -8..7; a negative one would drop bits in Lava's integers
 
 
 @dataclass
@@ -133,6 +144,18 @@ class NetFile:
         return total
 
 
+def weight_exponent(weight: np.ndarray) -> int | None:
+    """The smallest e in 0..MAX_WEIGHT_EXP with every weight an even 8-bit
+    mantissa times 2^e; None where there is none."""
+    w = np.asarray(weight, dtype=np.int64)
+    if not w.size:
+        return 0
+    for e in range(MAX_WEIGHT_EXP + 1):
+        if w.min() >= WEIGHT_MIN << e and w.max() <= WEIGHT_MAX << e:
+            return None if np.any(w % (2 << e)) else e
+    return None
+
+
 # ---------------------------------------------------------------- writing
 def _put_str(g: h5py.Group, key: str, value: str) -> None:
     # netx reads `type` as a fixed-length byte string array, as slayer writes it
@@ -140,7 +163,10 @@ def _put_str(g: h5py.Group, key: str, value: str) -> None:
 
 
 def _write_synapse(g: h5py.Group, syn: Synapse) -> None:
-    g.create_dataset("weight", data=np.asarray(syn.weight).astype(np.int16))
+    exp = weight_exponent(syn.weight) or 0  # validated: never None
+    g.create_dataset("weight", data=(np.asarray(syn.weight) >> exp).astype(np.int16))
+    if exp:
+        g.create_dataset("weightExponent", data=exp)
     for key, value in field_values(syn).items():
         g.create_dataset(key, data=value)
     if syn.delay:  # optional, default 0: files without delays are unchanged
@@ -239,7 +265,7 @@ def _read_synapse(g: h5py.Group, typ: str, where: str) -> Synapse:
     if w.size and (w.min() < WEIGHT_MIN or w.max() > WEIGHT_MAX or np.any(w % 2)):
         raise ToolchainError(f"{where}: weight must be even integers in [{WEIGHT_MIN}, {WEIGHT_MAX}] "
                              f"(Loihi 8-bit synapses), found range [{w.min()}, {w.max()}]")
-    w = w.astype(np.int32)
+    w = w.astype(np.int32) << (_int(g, "weightExponent", where, 0, MAX_WEIGHT_EXP) if "weightExponent" in g else 0)
     delay = _int(g, "delay", where, 0, MAX_DELAY) if "delay" in g else 0
     if typ == "dense":
         return Synapse("dense", w, delay=delay)
@@ -368,6 +394,20 @@ def _read_open(f: h5py.File, where: str) -> NetFile:
     return net
 
 
+def _check_exponent(net: NetFile, syn: Synapse, where: str) -> None:
+    """Weights past 8 bits: an exponent must say them, the version hold it and Lava's Conv run them."""
+    w = np.asarray(syn.weight)
+    if weight_exponent(w) is None:
+        raise ToolchainError(f"{where}: weights in [{w.min()}, {w.max()}] are no even 8-bit mantissas times one "
+                             f"2^0..2^{MAX_WEIGHT_EXP}")
+    if net.version < EXPONENT_VERSION:
+        raise ToolchainError(f"{where}: weights past 8 bits need a weight exponent, which format version "
+                             f"{net.version} lacks (version {EXPONENT_VERSION} has it)")
+    if syn.lava_process != "Conv":
+        raise ToolchainError(f"{where}: weights past 8 bits run as Lava's {syn.lava_process}, which clips them "
+                             "to 8 bits; only its Conv takes a weight exponent here")
+
+
 def validate(net: NetFile, where: str = "net") -> None:
     """Everything the runners rely on, checked before anything runs."""
     if len(net.input_shape) != 3 or min(net.input_shape) < 1:
@@ -398,6 +438,9 @@ def validate(net: NetFile, where: str = "net") -> None:
             check_shape(syn, net.shape_of(src), layer.shape, f"{lw} synapse {k}")
             if not 0 <= int(syn.delay) <= MAX_DELAY:
                 raise ToolchainError(f"{lw} synapse {k}: field 'delay' = {syn.delay} is outside [0, {MAX_DELAY}]")
+            w = np.asarray(syn.weight)
+            if w.size and (w.min() < WEIGHT_MIN or w.max() > WEIGHT_MAX):
+                _check_exponent(net, syn, f"{lw} synapse {k}")
         n = layer.neuron
         if n.gradedSpike:
             raise ToolchainError(f"{lw}: graded spikes are not supported")

@@ -106,7 +106,10 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
 @click.option("--frames", type=int, default=4, show_default=True,
               help="Random input frames for the float-graph vs emulator check (0 skips it).")
 @click.option("--rate", type=float, default=0.3, show_default=True, help="Spike probability of those frames.")
-def import_cmd(nir_path, out, time_steps, classes, input_shape, dt, frames, rate):
+@click.option("--weight-split", is_flag=True, default=False,
+              help="Carry each weight by two synapses (8-bit mantissas at two weight exponents): up to 15 bits "
+                   "a weight for twice the synapses and synaptic operations (deploy.nir_import).")
+def import_cmd(nir_path, out, time_steps, classes, input_shape, dt, frames, rate, weight_split):
     """Read a NIR graph, quantize it to Loihi fixed point and write a validated .net;
     report each layer's weight error and the spikes the float graph and the
     emulator agree on."""
@@ -116,7 +119,7 @@ def import_cmd(nir_path, out, time_steps, classes, input_shape, dt, frames, rate
 
     names = [c.strip() for c in classes.split(",")] if classes else []
     result = import_nir(nir_path, out, time_steps=time_steps, class_names=names, input_shape=_shape(input_shape),
-                        dt=dt)
+                        dt=dt, precision="split" if weight_split else "8bit")
     net = result.net
     click.echo(f"wrote {out}: {len(net.layers)} layers, {net.num_neurons} neurons, {net.num_synapses} synapses, "
                f"T={net.time_steps}, dt={result.dt:g}")
