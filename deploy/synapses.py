@@ -134,7 +134,7 @@ def _op_conv(syn, x, out, w):
     return F.conv2d(x, w, stride=syn.stride, padding=syn.padding, dilation=syn.dilation, groups=syn.groups)
 
 
-def _pool_edge_pad(syn, shape_in, out):
+def pool_edge_pad(syn, shape_in, out):
     """Zeros to add below and right so that windows past the input edge read zeros."""
     return [max(0, (o - 1) * s + d * (k - 1) + 1 - (n + 2 * p))
             for o, s, d, k, n, p in zip(out[1:], syn.stride, syn.dilation, syn.kernel, shape_in, syn.padding, strict=True)]
@@ -142,7 +142,7 @@ def _pool_edge_pad(syn, shape_in, out):
 
 def _op_pool(syn, x, out, w):
     b, c, h, wi = x.shape
-    extra_h, extra_w = _pool_edge_pad(syn, (h, wi), out)
+    extra_h, extra_w = pool_edge_pad(syn, (h, wi), out)
     x = F.pad(x.reshape(b * c, 1, h, wi), (0, extra_w, 0, extra_h))
     y = F.conv2d(x, w[None, None], stride=syn.stride, padding=syn.padding, dilation=syn.dilation)
     return y[..., :out[1], :out[2]].reshape(b, c, out[1], out[2])
