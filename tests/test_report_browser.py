@@ -24,9 +24,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 WINDOW = (1366, 768)  # a laptop screen
 CHECK_ID = "browser-check"
-# Runs once the page (and every image) has loaded; writes what the browser saw into the DOM.
-CHECK_SCRIPT = """<script>
+
+
+def _on_load(measure: str) -> str:
+    """A script that runs `measure` (JavaScript defining `result`) once the page
+    and every image have loaded, and writes the result into the DOM as JSON."""
+    return ("""<script>
 window.addEventListener("load", () => {
+""" + measure + """
+  const pre = document.createElement("pre");
+  pre.id = "CHECK_ID";
+  pre.textContent = JSON.stringify(result);
+  document.body.appendChild(pre);
+});
+</script>""").replace("CHECK_ID", CHECK_ID)
+
+
+# What the report's first screen shows.
+CHECK_SCRIPT = _on_load("""
   const table = document.querySelector("table");
   const box = table ? table.parentElement : null;
   const result = {
@@ -40,12 +55,7 @@ window.addEventListener("load", () => {
     pageFits: document.documentElement.scrollWidth <= window.innerWidth,
     viewport: [window.innerWidth, window.innerHeight],
   };
-  const pre = document.createElement("pre");
-  pre.id = "CHECK_ID";
-  pre.textContent = JSON.stringify(result);
-  document.body.appendChild(pre);
-});
-</script>""".replace("CHECK_ID", CHECK_ID)
+""")
 
 
 @pytest.fixture(scope="session")
@@ -126,9 +136,8 @@ def test_report_reads_well_in_a_real_browser(demo_report, chromium, tmp_path):
     print(f"\nscreenshot of the report's first screen: {shot}")
 
 
-# Runs once the docs' front page has loaded; writes what the browser saw into the DOM.
-DOCS_CHECK_SCRIPT = """<script>
-window.addEventListener("load", () => {
+# What the docs' front page shows.
+DOCS_CHECK_SCRIPT = _on_load("""
   const gallery = [...document.images].find(i => i.src.endsWith("small-gallery.png"));
   const result = {
     title: (document.querySelector("article h1") || {}).textContent,
@@ -137,12 +146,7 @@ window.addEventListener("load", () => {
     navLinks: document.querySelectorAll("nav a[href]").length,
     pageFits: document.documentElement.scrollWidth <= window.innerWidth,
   };
-  const pre = document.createElement("pre");
-  pre.id = "CHECK_ID";
-  pre.textContent = JSON.stringify(result);
-  document.body.appendChild(pre);
-});
-</script>""".replace("CHECK_ID", CHECK_ID)
+""")
 
 
 @pytest.fixture(scope="module")
