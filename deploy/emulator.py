@@ -549,7 +549,9 @@ def _run_cpu(net: NetFile, frames: torch.Tensor, keep_spikes: bool) -> EmulatorO
 
     def frame_major(layer) -> tuple[int, ...]:
         return (n, steps, *layer.shape[1:], layer.shape[0])  # (N, S, H, W, C)
-    b = _Batch(frames=frames.to(device="cpu", dtype=torch.uint8).permute(0, 4, 2, 3, 1).contiguous().numpy(),
+    # numpy's copies, not torch's: a torch copy here would wake torch's OpenMP
+    # threads, which then spin for milliseconds beside the workers (`_run_cpu`)
+    b = _Batch(frames=np.ascontiguousarray(frames.detach().cpu().numpy().transpose(0, 4, 2, 3, 1), dtype=np.uint8),
                steps=steps,
                maps=[[_cached(syn, net.shape_of(src), layer.shape) for src, syn in zip(layer.sources, layer.synapses,
                                                                                          strict=True)]
@@ -584,7 +586,7 @@ def _run_cpu(net: NetFile, frames: torch.Tensor, keep_spikes: bool) -> EmulatorO
         spikes={layers[i].name: torch.from_numpy(s[:, :steps - 1]).view(torch.bool).permute(0, 4, 2, 3, 1)
                 for i, s in b.spikes.items()},
         counts={layers[i].name: torch.from_numpy(cnt) for i, cnt in b.counts.items()},
-        voltage=torch.from_numpy(b.voltage).reshape(n, h, w, c).permute(0, 3, 1, 2).contiguous())
+        voltage=torch.from_numpy(np.ascontiguousarray(b.voltage.reshape(n, h, w, c).transpose(0, 3, 1, 2))))
 
 
 def run_reference(net: NetFile, frames: torch.Tensor, *, device: torch.device | str = "cpu",

@@ -3,20 +3,21 @@
 On the CPU slayer steps `cuba.Neuron` in a Python loop over time: two
 `_LIDynamics` passes (current, then voltage) of a few small int64 tensor
 ops per step, then the spike function, and the same again backwards. Here
-one numba kernel runs all T steps per neuron with the state in registers,
-in parallel over neurons, with slayer's exact fixed-point arithmetic, so
-spikes, currents and voltages are bit-identical to slayer's CPU path. The
-backward (slayer's surrogate gradient followed by the two reversed leaky
-integrations of `_LIDynamics`) is one reversed pass per neuron.
+one numba kernel runs all T steps of blocks of neurons, vectorised over the
+neurons of a block, in parallel over blocks, with slayer's exact fixed-point
+arithmetic, so spikes, currents and voltages are bit-identical to slayer's
+CPU path; it writes each spike where the next layer's one-step axon delay
+puts it. The backward (slayer's surrogate gradient followed by the two
+reversed leaky integrations of `_LIDynamics`) is one reversed pass.
 
 slayer's synapses are Conv3d with a (k, k, 1) kernel over (N, C, H, W, T);
 `synapse_forward` computes the same weight (weight norm, then the
 quantizing `_pre_hook_fx`) and runs it as one 2-D convolution over N*T
-channels-last frames, returning a (N, C, H, W, T) view of that result which
-the fused neuron reads in place (and writes its input gradient back in).
-Pooling sums its k x k windows directly.
+channels-last frames (pooling as a depthwise one). Every tensor between
+layers stays in that frame-major layout, forwards and backwards, so no
+layer copies its input.
 
-    cuba_forward(neuron, z)      what `neuron(z)` returns (the spikes)
+    cuba_forward(neuron, z, d)   what `neuron(z)` returns (the spikes), d steps later
     cuba_dynamics(neuron, z)     (current, voltage, spikes), for tests
     synapse_forward(synapse, x)  what `synapse(x)` returns
     set_neuron_impl("auto" | "fused" | "slayer"), neuron_impl(), fused_calls()
@@ -28,8 +29,6 @@ graded spikes, norm, dropout, hooks, other dtypes) goes to slayer.
 """
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 import torch
@@ -37,7 +36,9 @@ import torch.nn.functional as F
 from lava.lib.dl import slayer
 from lava.lib.dl.slayer.neuron import cuba as _cuba
 from lava.lib.dl.slayer.utils import quantize as _quantize
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 IMPLS = ("auto", "fused", "slayer")
 _state = {"impl": "auto", "calls": 0}
@@ -61,10 +62,12 @@ def fused_calls() -> int:
 
 
 # -- kernels ------------------------------------------------------------------
-# Arrays are (N, C, P, T) views of (N, C, H, W, T) tensors, any strides.
-# Every float is float32 and every float operation is the one slayer's torch
-# code does, in the same order: no fastmath, so LLVM neither reorders nor
-# contracts multiply-adds.
+# Arrays are (N, S, M): frame-major, the M = C*H*W neurons of one step of one
+# sample contiguous with the channels innermost, which is how the 2-D synapses
+# below write their output (`frame_major`). Every float is float32 and every
+# float operation is the one slayer's torch code does, in the same order: no
+# fastmath, so LLVM neither reorders nor contracts multiply-adds; the inner
+# loops run over contiguous neurons, which LLVM vectorises.
 
 @njit(cache=True, inline="always")
 def _shift12_to_zero(x):
@@ -73,69 +76,112 @@ def _shift12_to_zero(x):
     return (x + ((x >> 63) & 4095)) >> 12
 
 
-# Each thread steps a block of LANES neurons together through time: one
-# neuron's step is a chain of dependent integer and float conversions, and
-# interleaving independent neurons keeps the core busy during that latency.
-LANES = 8
+# Each job steps a block of BLOCK neurons of one sample through all steps:
+# its state (2 x 16 kB) stays in L1 while the steps stream past.
+BLOCK = 1024
 
 
-@njit(parallel=True, cache=True)
-def _forward_kernel(z, cur0, vol0, cur_keep, vol_keep, scale, inv_scale, thr_reset, reset, thr_spike,
-                    spikes, voltage, current, keep_current):
-    n_b, n_c, n_p, n_t = z.shape
+@njit(cache=True, inline="always")
+def _forward_row(z, cur, vol, spikes, voltage, current, cur_keep, vol_keep, scale, inv_scale, thr_reset, reset,
+                 thr_spike):
+    """One step of a block of neurons: rows of z, spikes, voltage, current;
+    the int64 states cur and vol updated in place. No branch: LLVM vectorises it."""
     one = np.float32(1.0)
     zero = np.float32(0.0)
-    for bc in prange(n_b * n_c):
-        b = bc // n_c
-        c = bc - b * n_c
-        cur = np.empty(LANES, np.int64)
-        vol = np.empty(LANES, np.int64)
-        for p0 in range(0, n_p, LANES):
-            m = min(LANES, n_p - p0)
-            for j in range(m):
-                # state * w_scale, truncated to int64, as _li_dynamics_fwd starts
-                cur[j] = np.int64(cur0[b, c, p0 + j] * scale)
-                vol[j] = np.int64(vol0[b, c, p0 + j] * scale)
-            for t in range(n_t):
-                for j in range(m):
-                    p = p0 + j
-                    i = _shift12_to_zero(cur[j] * cur_keep) + np.int64(z[b, c, p, t] * scale)
-                    cur[j] = i
-                    cur_f = np.float32(i) * inv_scale  # == i / scale: a power of two
-                    if keep_current:
-                        current[b, c, p, t] = cur_f
-                    v = _shift12_to_zero(vol[j] * vol_keep) + np.int64(cur_f * scale)
-                    vol_f = np.float32(v) * inv_scale
-                    voltage[b, c, p, t] = vol_f
-                    spikes[b, c, p, t] = one if vol_f >= thr_spike else zero
-                    # torch compares the int64 state with the float threshold in float32
-                    vol[j] = 0 if reset and np.float32(v) >= thr_reset else v
+    for j in range(z.shape[0]):
+        c = _shift12_to_zero(cur[j] * cur_keep) + np.int64(z[j] * scale)
+        cur[j] = c
+        cur_f = np.float32(c) * inv_scale  # == c / scale: a power of two
+        current[j] = cur_f
+        v = _shift12_to_zero(vol[j] * vol_keep) + np.int64(cur_f * scale)
+        vol_f = np.float32(v) * inv_scale
+        voltage[j] = vol_f
+        spikes[j] = one if vol_f >= thr_spike else zero
+        # torch compares the int64 state with the float threshold in float32
+        vol[j] = 0 if reset and np.float32(v) >= thr_reset else v
 
 
 @njit(parallel=True, cache=True)
-def _backward_kernel(grad_spikes, voltage, thr, tau, coef, vol_keep, cur_keep, grad_z):
-    n_b, n_c, n_p, n_t = voltage.shape
-    for bc in prange(n_b * n_c):
-        b = bc // n_c
-        c = bc - b * n_c
-        g_cur = np.empty(LANES, np.float32)
-        g_in = np.empty(LANES, np.float32)
-        for p0 in range(0, n_p, LANES):
-            m = min(LANES, n_p - p0)
-            for t in range(n_t - 1, -1, -1):
-                for j in range(m):
-                    p = p0 + j
-                    # Spike.backward: scale_rho / 2 / tau_rho * exp(-|v - th| / tau_rho) * grad
-                    e = math.exp(-abs(voltage[b, c, p, t] - thr) / tau)
-                    g_vol = coef * e * grad_spikes[b, c, p, t]
-                    # _LIDynamics.backward of the voltage, then of the current
-                    if t == n_t - 1:
-                        g_cur[j] = g_vol
-                        g_in[j] = g_vol
-                    else:
-                        g_cur[j] = vol_keep * g_cur[j] + g_vol
-                        g_in[j] = cur_keep * g_in[j] + g_cur[j]
-                    grad_z[b, c, p, t] = g_in[j]
+def _forward_kernel(z, cur0, vol0, cur_keep, vol_keep, scale, inv_scale, thr_reset, reset, thr_spike, delay,
+                    spikes, voltage, current, keep_current):
+    n_b, n_t, n_m = z.shape
+    blocks = (n_m + BLOCK - 1) // BLOCK
+    for job in prange(n_b * blocks):
+        b = job // blocks
+        i0 = (job - b * blocks) * BLOCK
+        i1 = min(n_m, i0 + BLOCK)
+        # state * w_scale, truncated to int64, as _li_dynamics_fwd starts
+        cur = (cur0[b, i0:i1] * scale).astype(np.int64)
+        vol = (vol0[b, i0:i1] * scale).astype(np.int64)
+        lost = np.empty(i1 - i0, np.float32)  # spikes the delay pushes past the last step
+        unkept = np.empty(i1 - i0, np.float32)  # currents, unless kept
+        for t in range(min(delay, n_t)):  # the axon delay: nothing leaves before step `delay`
+            spikes[b, t, i0:i1] = 0
+        for t in range(n_t):
+            out = spikes[b, t + delay, i0:i1] if t + delay < n_t else lost
+            _forward_row(z[b, t, i0:i1], cur, vol, out, voltage[b, t, i0:i1],
+                         current[b, t, i0:i1] if keep_current else unkept, cur_keep, vol_keep, scale, inv_scale,
+                         thr_reset, reset, thr_spike)
+
+
+@intrinsic
+def _bits_to_float32(typingctx, bits):
+    """The float32 whose bits are the int32 `bits` (LLVM's bitcast)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@njit(cache=True, inline="always")
+def _exp_nonpositive(x):
+    """exp(x) in float32 for x <= 0, within 1e-7 relative (exp(-87) below -87),
+    in operations LLVM vectorises (math.exp is a scalar call per element):
+    x = n ln2 + r with |r| <= ln2 / 2 (Cody-Waite: n * the high part of ln2
+    is exact), exp(r) by its series to r^7, 2^n from its exponent bits."""
+    x = max(x, np.float32(-87.0))
+    n = np.float32(np.int32(x * np.float32(1.4426950408889634) - np.float32(0.5)))
+    r = x - n * np.float32(0.693145751953125)
+    r = r - n * np.float32(1.4286068203094172e-06)
+    p = np.float32(1 / 5040)
+    p = p * r + np.float32(1 / 720)
+    p = p * r + np.float32(1 / 120)
+    p = p * r + np.float32(1 / 24)
+    p = p * r + np.float32(1 / 6)
+    p = p * r + np.float32(0.5)
+    p = p * r + np.float32(1.0)
+    p = p * r + np.float32(1.0)
+    return p * _bits_to_float32((np.int32(n) + np.int32(127)) << np.int32(23))
+
+
+@njit(cache=True, inline="always")
+def _backward_row(grad_spikes, voltage, g_cur, g_in, grad_z, thr, tau, coef, vol_keep, cur_keep):
+    # two loops over few arrays each, which LLVM vectorises without runtime
+    # checks of every pair of arrays for overlap
+    for j in range(voltage.shape[0]):
+        # Spike.backward: scale_rho / 2 / tau_rho * exp(-|v - th| / tau_rho) * grad
+        grad_z[j] = coef * _exp_nonpositive(-abs(voltage[j] - thr) / tau) * grad_spikes[j]
+    for j in range(voltage.shape[0]):
+        # _LIDynamics.backward of the voltage, then of the current
+        g_cur[j] = vol_keep * g_cur[j] + grad_z[j]
+        g_in[j] = cur_keep * g_in[j] + g_cur[j]
+        grad_z[j] = g_in[j]
+
+
+@njit(parallel=True, cache=True)
+def _backward_kernel(grad_spikes, voltage, thr, tau, coef, vol_keep, cur_keep, delay, grad_z):
+    n_b, n_t, n_m = voltage.shape
+    blocks = (n_m + BLOCK - 1) // BLOCK
+    for job in prange(n_b * blocks):
+        b = job // blocks
+        i0 = (job - b * blocks) * BLOCK
+        i1 = min(n_m, i0 + BLOCK)
+        g_cur = np.zeros(i1 - i0, np.float32)
+        g_in = np.zeros(i1 - i0, np.float32)
+        nothing = np.zeros(i1 - i0, np.float32)  # the gradient of a spike that left past the last step
+        for t in range(n_t - 1, -1, -1):
+            # the spike of step t left at t + delay
+            _backward_row(grad_spikes[b, t + delay, i0:i1] if t + delay < n_t else nothing, voltage[b, t, i0:i1],
+                          g_cur, g_in, grad_z[b, t, i0:i1], thr, tau, coef, vol_keep, cur_keep)
 
 
 # -- the neuron ---------------------------------------------------------------
@@ -180,23 +226,29 @@ def _prepare_states(neuron, z: torch.Tensor) -> None:
         neuron.voltage_state = neuron.voltage_state * torch.ones(z.shape[:-1]).to(dtype).to(device)
 
 
-def _as_ncpt(t: torch.Tensor) -> torch.Tensor:
-    """(N, C, ..., T) -> (N, C, P, T), a view whenever the strides allow."""
-    shape = (t.shape[0], t.shape[1], -1, t.shape[-1])
-    try:
-        return t.view(shape)
-    except RuntimeError:
-        return t.reshape(shape)
+def _swap_ct(dim: int) -> tuple[int, ...]:
+    """The permutation between (N, C, ..., T) and frame-major (N, T, ..., C),
+    both ways (it swaps two axes)."""
+    return (0, dim - 1, *range(2, dim - 1), 1)
 
 
-def _dense_layout(t: torch.Tensor):
-    """(shape, strides) when t is a permutation of a contiguous tensor, else None."""
-    expected = 1
-    for size, stride in sorted(zip(t.shape, t.stride(), strict=True), key=lambda d: (d[1], d[0])):
-        if size != 1 and stride != expected:
-            return None
-        expected *= size
-    return tuple(t.shape), tuple(t.stride())
+def _frames_view(t: torch.Tensor) -> np.ndarray:
+    """(N, S, M) numpy view of a (N, C, ..., T) float32 tensor in the kernels'
+    frame-major, channels-innermost order; a copy only when t is not laid out so."""
+    fm = t.permute(_swap_ct(t.dim()))
+    return fm.contiguous().view(t.shape[0], t.shape[-1], -1).numpy()
+
+
+def _frames_empty(shape: torch.Size) -> torch.Tensor:
+    """An uninitialised (N, C, ..., T) float32 tensor laid out frame-major, channels innermost."""
+    swap = _swap_ct(len(shape))
+    return torch.empty([shape[i] for i in swap], dtype=torch.float32).permute(swap)
+
+
+def _state_rows(state: torch.Tensor, n: int) -> np.ndarray:
+    """A neuron state (N, C, ...) as (N, M) in the kernels' neuron order."""
+    order = (0, *range(2, state.dim()), 1)
+    return state.detach().to(torch.float32).permute(order).reshape(n, -1).contiguous().numpy()
 
 
 class _Params:
@@ -234,55 +286,28 @@ def _match_threads() -> None:
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 
-def _channel_minor(z: torch.Tensor) -> bool:
-    """Whether neighbouring channels of one pixel sit closer in memory than
-    neighbouring pixels (a channels-last frame layout)."""
-    return z.dim() == 5 and z.shape[1] > 1 and z.stride(1) < z.stride(3)
-
-
-def _kernel_views(channel_minor: bool, *tensors):
-    """(N, C, P, T) numpy views, or (N, P, C, T) when the kernels should step
-    through channels innermost; the kernels treat both alike."""
-    views = [_as_ncpt(t).numpy() for t in tensors]
-    return [a.swapaxes(1, 2) for a in views] if channel_minor else views
-
-
-def _alloc(shape, layout):
-    if layout is None:
-        return torch.empty(shape, dtype=torch.float32)
-    return torch.empty_strided(*layout, dtype=torch.float32)
-
-
-def _run_forward(neuron, z: torch.Tensor, keep_current: bool):
+def _run_forward(neuron, z: torch.Tensor, keep_current: bool, delay: int):
     _match_threads()
     _prepare_states(neuron, z)
     p = _Params(neuron)
     z = z.detach()
-    n, c = z.shape[:2]
-    layout = _dense_layout(z)
-    minor = _channel_minor(z)
-    spikes = torch.empty(z.shape, dtype=z.dtype)  # contiguous, as slayer's
-    voltage = _alloc(z.shape, layout)  # the kernels' own: z's memory order
-    current = torch.empty(z.shape if keep_current else (1, 1, 1, 1), dtype=z.dtype)
-    # initial states as (N, C, P, 1)
-    cur0 = neuron.current_state.detach().reshape(n, c, -1, 1)
-    vol0 = neuron.voltage_state.detach().reshape(n, c, -1, 1)
-    zv, c0, v0, sv, vv = _kernel_views(minor, z, cur0, vol0, spikes, voltage)
-    cv = _kernel_views(minor, current)[0] if keep_current else current.numpy()
-    _forward_kernel(zv, c0[..., 0], v0[..., 0], p.cur_keep, p.vol_keep, p.scale, p.inv_scale, p.thr_reset,
-                    p.reset, p.thr_spike, sv, vv, cv, keep_current)
+    n = z.shape[0]
+    spikes, voltage = _frames_empty(z.shape), _frames_empty(z.shape)
+    current = _frames_empty(z.shape) if keep_current else None
+    _forward_kernel(_frames_view(z), _state_rows(neuron.current_state, n), _state_rows(neuron.voltage_state, n),
+                    p.cur_keep, p.vol_keep, p.scale, p.inv_scale, p.thr_reset, p.reset, p.thr_spike, delay,
+                    _frames_view(spikes), _frames_view(voltage),
+                    _frames_view(current) if keep_current else np.empty((1, 1, 1), np.float32), keep_current)
     _state["calls"] += 1
-    return (current if keep_current else None), voltage, spikes, p
+    return current, voltage, spikes, p
 
 
 class _FusedCuba(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z, neuron):
-        _, voltage, spikes, p = _run_forward(neuron, z, keep_current=False)
+    def forward(ctx, z, neuron, delay):
+        _, voltage, spikes, p = _run_forward(neuron, z, keep_current=False, delay=delay)
         ctx.save_for_backward(voltage)
-        ctx.params = p
-        ctx.minor = _channel_minor(z)
-        ctx.layout = _dense_layout(z)
+        ctx.params, ctx.delay = p, delay
         return spikes
 
     @staticmethod
@@ -290,20 +315,56 @@ class _FusedCuba(torch.autograd.Function):
         (voltage,) = ctx.saved_tensors
         p = ctx.params
         _match_threads()
-        # in z's memory order: the synapse's backward reads it as it wrote z
-        grad_z = _alloc(voltage.shape, ctx.layout)
-        gs, vv, gz = _kernel_views(ctx.minor, grad_spikes, voltage, grad_z)
-        _backward_kernel(gs, vv, p.thr_spike, p.tau, p.coef, p.bwd_vol_keep, p.bwd_cur_keep, gz)
-        return grad_z, None
+        # frame-major: the synapse's backward reads it as it wrote z
+        grad_z = _frames_empty(voltage.shape)
+        _backward_kernel(_frames_view(grad_spikes), _frames_view(voltage), p.thr_spike, p.tau, p.coef,
+                         p.bwd_vol_keep, p.bwd_cur_keep, ctx.delay, _frames_view(grad_z))
+        return grad_z, None, None
 
 
-def cuba_forward(neuron, z: torch.Tensor) -> torch.Tensor:
-    """The spikes `neuron(z)` returns, from the fused kernel when it applies."""
+class _Delay(torch.autograd.Function):
+    """Frames (N, T, ...) shifted `steps` later: zeros first, the last `steps` dropped."""
+
+    @staticmethod
+    def forward(ctx, frames, steps):
+        ctx.steps = steps
+        out = torch.empty_like(frames, memory_format=torch.contiguous_format)
+        out[:, :steps] = 0
+        out[:, steps:] = frames[:, : frames.shape[1] - steps]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        steps = ctx.steps
+        grad_frames = torch.empty_like(grad, memory_format=torch.contiguous_format)
+        grad_frames[:, grad.shape[1] - steps:] = 0  # what the delay dropped had no effect
+        grad_frames[:, : grad.shape[1] - steps] = grad[:, steps:]
+        return grad_frames, None
+
+
+def delay(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """x (N, C, ..., T) shifted `steps` later in time, zeros first: slayer's
+    `axon.delay` (same values and gradient) in one copy, made in frame-major
+    order (the synapses' and the neurons' layout), so that the synapse reading
+    it copies nothing."""
+    if not 0 < steps <= x.shape[-1]:
+        return x if steps == 0 else torch.zeros_like(x)
+    swap = _swap_ct(x.dim())
+    return _Delay.apply(x.permute(swap), steps).permute(swap)
+
+
+def cuba_forward(neuron, z: torch.Tensor, delay_steps: int = 0) -> torch.Tensor:
+    """The spikes `neuron(z)` returns, `delay_steps` later (slayer's
+    `axon.delay`), from the fused kernel when it applies: it writes each spike
+    where the delay puts it, so the delay costs no copy."""
     if not _use_fused(neuron, z):
-        return neuron(z)
+        spikes = neuron(z)
+        return delay(spikes, delay_steps) if delay_steps else spikes
+    if not 0 <= delay_steps <= z.shape[-1]:
+        raise ValueError(f"a delay of {delay_steps} steps on {z.shape[-1]} steps")
     if torch.is_grad_enabled() and z.requires_grad:
-        return _FusedCuba.apply(z, neuron)
-    return _run_forward(neuron, z, keep_current=False)[2]  # no voltage kept for a backward
+        return _FusedCuba.apply(z, neuron, delay_steps)
+    return _run_forward(neuron, z, keep_current=False, delay=delay_steps)[2]  # no voltage kept for a backward
 
 
 def cuba_dynamics(neuron, z: torch.Tensor):
@@ -311,28 +372,26 @@ def cuba_dynamics(neuron, z: torch.Tensor):
     tensors slayer's `neuron.dynamics(z)` and `neuron.spike(voltage)` give."""
     if not (z.device.type == "cpu" and z.dtype == torch.float32 and supports(neuron)):
         raise ValueError("the fused CUBA kernel does not support this neuron or input")
-    current, voltage, spikes, _ = _run_forward(neuron, z, keep_current=True)
+    current, voltage, spikes, _ = _run_forward(neuron, z, keep_current=True, delay=0)
     return current, voltage, spikes
 
 
 # -- synapses -----------------------------------------------------------------
 # A (k, k, 1) Conv3d over (N, C, H, W, T) is a k x k Conv2d over the N*T
-# frames. The frames are gathered once (N, C, H, W, T) -> (N*T, C, H, W)
-# and the result is handed back as a (N, C', H', W', T) view of the
-# frame-major output, which the fused neuron reads in place.
+# frames. Every tensor between layers is laid out frame-major with the
+# channels innermost, (N, T, H, W, C) in memory: the N*T channels-last frames
+# are then a view of it, and so is the (N, C', H', W', T) result the fused
+# neuron reads and writes in that order. Only the network's input is copied.
 
-# Which synapse kinds run as 2-D operations over frames, and in which memory
-# format; slayer's own forward runs the others. Chosen by measured training
-# throughput (`python -m toolchain.bench.training`).
+# Which synapse kinds run as 2-D operations over frames; slayer's own forward
+# runs the others.
 FRAME_SYNAPSES = {slayer.synapse.Conv, slayer.synapse.ConvTranspose, slayer.synapse.Pool}
-CHANNELS_LAST = True
 
 
 def _frames(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W, T) -> (N*T, C, H, W) channels-last: a view when x is frame-major."""
     n, c, h, w, t = x.shape
-    if CHANNELS_LAST:
-        return x.permute(0, 4, 2, 3, 1).reshape(n * t, h, w, c).permute(0, 3, 1, 2)
-    return x.permute(0, 4, 1, 2, 3).reshape(n * t, c, h, w)
+    return x.permute(0, 4, 2, 3, 1).reshape(n * t, h, w, c).permute(0, 3, 1, 2)
 
 
 def _unframes(y: torch.Tensor, n: int, t: int) -> torch.Tensor:
@@ -367,33 +426,33 @@ def _conv_transpose(synapse, x):
 
 class _SumPool(torch.autograd.Function):
     """Sum over non-overlapping k x k windows with per-tap weights, on
-    (N, C, H, W, T) with H and W multiples of k. The input gradient is one
-    broadcast product (autograd through strided slices would zero-fill a
-    full-size tensor per tap)."""
+    frame-major (N, T, H, W, C) with H and W multiples of k, the layout the
+    neurons and the frame synapses share: a depthwise stride-k convolution of
+    the N*T channels-last frames, and its input gradient the matching
+    transposed convolution (each input feeds one window: one product each)."""
 
     @staticmethod
     def forward(ctx, x, weight):
-        n, c, h, w, t = x.shape
+        n, t, h, w, c = x.shape
         kh, kw = weight.shape
-        xs = x.view(n, c, h // kh, kh, w // kw, kw, t)
-        y = None
-        for a in range(kh):  # tap order of the Conv3d slayer runs
-            for b in range(kw):
-                term = xs[:, :, :, a, :, b, :] * weight[a, b]
-                y = term if y is None else y + term
-        ctx.save_for_backward(x if weight.requires_grad else None, weight)
-        return y
+        kernel = weight.expand(c, 1, kh, kw).contiguous()
+        y = F.conv2d(x.view(n * t, h, w, c).permute(0, 3, 1, 2), kernel, stride=(kh, kw), groups=c)
+        ctx.save_for_backward(x if weight.requires_grad else None, kernel)
+        ctx.weight_shape = (kh, kw)
+        return y.permute(0, 2, 3, 1).view(n, t, h // kh, w // kw, c)
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        n, c, hk, wk, t = grad.shape
-        kh, kw = weight.shape
+        x, kernel = ctx.saved_tensors
+        n, t, hk, wk, c = grad.shape
+        kh, kw = ctx.weight_shape
+        frames = grad.reshape(n * t, hk, wk, c).permute(0, 3, 1, 2)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = (grad[:, :, :, None, :, None, :] * weight.view(kh, 1, kw, 1)).reshape(n, c, hk * kh, wk * kw, t)
+            grad_x = F.conv_transpose2d(frames, kernel, stride=(kh, kw), groups=c)
+            grad_x = grad_x.permute(0, 2, 3, 1).reshape(n, t, hk * kh, wk * kw, c)
         if ctx.needs_input_grad[1]:
-            xs = x.view(n, c, hk, kh, wk, kw, t)
+            xs = x.view(n, t, hk, kh, wk, kw, c)
             grad_w = torch.stack([(grad * xs[:, :, :, a, :, b, :]).sum() for a in range(kh) for b in range(kw)])
             grad_w = grad_w.view(kh, kw)
         return grad_x, grad_w
@@ -404,9 +463,11 @@ def _pool(synapse, x):
     # weights of its (1, 1, k, k, 1) kernel; windows never straddle channels
     h, w = x.shape[2:4]
     kh, kw = synapse.weight.shape[2:4]
+    frames = x.permute(0, 4, 2, 3, 1)  # frame-major: a view of what the neurons wrote
     if h % kh or w % kw:
-        x = F.pad(x, (0, 0, 0, w % kw, 0, h % kh))
-    return _SumPool.apply(x.contiguous(), _weight(synapse)[0, 0, :, :, 0])
+        frames = F.pad(frames, (0, 0, 0, w % kw, 0, h % kh))
+    y = _SumPool.apply(frames.contiguous(), _weight(synapse)[0, 0, :, :, 0])
+    return y.permute(0, 4, 2, 3, 1)
 
 
 def _plain_3d(synapse) -> bool:

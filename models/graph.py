@@ -30,7 +30,7 @@ from lava.lib.dl import slayer
 
 from toolchain.core.loihi import pipeline_depth, spike_steps
 
-from .fused_cuba import cuba_forward, synapse_forward
+from .fused_cuba import cuba_forward, delay, synapse_forward
 
 INPUT = "input"
 
@@ -96,14 +96,7 @@ class Node(torch.nn.Module):
         z = self.current(inputs)
         if self.neuron is None:
             return z
-        return delay(cuba_forward(self.neuron, z), 1)
-
-
-def delay(x: torch.Tensor, steps: int) -> torch.Tensor:
-    """x shifted `steps` later in time, zeros first: slayer's `axon.delay`
-    (same values and gradient) in one padded copy instead of a zero fill and
-    a copy, which cost a fifth of a CPU training step."""
-    return F.pad(x[..., : x.shape[-1] - steps], (steps, 0))
+        return cuba_forward(self.neuron, z, delay_steps=1)
 
 
 class SpikingGraph(torch.nn.Module):
