@@ -122,7 +122,10 @@ def test_quick_bench_times_the_same_frames_on_every_backend_and_compares_every_l
     assert t["toolchain_samples_per_s"] > 0 and t["plain_torch_samples_per_s"] > 0
     assert t["ratio"] == pytest.approx(t["toolchain_samples_per_s"] / t["plain_torch_samples_per_s"])
     assert report["evaluation"]["frames"] == 5 and 0 <= report["evaluation"]["miou"] <= 1
+    p = report["predict"]  # every window of the stitched recording, through the middle preset
+    assert p["model"] == "spiking-deeplab-small" and p["windows"] == 8 and p["windows_per_second"] > 0
     table = format_table(report)
+    assert "windows/s" in table and "real time" in table
     assert "lava-stock" in table and "emulator" in table and "plain PyTorch" in table and "(untrained)" in table
     assert "every layer's spike trains" in table and "every layer spikes" in table
     assert "Lava as released" in table and "Extractor" in table

@@ -163,6 +163,45 @@ def _measure_training(spec: dict) -> dict:
                 toolchain_samples_per_s=ours, plain_torch_samples_per_s=ref, ratio=ours / ref)
 
 
+def _measure_predict(spec: dict) -> dict:
+    """Windows/s of `toolchain predict` (emulator, class maps, overlays and GIF
+    written) for the configured model, untrained (the emulator's work does not
+    depend on the weights), on a recording stitched from generated 50 ms windows."""
+    import torch
+
+    import models
+    from deploy.export import export
+    from deploy.predict import predict
+
+    from ..core.config import load_config
+    from ..data.synth import synthesize
+
+    cfg = load_config(spec["config"], spec.get("overrides", []))
+    tmp = Path(spec["out"]).parent
+    data = synthesize(tmp / "recording-data", 0, spec["windows"], seed=1, raw_events=True, progress=False)
+    windows = [np.load(f) for f in sorted((data / "raw" / "test").glob("*.npz"))]
+    events = {k: [] for k in "xytp"}
+    for i, w in enumerate(windows):  # back to back, 50 ms apart
+        for k in "xyp":
+            events[k].append(w[k])
+        events["t"].append(w["t"] - w["t_start"] + i * (w["t_end"] - w["t_start"]))
+    recording = tmp / "recording.npz"
+    np.savez(recording, **{k: np.concatenate(v) for k, v in events.items()}, width=windows[0]["width"],
+             height=windows[0]["height"])
+    in_channels = 6 if cfg.data.channels == "all" else 2
+    torch.manual_seed(0)
+    model = models.from_config(cfg, in_channels, 6, ann=False, quantized=True)
+    net_path = tmp / "predict.net"
+    export(model, net_path, time_steps=cfg.data.time_steps, encoding=cfg.data.encoding)
+    # a first, untimed pass loads the compiled kernels (a recording of minutes would amortise it)
+    predict(recording, tmp / "predict-warm-up", net=str(net_path), batch_size=spec["batch"], progress=False)
+    summary = predict(recording, tmp / "predict", net=str(net_path), batch_size=spec["batch"], progress=False)
+    return dict(model=cfg.model.name, height=cfg.data.height, width=cfg.data.width,
+                time_steps=cfg.data.time_steps, batch=spec["batch"], windows=summary["windows"],
+                window_ms=summary["window_ms"], seconds=summary["seconds"],
+                windows_per_second=summary["windows_per_second"])
+
+
 def _measure_evaluation(spec: dict) -> dict:
     from deploy.runner import evaluate
 
@@ -176,7 +215,8 @@ def _measure_evaluation(spec: dict) -> dict:
 
 
 MEASURES = {"lava": _measure_lava, "lava_stock": _measure_lava_stock, "stock_conv": _measure_stock_conv,
-            "emulator": _measure_emulator, "training": _measure_training, "evaluation": _measure_evaluation}
+            "emulator": _measure_emulator, "training": _measure_training, "evaluation": _measure_evaluation,
+            "predict": _measure_predict}
 
 
 def _child_main(spec_path: str) -> None:

@@ -19,6 +19,7 @@ from ..core.errors import ToolchainError
 from .compare import compare_rows
 
 TINY_CONFIG = shipped_config("ddd17-tiny.yaml")  # package data: the bench runs from an installed wheel
+SMALL_CONFIG = shipped_config("ddd17-small.yaml")  # the middle preset, whose predict speed the bench reports
 PAPER_MODELS = ("spiking-deeplab", "spiking-fcn")  # benched at DDD17's 200x346
 
 class _Timeout(ToolchainError):
@@ -189,6 +190,9 @@ def run_bench(*, quick: bool = False, checkpoint: str | None = None, paper_steps
         train_overrides = list(overrides) + (["train.batch_size=2"] if quick else [])
         report["training"] = _measure("training", tmp, config=str(TINY_CONFIG), overrides=train_overrides,
                                       batch=2 if quick else 8, steps=1 if quick else 3)
+        progress("predict on a generated recording (the middle preset, emulator)")
+        report["predict"] = _measure("predict", tmp, config=str(SMALL_CONFIG), overrides=list(overrides),
+                                     windows=8 if quick else 48, batch=8)
         progress("evaluation of the test split (emulator)")
         net_path = tmp / "eval.net"
         from deploy.netfile import write

@@ -46,6 +46,13 @@ def format_table(report: dict) -> str:
     lines.append(f"training step ({t['model']} {t['height']}x{t['width']} T={t['time_steps']}, batch {t['batch']}, "
                  f"qat={t['qat']}): toolchain {t['toolchain_samples_per_s']:.2f} samples/s, plain PyTorch "
                  f"{t['plain_torch_samples_per_s']:.2f} samples/s, ratio {t['ratio']:.2f}")
+    p = report.get("predict")
+    if p:
+        real_time = 1000 / p["window_ms"]
+        lines.append(f"predict ({p['model']} {p['height']}x{p['width']} T={p['time_steps']}, emulator, batch "
+                     f"{p['batch']}, maps, overlays and GIF): {p['windows']} windows of {p['window_ms']:g} ms in "
+                     f"{p['seconds']:.2f} s, {p['windows_per_second']:.1f} windows/s "
+                     f"({p['windows_per_second'] / real_time:.2f}x real time)")
     e = report["evaluation"]
     lines.append(f"test split on the emulator: {e['frames']} frames in {e['wall_s']:.2f} s "
                  f"({e['steps_per_s']:.1f} steps/s), mIoU {percent(e['miou'])}%")
