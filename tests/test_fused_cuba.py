@@ -240,3 +240,55 @@ def test_whole_model_forward_backward_and_training_match_slayer(name):
             torch.testing.assert_close(b["grads"][k], a["grads"][k], rtol=1e-4, atol=1e-4 * scale + 1e-12)
         for k in a["weights"]:
             torch.testing.assert_close(b["weights"][k], a["weights"][k], rtol=1e-5, atol=1e-5)
+
+
+@SETTINGS
+@given(neuron_cases(), st.integers(1, 3))
+def test_the_neuron_writes_its_spikes_delayed_like_slayers_axon_delay(case, steps):
+    z, params = case
+    steps = min(steps, z.shape[-1] - 1)  # the neuron that fires at step 0 still shows
+    grad = torch.randn(z.shape, generator=torch.Generator().manual_seed(11))
+    results = []
+    for name in ("slayer", "fused"):
+        x = z.clone().requires_grad_()
+        with impl(name):
+            s = cuba_forward(_neuron(**params), x, delay_steps=steps)
+        (s * grad).sum().backward()
+        results.append((s.detach(), x.grad))
+    (s_ref, g_ref), (s, g) = results
+    assert torch.equal(s, slayer.axon.delay(_neuron(**params)(z), steps).detach())
+    assert torch.equal(s, s_ref) and not s[..., :steps].any()
+    assert 0 < s.sum()
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5 * float(g_ref.abs().max()) + 1e-12)
+
+
+def test_surrogate_exponential_is_float32_exact_to_a_few_ulp():
+    import numba
+    import numpy as np
+
+    from models.fused_cuba import _exp_nonpositive
+
+    @numba.njit
+    def run(x, out):
+        for i in range(x.shape[0]):
+            out[i] = _exp_nonpositive(x[i])
+    x = -np.concatenate([np.linspace(0, 1e-3, 1001), np.linspace(0, 87, 200_001)]).astype(np.float32)
+    got = np.empty_like(x)
+    run(x, got)
+    ref = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(got - ref) / ref) < 2.5e-7
+    assert got[0] == 1.0
+
+
+def test_layers_hand_each_other_frame_major_tensors_without_copies():
+    """A conv's output feeds the neuron, whose spikes feed the next conv, all
+    as views of one frame-major buffer per layer (a copy per layer cost a
+    fifth of a training step)."""
+    from models.fused_cuba import _frames
+
+    torch.manual_seed(0)
+    model = models.build("spiking-deeplab-tiny", 2, 6, (16, 16), quantized=True)
+    _, spikes = model((torch.rand(2, 2, 16, 16, 8) < 0.3).float())
+    for name, s in spikes.items():
+        assert s.permute(0, 4, 2, 3, 1).is_contiguous(), name
+        assert _frames(s).data_ptr() == s.data_ptr(), name
