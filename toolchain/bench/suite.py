@@ -189,7 +189,7 @@ def run_bench(*, quick: bool = False, checkpoint: str | None = None, paper_steps
         progress("training throughput")
         train_overrides = list(overrides) + (["train.batch_size=2"] if quick else [])
         report["training"] = _measure("training", tmp, config=str(TINY_CONFIG), overrides=train_overrides,
-                                      batch=2 if quick else 8, steps=1 if quick else 3)
+                                      batch=2 if quick else 8, steps=1 if quick else 8)
         progress("predict on a generated recording (the middle preset, emulator)")
         report["predict"] = _measure("predict", tmp, config=str(SMALL_CONFIG), overrides=list(overrides),
                                      windows=8 if quick else 48, batch=8)
