@@ -518,9 +518,10 @@ def _threads_pay(pool: _SingleThreaded) -> bool:
         t0 = time.perf_counter()
         _lif(a, 17, 1, 1, 0, 1, clamp24=False, count_steps=0, threads=threads)
         return time.perf_counter() - t0
-    timed(True)
+    for _ in range(4):  # numba's threads start (milliseconds, for the first few calls) before the timing
+        timed(True)
     split = alone = 0.0
-    for _ in range(8):
+    for _ in range(12):
         split += timed(True)
         alone += pool.pool.submit(timed, False).result()
     _THREADS_PAY[:] = [now, float(split < 0.8 * alone)]
