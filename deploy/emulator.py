@@ -22,9 +22,11 @@ and the work follows what the inputs are:
 - the frames run in chunks whose largest layer input fits the last-level cache
   (`chunks`), side by side on single-threaded workers, one per torch thread: no
   hand-offs between threads inside a layer, so a batch never does more per frame
-  than one frame alone. One chunk splits each layer over the threads where a
-  short measurement says that pays (`_threads_pay`: not where other work keeps
-  the cores busy).
+  than one frame alone. Otherwise the chunks run one after the other on one
+  worker, its neurons on numba's threads where a short measurement says that
+  pays (`_threads_pay`: not where other work keeps the cores busy); its
+  convolutions stay on one thread, so that torch's OpenMP threads and numba's
+  (two runtimes) never spin beside each other's work.
 On CUDA, and as the oracle the tests hold the CPU path to, `run_reference`
 runs each map as a torch float convolution and the LIF as
 `toolchain.core.loihi.cuba_run`.
@@ -504,8 +506,8 @@ THREADS_RECHECK_S = 60.0
 
 
 def _threads_pay(pool: _SingleThreaded) -> bool:
-    """Whether one chunk runs faster split over the threads inside each layer
-    than on one thread: a short measurement of the LIF kernel both ways,
+    """Whether a chunk's neurons run faster on numba's threads than on one
+    thread: a short measurement of the LIF kernel both ways,
     repeated each minute. Where other work keeps the cores busy, a thread that
     waits at every hand-off for a descheduled sibling makes the split many times
     slower, now and then: the mean of several tries counts those stalls."""
@@ -541,8 +543,8 @@ def run(net: NetFile, frames: torch.Tensor, *, device: torch.device | str | None
 
 def _run_cpu(net: NetFile, frames: torch.Tensor, keep_spikes: bool) -> EmulatorOutput:
     """Chunks of frames side by side on single-threaded workers, one per torch
-    thread; else one chunk after the other, each split over all threads where
-    that pays (`_threads_pay`), on one worker where it does not."""
+    thread; else one chunk after the other on one worker, its neurons on
+    numba's threads where that pays (`_threads_pay`)."""
     n = frames.shape[0]
     steps = net.frame_steps(frames.shape[-1])
     layers = {i: layer for i, layer in enumerate(net.layers, start=1)}
@@ -578,10 +580,11 @@ def _run_cpu(net: NetFile, frames: torch.Tensor, keep_spikes: bool) -> EmulatorO
             _run_chunk(net, b, *part, threads=threads, workspace=per_thread.workspace)
     if pool is not None and side_by_side:
         list(pool.pool.map(lambda part: run_parts([part], threads=False), parts))
-    elif pool is not None and not _threads_pay(pool):  # one after the other on one worker
-        pool.pool.submit(run_parts, parts, False).result()
-    else:  # numba's threads too only where torch may use several
-        run_parts(parts, threads=threads > 1)
+    elif pool is not None:  # one after the other on one worker (torch on one thread), the neurons on
+        # numba's threads where that pays
+        pool.pool.submit(run_parts, parts, _threads_pay(pool)).result()
+    else:
+        run_parts(parts, threads=False)
     c, h, w = net.layers[-1].shape
     return EmulatorOutput(
         spikes={layers[i].name: torch.from_numpy(s[:, :steps - 1]).view(torch.bool).permute(0, 4, 2, 3, 1)
