@@ -26,7 +26,9 @@ and the work follows what the inputs are:
   worker, its neurons on numba's threads where a short measurement says that
   pays (`_threads_pay`: not where other work keeps the cores busy); its
   convolutions stay on one thread, so that torch's OpenMP threads and numba's
-  (two runtimes) never spin beside each other's work.
+  (two runtimes) never spin beside each other's work. Frames larger than a
+  thread's share of the cache (paper size) split every layer over all threads:
+  there the work of a layer dwarfs that.
 On CUDA, and as the oracle the tests hold the CPU path to, `run_reference`
 runs each map as a torch float convolution and the LIF as
 `toolchain.core.loihi.cuba_run`.
@@ -567,8 +569,8 @@ def _run_cpu(net: NetFile, frames: torch.Tensor, keep_spikes: bool) -> EmulatorO
     pool = _single_threaded(threads) if threads > 1 else None
     # side by side where a frame fits its worker's share of the cache: frames
     # larger than that gain nothing there and would multiply the memory in use
-    side_by_side = pool is not None and n > 1 and \
-        _frame_bytes(net, steps) <= (CPU_CHUNK_BYTES or _cache_bytes()) // threads
+    fits_share = _frame_bytes(net, steps) <= (CPU_CHUNK_BYTES or _cache_bytes()) // threads
+    side_by_side = pool is not None and n > 1 and fits_share
     parts = chunks(net, n, steps, threads if side_by_side else 1)
     per_thread = threading.local()  # a workspace for the chunks that run on a thread, one after the other
     size = max(n1 - n0 for n0, n1 in parts) * (steps - 1) * max(math.prod(layer.shape) for layer in net.layers)
@@ -580,11 +582,11 @@ def _run_cpu(net: NetFile, frames: torch.Tensor, keep_spikes: bool) -> EmulatorO
             _run_chunk(net, b, *part, threads=threads, workspace=per_thread.workspace)
     if pool is not None and side_by_side:
         list(pool.pool.map(lambda part: run_parts([part], threads=False), parts))
-    elif pool is not None:  # one after the other on one worker (torch on one thread), the neurons on
-        # numba's threads where that pays
+    elif pool is not None and fits_share:  # one after the other on one worker (torch on one thread),
+        # the neurons on numba's threads where that pays
         pool.pool.submit(run_parts, parts, _threads_pay(pool)).result()
-    else:
-        run_parts(parts, threads=False)
+    else:  # frames this large give each layer's convolution work enough to split over torch's threads
+        run_parts(parts, threads=threads > 1)
     c, h, w = net.layers[-1].shape
     return EmulatorOutput(
         spikes={layers[i].name: torch.from_numpy(s[:, :steps - 1]).view(torch.bool).permute(0, 4, 2, 3, 1)
