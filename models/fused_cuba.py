@@ -85,7 +85,9 @@ BLOCK = 1024
 def _forward_row(z, cur, vol, spikes, voltage, current, cur_keep, vol_keep, scale, inv_scale, thr_reset, reset,
                  thr_spike):
     """One step of a block of neurons: rows of z, spikes, voltage, current;
-    the int64 states cur and vol updated in place. No branch: LLVM vectorises it."""
+    the int64 states cur and vol updated in place. Two loops without a
+    branch, each over few enough arrays that LLVM vectorises it (with more,
+    it gives up checking every pair for overlap and runs scalar)."""
     one = np.float32(1.0)
     zero = np.float32(0.0)
     for j in range(z.shape[0]):
@@ -93,9 +95,9 @@ def _forward_row(z, cur, vol, spikes, voltage, current, cur_keep, vol_keep, scal
         if cur_keep:  # (a current decay of 1, the presets', keeps nothing: no product to make)
             c += _shift12_to_zero(cur[j] * cur_keep)
         cur[j] = c
-        cur_f = np.float32(c) * inv_scale  # == c / scale: a power of two
-        current[j] = cur_f
-        v = _shift12_to_zero(vol[j] * vol_keep) + np.int64(cur_f * scale)
+        current[j] = np.float32(c) * inv_scale  # == c / scale: a power of two
+    for j in range(z.shape[0]):
+        v = _shift12_to_zero(vol[j] * vol_keep) + np.int64(current[j] * scale)
         vol_f = np.float32(v) * inv_scale
         voltage[j] = vol_f
         spikes[j] = one if vol_f >= thr_spike else zero
