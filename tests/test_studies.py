@@ -3,6 +3,7 @@ energy and Loihi 2 resources, ANN-to-SNN conversion, corruptions, report."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -148,6 +149,23 @@ def test_convert_checkpoint_is_an_ordinary_spiking_checkpoint(ann_ckpt, tmp_path
         convert.convert_checkpoint(out, tmp_path / "again.pt", log=lambda s: None)
     with pytest.raises(ToolchainError, match="percentile"):
         convert.convert_checkpoint(ann_ckpt, tmp_path / "x.pt", percentile=0, frames=2, log=lambda s: None)
+
+
+def test_a_converted_checkpoint_fine_tunes_with_the_flags_convert_prints(ann_ckpt, tmp_path, data_cfg):
+    from toolchain.core.config import load_config
+    from toolchain.train.loop import train
+
+    out, lines = tmp_path / "snn.pt", []
+    info = convert.convert_checkpoint(ann_ckpt, out, percentile=99.0, frames=4, log=lines.append)
+    flags = re.findall(r"--set (\S+)", lines[-1])
+    assert flags == [f"train.init={out}", f"model.threshold={info['threshold']!r}", "model.voltage_decay=0.0"]
+    cfg = Config(data=data_cfg)
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.qat = 1, 4, True
+    with pytest.raises(ToolchainError, match="other neurons"):  # the spiking defaults: not the converted neurons
+        train(load_config(None, flags[:1], base=cfg), tmp_path / "refused", log=lambda *_: None)
+    train(load_config(None, flags, base=cfg), tmp_path / "tuned", log=lambda *_: None)
+    _, tuned = models.load_checkpoint(tmp_path / "tuned" / "checkpoint.pt")
+    assert tuned.model.threshold == info["threshold"] and tuned.model.voltage_decay == 0.0
 
 
 def test_corruptions_change_frames_as_their_strength_says():

@@ -238,6 +238,11 @@ def test_init_starts_from_another_runs_weights_and_refuses_another_model(cfg, da
     tuned = checkpoint.load(tmp_path / "b" / "checkpoint.pt")["model"]
     # an almost zero learning rate: the fine-tuned weights are the ones it started from
     assert all(torch.allclose(first[k].float(), tuned[k].float(), atol=1e-6) for k in first)
+    # weights scaled to other neurons (a converted twin's) are refused with the flags that match them
+    cfg.model.threshold, cfg.model.voltage_decay = 1.5, 0.0
+    with pytest.raises(ToolchainError, match=r"start from them with --set model.threshold=1.0 "
+                                             r"--set model.voltage_decay=0.01"):
+        train(cfg, tmp_path / "c", datasets=data, log=lambda *_: None)
     cfg.model.name = "spiking-fcn-tiny"
     with pytest.raises(ToolchainError, match="holds spiking-deeplab-tiny; this run trains spiking-fcn-tiny"):
         train(cfg, tmp_path / "c", datasets=data, log=lambda *_: None)

@@ -48,6 +48,11 @@ class ModelConfig:
     scale_grad: float = 1.0
 
 
+# what a neuron computes (not how its gradient is shaped): weights trained
+# under one setting of these mean something else under another
+NEURON_FIELDS = ("threshold", "current_decay", "voltage_decay")
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 60

@@ -187,4 +187,6 @@ def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "la
                     epoch=ckpt.get("epoch", 0), history=ckpt.get("history", []))
     log(f"converted {ann_ckpt} -> {out}: {norm}-wise, {'max' if percentile >= 100 else f'p{percentile:g}'} x {scale}, "
         f"threshold {info['threshold']:.4f}")
+    log(f"fine-tune it with: toolchain train --set train.init={out} --set model.threshold={float(info['threshold'])!r} "
+        f"--set model.voltage_decay=0.0 (and the twin's config)")
     return info

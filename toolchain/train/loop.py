@@ -37,7 +37,7 @@ from models.fused_cuba import set_neuron_impl
 
 from ..core import checkpoint
 from ..core.allocator import keep_freed_memory
-from ..core.config import Config, config_from_dict, save_config, to_dict
+from ..core.config import NEURON_FIELDS, Config, config_from_dict, save_config, to_dict
 from ..core.errors import ToolchainError
 from ..core.files import write_text
 from ..core.metrics import SegmentationMetric
@@ -368,6 +368,15 @@ def init_weights(model: torch.nn.Module, path: str, cfg: Config) -> None:
 
     if what(stored_cfg) != what(cfg):
         raise ToolchainError(f"train.init: {path} holds {what(stored_cfg)}; this run trains {what(cfg)}")
+    # weights are scaled to their neurons' threshold and leak (a converted
+    # twin's especially): starting them under other neurons starts elsewhere
+    differ = {f: getattr(stored_cfg.model, f) for f in NEURON_FIELDS
+              if getattr(stored_cfg.model, f) != getattr(cfg.model, f)}
+    if differ and not cfg.train.ann:
+        sets = " ".join(f"--set model.{f}={v!r}" for f, v in differ.items())
+        raise ToolchainError(f"train.init: {path} was trained with other neurons than this run's "
+                             f"({', '.join(f'{f} {getattr(cfg.model, f)!r}' for f in differ)}); "
+                             f"start from them with {sets}")
     try:
         model.load_state_dict(stored.state_dict())
     except RuntimeError as e:
