@@ -29,3 +29,31 @@ def test_example_config_loads_and_its_model_builds(path):
         channels, classes = (6 if cfg.data.channels == "all" else 2), 6
     model = models.build(cfg.model.name, channels, classes, (cfg.data.height, cfg.data.width))
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.slow
+def test_native_hybrid_script_trains_converts_fine_tunes_and_deploys_then_resumes(tmp_path):
+    """examples/native-hybrid.sh end to end on a small generated set: twin,
+    conversion, spiking fine-tune under the converted neurons, the .net equal
+    in Lava and on the emulator; run again, every finished training is kept."""
+    import json
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    small = [f"--set={kv}" for kv in ("data.height=16", "data.width=16", "data.synth_height=24", "data.synth_width=40",
+                                      "data.synth_n_train=16", "data.synth_n_test=8", "data.time_steps=12",
+                                      "train.epochs=1", "train.batch_size=8", f"data.root={tmp_path / 'data'}")]
+    subprocess.run([str(root / ".venv/bin/toolchain"), "data", "synth", "--out", str(tmp_path / "data"), "--n-train", "16",
+                    "--n-test", "8", "--height", "24", "--width", "40", "--seed", "0"], check=True)
+    run = subprocess.run(["bash", str(root / "examples/native-hybrid.sh"), str(tmp_path / "out"), *small],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    converted = json.loads((tmp_path / "out/converted/convert.json").read_text())
+    snn = json.loads((tmp_path / "out/snn/metrics.json").read_text())
+    assert snn["init"].endswith("converted/checkpoint.pt") and not snn["ann"]
+    lava, emulator = (json.loads((tmp_path / f"out/run-{b}.json").read_text()) for b in ("lava", "emulator"))
+    assert lava["miou"] == emulator["miou"] and lava["frames"] == emulator["frames"] == 8
+    assert converted["threshold"] > 0
+    again = subprocess.run(["bash", str(root / "examples/native-hybrid.sh"), str(tmp_path / "out"), *small],
+                           capture_output=True, text=True)
+    assert again.returncode == 0 and again.stdout.count("finished, kept") == 2, again.stdout[-3000:]
