@@ -82,6 +82,14 @@ BLOCK = 1024
 
 
 @njit(cache=True, inline="always")
+def _job_block(job, blocks, n_m):
+    """Job `job` of a kernel's samples x blocks: (sample, first neuron, end)."""
+    b = job // blocks
+    i0 = (job - b * blocks) * BLOCK
+    return b, i0, min(n_m, i0 + BLOCK)
+
+
+@njit(cache=True, inline="always")
 def _forward_row(z, cur, vol, spikes, voltage, current, cur_keep, vol_keep, scale, inv_scale, thr_reset, reset,
                  thr_spike):
     """One step of a block of neurons: rows of z, spikes, voltage, current;
@@ -111,9 +119,7 @@ def _forward_kernel(z, cur0, vol0, cur_keep, vol_keep, scale, inv_scale, thr_res
     n_b, n_t, n_m = z.shape
     blocks = (n_m + BLOCK - 1) // BLOCK
     for job in prange(n_b * blocks):
-        b = job // blocks
-        i0 = (job - b * blocks) * BLOCK
-        i1 = min(n_m, i0 + BLOCK)
+        b, i0, i1 = _job_block(job, blocks, n_m)
         # state * w_scale, truncated to int64, as _li_dynamics_fwd starts
         cur = (cur0[b, i0:i1] * scale).astype(np.int64)
         vol = (vol0[b, i0:i1] * scale).astype(np.int64)
@@ -176,9 +182,7 @@ def _backward_kernel(grad_spikes, voltage, thr, tau, coef, vol_keep, cur_keep, d
     n_b, n_t, n_m = voltage.shape
     blocks = (n_m + BLOCK - 1) // BLOCK
     for job in prange(n_b * blocks):
-        b = job // blocks
-        i0 = (job - b * blocks) * BLOCK
-        i1 = min(n_m, i0 + BLOCK)
+        b, i0, i1 = _job_block(job, blocks, n_m)
         g_cur = np.zeros(i1 - i0, np.float32)
         g_in = np.zeros(i1 - i0, np.float32)
         nothing = np.zeros(i1 - i0, np.float32)  # the gradient of a spike that left past the last step
