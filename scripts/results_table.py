@@ -40,6 +40,8 @@ def row(run: Path) -> tuple[list[str], list[str]]:
     setting = f"{d.height}x{d.width}, {6 if d.channels == 'all' else 2} ch, T={d.time_steps}"
     t = cfg.train
     recipe = f"{t.optimizer} {t.lr:g}" + (", class weights" if t.class_weights != "none" else "") + \
+        (f", Dice x{t.dice_weight:g}" if t.dice_weight else "") + \
+        (f", boundary x{t.boundary_weight:g}" if t.boundary_weight else "") + \
         (f", from {_source(Path(t.init))}" if t.init else "")
     hours = metrics["train_seconds"] / 3600
     trained = f"{metrics['epochs']} ep, {hours:.2f} h" if hours >= 1 else \
