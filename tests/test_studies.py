@@ -151,6 +151,22 @@ def test_convert_checkpoint_is_an_ordinary_spiking_checkpoint(ann_ckpt, tmp_path
         convert.convert_checkpoint(ann_ckpt, tmp_path / "x.pt", percentile=0, frames=2, log=lambda s: None)
 
 
+def test_scale_auto_converts_at_the_scale_that_scores_best_on_training_frames(ann_ckpt, tmp_path):
+    from toolchain.core import checkpoint
+
+    info = convert.convert_checkpoint(ann_ckpt, tmp_path / "auto.pt", percentile=99.0, scale="auto", frames=4,
+                                      log=lambda s: None)
+    search = info["scale_search"]
+    assert list(search) == [f"{s:g}" for s in convert.AUTO_SCALES]
+    assert search[f"{info['scale']:g}"] == max(search.values())
+    assert info["scale"] == next(s for s in convert.AUTO_SCALES if search[f"{s:g}"] == max(search.values()))
+    # the checkpoint is the conversion at that scale, as if it had been given
+    fixed = convert.convert_checkpoint(ann_ckpt, tmp_path / "fixed.pt", percentile=99.0, scale=info["scale"],
+                                       frames=4, log=lambda s: None)
+    a, b = checkpoint.load(tmp_path / "auto.pt")["model"], checkpoint.load(tmp_path / "fixed.pt")["model"]
+    assert fixed["threshold"] == info["threshold"] and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_converted_checkpoint_fine_tunes_with_the_flags_convert_prints(ann_ckpt, tmp_path, data_cfg):
     from toolchain.core.config import load_config
     from toolchain.train.loop import train

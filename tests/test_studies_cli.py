@@ -30,6 +30,10 @@ def test_convert_sweep_energy_robustness_report_from_the_cli(ann_ckpt, tmp_path,
     conv = run / "converted" / "checkpoint.pt"
     main(["convert", "--checkpoint", str(ann_ckpt), "--out", str(conv), "--frames", "4", "--norm", "channel"])
     assert json.loads((run / "converted" / "convert.json").read_text())["norm"] == "channel"
+    with pytest.raises(SystemExit) as bad:  # --scale takes a number or auto, nothing else
+        main(["convert", "--checkpoint", str(ann_ckpt), "--out", str(tmp_path / "x.pt"), "--scale", "best"])
+    assert bad.value.code == 2 and "'best' is neither a number nor auto" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
     main(["sweep", "--checkpoint", f"conv={conv}", "--checkpoint", f"ann={ann_ckpt}", "--steps", "2,8",
           "--frames", "2", "--out", str(run / "sweep")])
     sweep = json.loads((run / "sweep" / "sweep.json").read_text())

@@ -39,6 +39,18 @@ def _dump(path: Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=1, allow_nan=True))
 
 
+class _ScaleType(click.ParamType):
+    name = "FLOAT|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) or value == "auto":
+            return value
+        try:
+            return float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number nor auto", param, ctx)
+
+
 @click.command("convert")
 @click.option("--checkpoint", "ckpt", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint of a non-spiking twin (`toolchain train --ann`).")
@@ -47,7 +59,9 @@ def _dump(path: Path, obj) -> None:
               help="One threshold per layer or per channel.")
 @click.option("--percentile", type=float, default=100.0, show_default=True,
               help="Activation percentile (100: the paper's maximum).")
-@click.option("--scale", type=float, default=0.7, show_default=True, help="Factor on the statistic (the paper: 0.7).")
+@click.option("--scale", type=_ScaleType(), default="0.7", show_default=True,
+              help="Factor on the statistic (the paper: 0.7), or auto: the best of "
+                   "0.2-0.7 on the training frames, at the config's T with 8-bit weights.")
 @click.option("--frames", type=click.IntRange(min=1), default=64, show_default=True,
               help="Training frames to measure activations on.")
 @click.option("--data", "data_root", default=None, help="Data root (default: the checkpoint's).")
