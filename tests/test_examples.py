@@ -57,3 +57,4 @@ def test_native_hybrid_script_trains_converts_fine_tunes_and_deploys_then_resume
     again = subprocess.run(["bash", str(root / "examples/native-hybrid.sh"), str(tmp_path / "out"), *small],
                            capture_output=True, text=True)
     assert again.returncode == 0 and again.stdout.count("finished, kept") == 2, again.stdout[-3000:]
+    assert "converted, kept" in again.stdout and "scale_search" in converted
