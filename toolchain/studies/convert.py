@@ -159,8 +159,8 @@ def training_batches(cfg, frames: int, batch_size: int = 16):
 
 
 # `--scale auto` tries these: on the generated set at T=8 the best start moved
-# from 0.35 (a twin trained 10 or 20 epochs) to another value after 40 epochs,
-# and 0.05 off it can halve the converted net's mIoU
+# from 0.35 (a twin trained 10 or 20 epochs) to 0.3 (40) and 0.25 (80), and
+# 0.05 off it can halve the converted net's mIoU
 AUTO_SCALES = (0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.7)
 
 
