@@ -48,6 +48,10 @@ def data_config_for(net: Deployed, data_cfg, root: str | None):
         cfg = replace(cfg, channels=next((k for k, v in CHANNELS.items() if len(v) == c), cfg.channels))
     if root is not None:
         cfg = replace(cfg, root=str(root))
+    if cfg.root is None and (h > cfg.synth_height or w > cfg.synth_width):
+        # generated data at least the net's size: a smaller set scaled up would
+        # blur away the thin objects a net at that size was trained to see
+        cfg = replace(cfg, synth_height=max(h, cfg.synth_height), synth_width=max(w, cfg.synth_width))
     return cfg
 
 

@@ -203,3 +203,20 @@ def test_run_feeds_a_six_channel_net_all_six_ddd17_channels(tiny_ddd17, tmp_path
     report, out = evaluate(path, DataConfig(root=str(tiny_ddd17)), backend="emulator", progress=False)
     assert report["frames"] == 3 and out.class_map.shape == (3, 16, 24)
     assert sum(report["spikes_per_frame"].values()) > 0
+
+
+@pytest.mark.parametrize(("size", "synth"), [((16, 24), (100, 173)), ((200, 346), (200, 346)),
+                                             ((120, 100), (120, 173))])
+def test_run_without_data_generates_the_default_set_at_least_the_nets_size(size, synth, tmp_path):
+    """`toolchain run` without --data or --config on a net larger than the
+    generated default set (100x173) evaluates data generated at the net's size,
+    not the default scaled up; smaller nets keep the set their presets train on."""
+    from deploy.runner import data_config_for
+
+    torch.manual_seed(0)
+    path = tmp_path / "net.net"
+    export(models.build("spiking-deeplab-tiny", 2, 6, size, NeuronParams()), path, time_steps=T)
+    cfg = data_config_for(deploy.load(path), DataConfig(), None)
+    assert (cfg.height, cfg.width) == size and (cfg.synth_height, cfg.synth_width) == synth
+    given = data_config_for(deploy.load(path), DataConfig(root=str(tmp_path)), None)
+    assert (given.synth_height, given.synth_width) == (100, 173)  # a data root: nothing is generated
