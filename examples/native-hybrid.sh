@@ -2,7 +2,8 @@
 # The spiking DeepLab-tiny at DDD17's native 200x346 trained as a hybrid: its
 # ANN twin first, converted by threshold balancing into the spiking net's
 # starting weights, then fine-tuned spiking (surrogate gradients, Loihi 8-bit
-# weights), exported and run in Lava and on the emulator over the test split.
+# weights), exported and run in Lava and on the emulator over the test split
+# (DIR/snn/deploy/: the .net, both runs' reports and maps, energy per frame).
 # On the generated set this reaches 50.6% mIoU in about 15 minutes on 2 CPU
 # cores, where training spiking from scratch for 10 epochs reaches 31.6%
 # (docs/results.md).
@@ -41,12 +42,6 @@ echo "== 3. fine-tune spiking from the converted weights, under the converted ne
 train "$OUT/snn" --set train.init="$OUT/converted/checkpoint.pt" --set model.threshold="$THRESHOLD" \
     --set model.voltage_decay=0.0 --set train.lr=0.001 "$@"
 
-echo "== 4. export, then the whole test split in Lava and on the emulator"
-# (--config: the data the net was trained on, the generated set at 200x346 by default)
-$TC export --checkpoint "$OUT/snn/checkpoint.pt" --target loihi-sim --out "$OUT/model.net" --config "$CONFIG" "$@"
-$TC run --net "$OUT/model.net" --backend lava --workers 2 --json "$OUT/run-lava.json" --out "$OUT/pred-lava" \
-    --config "$CONFIG" "$@"
-$TC run --net "$OUT/model.net" --backend emulator --json "$OUT/run-emulator.json" --out "$OUT/pred-emulator" \
-    --config "$CONFIG" "$@"
-$PY scripts/same_in_lava_and_emulator.py "hybrid net" "$OUT/pred-lava" "$OUT/pred-emulator" \
-    "$OUT/run-lava.json" "$OUT/run-emulator.json"
+echo "== 4. export, the whole test split in Lava and on the emulator (equal class maps and spike counts), energy"
+# (-: the data the net was trained on, the generated set at 200x346 by default)
+scripts/deploy_run.sh "$OUT/snn" -

@@ -4,25 +4,35 @@
 # the same test frames on the emulator and in Lava (their class maps and
 # per-layer spike counts must be identical, every layer spiking), energy per frame.
 # Usage: [FRAMES=N] [NAME=deploy] scripts/deploy_run.sh RUN DATA [export options, e.g. --set data.height=200]
-#   FRAMES: test frames (default: the whole split); writes RUN/NAME/.
+#   DATA: a data root, or - for the data RUN was trained on (its config.yaml: a
+#   root, or the generated set it made); FRAMES: test frames (default: the
+#   whole split); writes RUN/NAME/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n 2,7p "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,9p "$0"; exit 2; }
 RUN=$1 DATA=$2
 shift 2
 TC=.venv/bin/toolchain
 D=$RUN/${NAME:-deploy}
+SRC=(--data "$DATA")
+if [ "$DATA" = - ]; then
+    SRC=(--config "$RUN/config.yaml")
+    DATA=$(.venv/bin/python -c 'import sys; from omegaconf import OmegaConf
+print(OmegaConf.load(sys.argv[1]).data.root or "")' "$RUN/config.yaml")
+fi
+ENERGY_DATA=()  # energy on a .net without a root: the generated set at the net's size
+[ -n "$DATA" ] && ENERGY_DATA=(--data "$DATA")
 FR=()
 [ -n "${FRAMES:-}" ] && FR=(--frames "$FRAMES")
 mkdir -p "$D"
-$TC export --checkpoint "$RUN/checkpoint.pt" --out "$D/model.net" --data "$DATA" --frames "${FRAMES:-1000000}" "$@"
+$TC export --checkpoint "$RUN/checkpoint.pt" --out "$D/model.net" "${SRC[@]}" --frames "${FRAMES:-1000000}" "$@"
 for backend in emulator lava; do
     rm -rf "$D/pred-$backend"
     W=()
     [ $backend = lava ] && W=(--workers 2)
-    $TC run --net "$D/model.net" --data "$DATA" --backend $backend "${W[@]}" "${FR[@]}" \
+    $TC run --net "$D/model.net" "${SRC[@]}" --backend $backend "${W[@]}" "${FR[@]}" \
         --json "$D/run-$backend.json" --out "$D/pred-$backend"
 done
 .venv/bin/python scripts/same_in_lava_and_emulator.py "$D/model.net" "$D/pred-lava" "$D/pred-emulator" \
     "$D/run-lava.json" "$D/run-emulator.json"
-$TC energy --checkpoint "$D/model.net" --frames "${FRAMES:-16}" --data "$DATA" --out "$D/energy"
+$TC energy --checkpoint "$D/model.net" --frames "${FRAMES:-16}" "${ENERGY_DATA[@]}" --out "$D/energy"

@@ -51,8 +51,9 @@ def test_native_hybrid_script_trains_converts_fine_tunes_and_deploys_then_resume
     converted = json.loads((tmp_path / "out/converted/convert.json").read_text())
     snn = json.loads((tmp_path / "out/snn/metrics.json").read_text())
     assert snn["init"].endswith("converted/checkpoint.pt") and not snn["ann"]
-    lava, emulator = (json.loads((tmp_path / f"out/run-{b}.json").read_text()) for b in ("lava", "emulator"))
+    lava, emulator = (json.loads((tmp_path / f"out/snn/deploy/run-{b}.json").read_text()) for b in ("lava", "emulator"))
     assert lava["miou"] == emulator["miou"] and lava["frames"] == emulator["frames"] == 8
+    assert json.loads((tmp_path / "out/snn/deploy/energy/energy.json").read_text())["energy"]
     assert converted["threshold"] > 0
     again = subprocess.run(["bash", str(root / "examples/native-hybrid.sh"), str(tmp_path / "out"), *small],
                            capture_output=True, text=True)
