@@ -42,7 +42,9 @@ def row(run: Path) -> tuple[list[str], list[str]]:
     recipe = f"{t.optimizer} {t.lr:g}" + (", class weights" if t.class_weights != "none" else "") + \
         (f", Dice x{t.dice_weight:g}" if t.dice_weight else "") + \
         (f", boundary x{t.boundary_weight:g}" if t.boundary_weight else "") + \
-        (f", from {_source(Path(t.init))}" if t.init else "")
+        (f", from {_source(Path(t.init))}" if t.init else "") + \
+        (f", distilled from {_source(Path(t.teacher))} x{t.distill_weight:g}, temperature {t.distill_temperature:g}"
+         if t.teacher else "")
     hours = metrics["train_seconds"] / 3600
     trained = f"{metrics['epochs']} ep, {hours:.2f} h" if hours >= 1 else \
         f"{metrics['epochs']} ep, {metrics['train_seconds'] / 60:.0f} min"

@@ -325,3 +325,52 @@ def test_boundary_weight_makes_a_missed_pole_cost_more_than_a_missed_patch_of_ro
     scores = torch.zeros(1, 2, 8, 8, requires_grad=True)
     loss_fn(scores, y, weight=torch.tensor([0.5, 2.0]), boundary_weight=4.0).backward()
     assert float(scores.grad[0, :, 7, 7].abs().sum()) == 0  # ignored pixel
+
+
+def test_distill_loss_is_zero_at_the_teachers_answer_and_pulls_toward_it():
+    """KL(teacher || student) per pixel: 0 where the student's class
+    distribution is the teacher's (whatever their scales' offsets), positive
+    elsewhere, and its gradient raises the class the teacher favours; the
+    temperature^2 factor keeps the loss's size as the temperature changes."""
+    from toolchain.train.loop import distill_loss
+
+    gen = torch.Generator().manual_seed(0)
+    teacher = torch.randn(2, 6, 5, 7, generator=gen) * 3
+    assert float(distill_loss(teacher + 4.0, teacher)) == pytest.approx(0.0, abs=1e-6)  # softmax ignores offsets
+    student = torch.zeros(2, 6, 5, 7, requires_grad=True)
+    loss = distill_loss(student, teacher)
+    assert float(loss) > 0.1
+    loss.backward()
+    favoured = teacher.argmax(dim=1, keepdim=True)
+    assert bool((student.grad.gather(1, favoured) < 0).all())  # descent raises the teacher's class
+    soft = [float(distill_loss(teacher * 0.9, teacher, temperature)) for temperature in (1.0, 4.0)]
+    assert 0.1 < soft[1] / soft[0] < 10
+
+
+def test_a_teacher_run_distills_and_a_mismatched_teacher_is_named(cfg, data, tmp_path):
+    """train.teacher: the spiking run learns from a twin's scores as well as
+    the labels (its weights move elsewhere than without the term, and weight 0
+    is the run without a teacher), metrics.json names the teacher; a teacher
+    for another size is refused naming the file and both shapes."""
+    ann = Config()
+    ann.data, ann.model, ann.train = cfg.data, cfg.model, type(cfg.train)(**vars(cfg.train))
+    ann.train.ann, ann.train.epochs = True, 3
+    train(ann, tmp_path / "twin", datasets=data, log=lambda *_: None)
+    cfg.train.epochs = 1
+    train(cfg, tmp_path / "alone", datasets=data, log=lambda *_: None)
+    weights = {}
+    for w in (0.0, 1.0):
+        cfg.train.teacher, cfg.train.distill_weight, cfg.train.distill_temperature = \
+            str(tmp_path / "twin" / "checkpoint.pt"), w, 2.0
+        result = train(cfg, tmp_path / f"taught-{w}", datasets=data, log=lambda *_: None)
+        weights[w] = checkpoint.load(tmp_path / f"taught-{w}" / "checkpoint.pt")["model"]
+    alone = checkpoint.load(tmp_path / "alone" / "checkpoint.pt")["model"]
+    assert all(torch.equal(alone[k], weights[0.0][k]) for k in alone)
+    assert not all(torch.equal(alone[k], weights[1.0][k]) for k in alone)
+    saved = json.loads((tmp_path / "taught-1.0" / "metrics.json").read_text())
+    assert saved["teacher"] == cfg.train.teacher and result["miou"] > result["untrained_miou"]
+    cfg.data.height = cfg.data.width = 24
+    with pytest.raises(ToolchainError, match=r"train.teacher: .*twin/checkpoint.pt takes 2 channels at 16x16 .*"
+                                             r"this run has 2 channels at 24x24"):
+        train(cfg, tmp_path / "other", datasets=(StripesDataset(4, hw=24), StripesDataset(2, hw=24)),
+              log=lambda *_: None)

@@ -83,6 +83,12 @@ class TrainConfig:
     # a training checkpoint whose model weights this run starts from (fine-tuning:
     # optimiser, schedule and epochs start afresh); the same model and data shapes
     init: str | None = None
+    # a training checkpoint (typically the ANN twin) whose class scores this run
+    # also learns to match: + distill_weight x the per-pixel KL divergence from
+    # its softmax at distill_temperature (knowledge distillation); same data shapes
+    teacher: str | None = None
+    distill_weight: float = 1.0
+    distill_temperature: float = 1.0
     # SynOps per frame to train under (counted as `toolchain energy` counts
     # them); above it the loss grows by synops_weight x the excess fraction
     synops_budget: float | None = None

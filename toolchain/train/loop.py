@@ -148,6 +148,16 @@ def loss_fn(scores: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     return loss
 
 
+def distill_loss(scores: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) of the class distributions at `temperature`, mean
+    over pixels, times temperature^2 (Hinton et al.'s scaling, so that its
+    gradient keeps its size as the temperature changes). Every pixel counts,
+    ignored ones too: the teacher has an answer there."""
+    log_p = F.log_softmax(scores / temperature, dim=1)
+    log_q = F.log_softmax(teacher / temperature, dim=1)
+    return (log_q.exp() * (log_q - log_p)).sum(dim=1).mean() * temperature ** 2
+
+
 def boundaries(target: torch.Tensor) -> torch.Tensor:
     """(N, H, W) bool: labelled pixels with another label among their 8
     neighbours (ignored pixels neither count as a label nor are marked)."""
@@ -294,6 +304,7 @@ class Session:
     scaler: object
     dataset_facts: dict
     synops: SynOpsCounter | None = None  # spiking models only
+    teacher: torch.nn.Module | None = None  # train.teacher, in eval mode
     history: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
@@ -352,10 +363,28 @@ def setup(cfg: Config, run_dir: Path, train_ds, device: torch.device, d: distrib
         raise ToolchainError(f"train.synops_budget={t.synops_budget}: "
                              + ("the ANN twin has no spikes to budget" if t.ann else "must be above 0"))
     counter = None if t.ann else SynOpsCounter(model, cfg.data.time_steps).to(device)
+    teacher = load_teacher(t.teacher, cfg, facts).to(device) if t.teacher else None
     net = torch.nn.parallel.DistributedDataParallel(model) if d.enabled else model
     optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     return Session(cfg, run_dir, d, device, amp, model, net, optimizer, make_scheduler(cfg, optimizer),
-                   torch.cuda.amp.GradScaler(enabled=amp), facts, counter)
+                   torch.cuda.amp.GradScaler(enabled=amp), facts, counter, teacher=teacher)
+
+
+def load_teacher(path: str, cfg: Config, facts: dict) -> torch.nn.Module:
+    """train.teacher's model, frozen, checked to score the same classes at the same input size."""
+    t = cfg.train
+    if t.distill_weight < 0 or t.distill_temperature <= 0:
+        raise ToolchainError(f"train.distill_weight={t.distill_weight} must be >= 0 and "
+                             f"train.distill_temperature={t.distill_temperature} above 0")
+    teacher, teacher_cfg = models.load_checkpoint(path)
+    ours = (facts["in_channels"], facts["num_classes"], cfg.data.height, cfg.data.width)
+    c, h, w = teacher.input_shape
+    theirs = (c, teacher.nodes[-1].synapses[0].out_channels, h, w)
+    if theirs != ours:
+        raise ToolchainError(f"train.teacher: {path} takes {theirs[0]} channels at {h}x{w} and scores "
+                             f"{theirs[1]} classes; this run has {ours[0]} channels at {ours[2]}x{ours[3]} "
+                             f"and {ours[1]} classes")
+    return teacher.eval().requires_grad_(False)
 
 
 def init_weights(model: torch.nn.Module, path: str, cfg: Config) -> None:
@@ -456,6 +485,10 @@ def train_one_epoch(s: Session, train_ds, sampler, epoch: int, interrupt, *, res
         with torch.autocast(s.device.type, enabled=s.amp):
             scores, spikes = models.predict(s.net, x, y.shape[-2:])
             loss = loss_fn(scores.float(), y, weight, t.dice_weight, t.boundary_weight)
+            if s.teacher is not None:
+                with torch.no_grad():
+                    taught, _ = models.predict(s.teacher, x, y.shape[-2:])
+                loss = loss + t.distill_weight * distill_loss(scores.float(), taught.float(), t.distill_temperature)
             if s.synops is not None:
                 with torch.set_grad_enabled(t.synops_budget is not None):  # else counted for the log only
                     synops, _ = s.synops(x, spikes)
@@ -616,7 +649,7 @@ def _gallery(model, dataset, device, class_names, path, amp):
 def _write_metrics(run_dir: Path, cfg: Config, history, extra, class_names, final: bool) -> dict:
     last = history[-1]
     result = dict(
-        model=cfg.model.name, init=cfg.train.init, ann=bool(cfg.train.ann), quantized=bool(cfg.train.qat and not cfg.train.ann),
+        model=cfg.model.name, init=cfg.train.init, teacher=cfg.train.teacher, ann=bool(cfg.train.ann), quantized=bool(cfg.train.qat and not cfg.train.ann),
         epochs=last["epoch"], final=final,
         miou=last["miou"], pixel_acc=last["pixel_acc"], loss=last["loss"],
         iou_per_class=dict(zip(class_names, last["iou_per_class"], strict=True)), firing=last["firing"],
