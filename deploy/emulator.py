@@ -99,11 +99,25 @@ def _decay(x, keep):  # pragma: no cover (compiled)
 
 
 @numba.njit(nogil=True, cache=True)
-@typing.no_type_check  # numba's int64 scalars: numpy's stubs keep them apart from int
+@typing.no_type_check
 def _cuba_step(x, u, v, s, lo, hi, keep_u, keep_v, vth):  # pragma: no cover (compiled)
     """`toolchain.core.loihi.cuba_step` on one step of a block of neurons, in
     place: x the input (integers, or floats holding integers), clipped to
-    [lo, hi] (Lava Conv's 24 bits, or no clip); u, v int64; s the spikes."""
+    [lo, hi] (Lava Conv's 24 bits, or no clip); u, v int64; s the spikes.
+    The usual neurons get a loop of their own, in which the compiler drops
+    the multiplies of a constant decay: no current state (keep_u 0, the
+    paper's LIF), and no leak either (keep_v 4096, converted nets)."""
+    if keep_u == 0 and keep_v == DECAY_SCALE:
+        _cuba_loop(x, u, v, s, lo, hi, 0, DECAY_SCALE, vth)
+    elif keep_u == 0:
+        _cuba_loop(x, u, v, s, lo, hi, 0, keep_v, vth)
+    else:
+        _cuba_loop(x, u, v, s, lo, hi, keep_u, keep_v, vth)
+
+
+@numba.njit(inline="always")
+@typing.no_type_check  # numba's int64 scalars: numpy's stubs keep them apart from int
+def _cuba_loop(x, u, v, s, lo, hi, keep_u, keep_v, vth):  # pragma: no cover (compiled)
     for i in range(x.shape[0]):
         a = min(max(np.int64(x[i]), lo), hi)
         a = _wrap32(_wrap32(a) << INPUT_SHIFT)

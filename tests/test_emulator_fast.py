@@ -243,3 +243,19 @@ def test_compiled_lif_equals_cuba_run_with_wrap_around():
     s_ref, v_ref = cuba_run(a, 1, 7, 1000, wrap=True)
     assert torch.equal(s, s_ref) and torch.equal(v, v_ref)
     assert s.any() and not s.all()
+
+
+@pytest.mark.parametrize(("i_decay", "v_decay"), [(4096, 0), (4096, 41), (1024, 128), (1, 4096)])
+def test_compiled_lif_equals_cuba_run_for_each_neuron_loop(i_decay, v_decay):
+    """The kernel's loops for no current state and no leak (converted nets),
+    no current state (the paper's LIF) and any decays: each equals Lava's
+    model step for step, spiking and not, on inputs of both signs."""
+    from toolchain.core.loihi import cuba_run
+
+    gen = torch.Generator().manual_seed(i_decay + v_decay)
+    a = torch.randint(-3000, 9000, (12, 4096), generator=gen)
+    a[:, :8] = torch.tensor([(1 << 24) - 1, -(1 << 24) + 1, 0, 1, -1, 2500, -2500, 64])
+    s, v = emulator.lif_steps(a, i_decay, v_decay, 6000)
+    s_ref, v_ref = cuba_run(a, i_decay, v_decay, 6000, wrap=True)
+    assert torch.equal(s, s_ref) and torch.equal(v, v_ref)
+    assert 0.05 < float(s.float().mean()) < 0.95 and bool((v < 0).any())
