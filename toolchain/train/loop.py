@@ -376,7 +376,7 @@ def load_teacher(path: str, cfg: Config, facts: dict) -> torch.nn.Module:
     if t.distill_weight < 0 or t.distill_temperature <= 0:
         raise ToolchainError(f"train.distill_weight={t.distill_weight} must be >= 0 and "
                              f"train.distill_temperature={t.distill_temperature} above 0")
-    teacher, teacher_cfg = models.load_checkpoint(path)
+    teacher, _ = models.load_checkpoint(path)
     ours = (facts["in_channels"], facts["num_classes"], cfg.data.height, cfg.data.width)
     c, h, w = teacher.input_shape
     theirs = (c, teacher.nodes[-1].synapses[0].out_channels, h, w)
@@ -485,7 +485,7 @@ def train_one_epoch(s: Session, train_ds, sampler, epoch: int, interrupt, *, res
         with torch.autocast(s.device.type, enabled=s.amp):
             scores, spikes = models.predict(s.net, x, y.shape[-2:])
             loss = loss_fn(scores.float(), y, weight, t.dice_weight, t.boundary_weight)
-            if s.teacher is not None:
+            if s.teacher is not None and t.distill_weight:
                 with torch.no_grad():
                     taught, _ = models.predict(s.teacher, x, y.shape[-2:])
                 loss = loss + t.distill_weight * distill_loss(scores.float(), taught.float(), t.distill_temperature)
