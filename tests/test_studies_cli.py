@@ -54,6 +54,25 @@ def test_convert_sweep_energy_robustness_report_from_the_cli(ann_ckpt, tmp_path,
     assert e.value.code == 2 and "--steps" in capsys.readouterr().err
 
 
+def test_convert_for_other_steps_and_code_writes_them_into_the_spiking_config(ann_ckpt, tmp_path, capsys):
+    """`convert --set data.time_steps=.. --set data.encoding=..`: the twin's
+    configuration with the overrides becomes the converted net's, so that the
+    fine-tune, export and runs that read it use them; the printed fine-tune
+    command carries them; a field the config does not have is refused."""
+    from toolchain.core import checkpoint
+
+    out = tmp_path / "conv" / "checkpoint.pt"
+    main(["convert", "--checkpoint", str(ann_ckpt), "--out", str(out), "--frames", "2",
+          "--set", "data.time_steps=5", "--set", "data.encoding=rate"])
+    data = checkpoint.load(out)["config"]["data"]
+    assert (data["time_steps"], data["encoding"]) == (5, "rate")
+    assert checkpoint.load(ann_ckpt)["config"]["data"]["encoding"] == "poisson"  # the twin as it was
+    assert "--set data.time_steps=5 --set data.encoding=rate (and the twin's config)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as bad:
+        main(["convert", "--checkpoint", str(ann_ckpt), "--out", str(tmp_path / "x.pt"), "--set", "data.steps=5"])
+    assert bad.value.code != 0 and not (tmp_path / "x.pt").exists()
+
+
 @pytest.mark.slow
 def test_pareto_fine_tunes_per_budget_deploys_every_point_and_resumes(tmp_path, data_cfg, capsys):
     """Each budget is an ordinary run fine-tuned from the checkpoint; every point,

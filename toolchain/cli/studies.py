@@ -9,7 +9,7 @@ import click
 from ..core.errors import ToolchainError
 from ..core.files import write_text
 from ..core.formatting import percent
-from . import quiet_heavy_imports
+from . import config_options, quiet_heavy_imports
 
 quiet_heavy_imports()  # before any command of this module loads models
 
@@ -65,12 +65,15 @@ class _ScaleType(click.ParamType):
 @click.option("--frames", type=click.IntRange(min=1), default=64, show_default=True,
               help="Training frames to measure activations on.")
 @click.option("--data", "data_root", default=None, help="Data root (default: the checkpoint's).")
-def convert_cmd(ckpt, out, norm, percentile, scale, frames, data_root):
-    """ANN-to-SNN conversion by threshold balancing; writes an ordinary spiking checkpoint."""
+@config_options
+def convert_cmd(ckpt, out, norm, percentile, scale, frames, data_root, config_path, overrides):
+    """ANN-to-SNN conversion by threshold balancing; writes an ordinary spiking checkpoint.
+    The twin's configuration, or --config's, with --set applied, becomes the spiking net's
+    (e.g. --set data.time_steps=16 --set data.encoding=rate: converted for 16 steps of the rate code)."""
     from ..studies.convert import convert_checkpoint
 
     info = convert_checkpoint(ckpt, out, norm=norm, percentile=percentile, scale=scale, frames=frames,
-                              data_root=data_root, log=click.echo)
+                              data_root=data_root, config_path=config_path, overrides=overrides, log=click.echo)
     _dump(Path(out).parent / "convert.json", info)
 
 

@@ -202,14 +202,17 @@ def pick_scale(ann, cfg, ds: dict, stats, frames: int, scales=AUTO_SCALES,
 
 def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "layer", percentile: float = 100.0,
                        scale: float | str = 0.7, frames: int = 64, data_root: str | None = None,
+                       config_path: str | Path | None = None, overrides: tuple[str, ...] | list[str] = (),
                        log: Callable[[str], None] = print) -> dict:
     """Convert a trained ANN-twin checkpoint into a spiking checkpoint at `out`;
-    `scale="auto"` picks it from `AUTO_SCALES` by `pick_scale`."""
+    `scale="auto"` picks it from `AUTO_SCALES` by `pick_scale`. The spiking
+    net's configuration: the twin's (or `config_path`'s) with `overrides`."""
     from ..core import checkpoint
     from ..core.config import to_dict
 
     ckpt = checkpoint.load(ann_ckpt)
-    ann, cfg = models.load_checkpoint(ann_ckpt, data_root=data_root, entries=ckpt)
+    ann, cfg = models.load_checkpoint(ann_ckpt, data_root=data_root, config_path=config_path, overrides=overrides,
+                                      entries=ckpt)
     if isinstance(ann, models.SpikingGraph):
         raise ToolchainError(f"{ann_ckpt}: holds a spiking model; convert takes a twin trained with --ann")
     stats = activation_stats(ann, training_batches(cfg, frames), norm, percentile)
@@ -225,6 +228,7 @@ def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "la
                     epoch=ckpt.get("epoch", 0), history=ckpt.get("history", []))
     log(f"converted {ann_ckpt} -> {out}: {norm}-wise, {'max' if percentile >= 100 else f'p{percentile:g}'} x {scale}, "
         f"threshold {info['threshold']:.4f}")
+    given = "".join(f" --set {o}" for o in overrides)
     log(f"fine-tune it with: toolchain train --set train.init={out} --set model.threshold={float(info['threshold'])!r} "
-        f"--set model.voltage_decay=0.0 (and the twin's config)")
+        f"--set model.voltage_decay=0.0{given} (and the twin's config)")
     return info
