@@ -4,9 +4,9 @@
 # the same test frames on the emulator and in Lava (their class maps and
 # per-layer spike counts must be identical, every layer spiking), energy per frame.
 # Usage: [FRAMES=N] [NAME=deploy] scripts/deploy_run.sh RUN DATA [export options, e.g. --set data.height=200]
-#   DATA: a data root, or - for the data RUN was trained on (its config.yaml: a
-#   root, or the generated set it made); FRAMES: test frames (default: the
-#   whole split); writes RUN/NAME/.
+#   DATA: a data root, or - for the data in RUN/checkpoint.pt's configuration (a
+#   root, or the generated set it made; also for a `toolchain convert` output);
+#   FRAMES: test frames (default: the whole split); writes RUN/NAME/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { sed -n 2,9p "$0"; exit 2; }
@@ -14,17 +14,21 @@ RUN=$1 DATA=$2
 shift 2
 TC=.venv/bin/toolchain
 D=$RUN/${NAME:-deploy}
+mkdir -p "$D"
 SRC=(--data "$DATA")
-if [ "$DATA" = - ]; then
-    SRC=(--config "$RUN/config.yaml")
-    DATA=$(.venv/bin/python -c 'import sys; from omegaconf import OmegaConf
-print(OmegaConf.load(sys.argv[1]).data.root or "")' "$RUN/config.yaml")
+if [ "$DATA" = - ]; then  # the checkpoint's configuration as a file, for the commands' --config
+    SRC=(--config "$D/config.yaml")
+    DATA=$(.venv/bin/python -c 'import sys
+from toolchain.core import checkpoint
+from toolchain.core.config import config_from_dict, save_config
+cfg = config_from_dict(checkpoint.load(sys.argv[1])["config"])
+save_config(cfg, sys.argv[2])
+print(cfg.data.root or "")' "$RUN/checkpoint.pt" "$D")
 fi
 ENERGY_DATA=()  # energy on a .net without a root: the generated set at the net's size
 [ -n "$DATA" ] && ENERGY_DATA=(--data "$DATA")
 FR=()
 [ -n "${FRAMES:-}" ] && FR=(--frames "$FRAMES")
-mkdir -p "$D"
 $TC export --checkpoint "$RUN/checkpoint.pt" --out "$D/model.net" "${SRC[@]}" --frames "${FRAMES:-1000000}" "$@"
 for backend in emulator lava; do
     rm -rf "$D/pred-$backend"
