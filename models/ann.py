@@ -40,14 +40,32 @@ def _twin(syn: torch.nn.Module) -> torch.nn.Module:
 
 
 class AnnNode(torch.nn.Module):
+    """`clip`: the largest activation the node passes on (inf: a plain ReLU). A
+    spiking neuron fires at most once a step, so it carries its twin's
+    activations only up to a level; a twin trained under that clip
+    (`train.ann_clip`) no longer leans on the few activations above it."""
+
     def __init__(self, name, sources, synapses, relu: bool):
         super().__init__()
         self.name, self.sources, self.relu = name, list(sources), relu
         self.synapses = torch.nn.ModuleList(synapses)
+        self.register_buffer("clip", torch.tensor(float("inf")))
+        self._register_load_state_dict_pre_hook(_unclipped_if_absent)
+
+    @property
+    def is_pool(self) -> bool:
+        return isinstance(self.synapses[0], _AvgPool)
 
     def forward(self, inputs):
         z = sum(syn(x) for syn, x in zip(self.synapses, inputs, strict=True))
-        return F.relu(z) if self.relu else z
+        if not self.relu:
+            return z
+        return F.relu(z) if bool(torch.isinf(self.clip)) else torch.minimum(F.relu(z), self.clip)
+
+
+def _unclipped_if_absent(state_dict, prefix, *args):
+    # twins saved before clipping existed hold no clip level: they had none
+    state_dict.setdefault(prefix + "clip", torch.tensor(float("inf")))
 
 
 class AnnGraph(torch.nn.Module):
@@ -62,6 +80,13 @@ class AnnGraph(torch.nn.Module):
         self.input_shape = graph.input_shape
         self.neuron_params = graph.neuron_params
         self.name = getattr(graph, "name", None)
+
+    def clip_at(self, levels: dict[str, float]) -> None:
+        """Clip each named node's activations at its level (pools are left
+        alone: an average of clipped values stays under the clip)."""
+        for node in self.nodes:
+            if node.name in levels and not node.is_pool:
+                node.clip.fill_(float(levels[node.name]))
 
     def forward(self, x):
         if x.dim() == 5:

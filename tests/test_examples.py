@@ -32,12 +32,12 @@ def test_example_config_loads_and_its_model_builds(path):
 
 
 @pytest.mark.slow
-def test_native_hybrid_script_trains_converts_fine_tunes_and_deploys_then_resumes(tmp_path):
+def test_native_hybrid_script_clips_converts_and_deploys_then_resumes_and_fine_tunes(tmp_path):
     """examples/native-hybrid.sh end to end on a small generated set: twin,
-    conversion for the asked steps and code, spiking fine-tune under the
-    converted neurons, the .net equal in Lava and on the emulator; run again,
-    every finished step is kept; with TUNE_EPOCHS=0 the conversion itself is
-    deployed, from the same twin."""
+    the twin tuned under the clip, conversion of it for the asked steps and
+    code, the .net equal in Lava and on the emulator; run again, every
+    finished step is kept; with CLIP_EPOCHS=0 and TUNE_EPOCHS the plain twin's
+    conversion is fine-tuned spiking under the converted neurons and deployed."""
     import json
     import os
     import subprocess
@@ -52,24 +52,30 @@ def test_native_hybrid_script_trains_converts_fine_tunes_and_deploys_then_resume
     def script(**env):
         return subprocess.run(["bash", str(root / "examples/native-hybrid.sh"), str(tmp_path / "out"), *small],
                               capture_output=True, text=True, env={**os.environ, "STEPS": "12", **env})
+
+    def deployed_equal(run_dir, code):
+        lava, emulator = (json.loads((run_dir / f"deploy/run-{b}.json").read_text()) for b in ("lava", "emulator"))
+        assert lava["miou"] == emulator["miou"] and lava["frames"] == emulator["frames"] == 8
+        assert lava["time_steps"] == 12 and code in (run_dir / "deploy/config.yaml").read_text()
+
     run = script()
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = tmp_path / "out"
-    converted = json.loads((out / "converted-40ep-T12-poisson/convert.json").read_text())
-    tuned = out / "tuned-40ep-T12-poisson-10ep"
-    snn = json.loads((tuned / "metrics.json").read_text())
-    assert snn["init"].endswith("converted-40ep-T12-poisson/checkpoint.pt") and not snn["ann"]
-    lava, emulator = (json.loads((tuned / f"deploy/run-{b}.json").read_text()) for b in ("lava", "emulator"))
-    assert lava["miou"] == emulator["miou"] and lava["frames"] == emulator["frames"] == 8 and lava["time_steps"] == 12
-    assert json.loads((tuned / "deploy/energy/energy.json").read_text())["energy"]
-    assert converted["threshold"] > 0
+    clipped = json.loads((out / "twin-80ep-clip99-15ep-T12-rate/metrics.json").read_text())
+    assert clipped["ann"] and clipped["ann_clip"] == 99 and clipped["init"].endswith("twin-80ep/checkpoint.pt")
+    converted = out / "converted-80ep-clip99-15ep-T12-rate"
+    info = json.loads((converted / "convert.json").read_text())
+    assert info["percentile"] == 100 and info["source"].endswith("twin-80ep-clip99-15ep-T12-rate/checkpoint.pt")
+    assert "scale_search" in info and "== 3." not in run.stdout
+    deployed_equal(converted, "rate")
+    assert json.loads((converted / "deploy/energy/energy.json").read_text())["energy"]
     again = script()
     assert again.returncode == 0 and again.stdout.count("finished, kept") == 2, again.stdout[-3000:]
-    assert "converted, kept" in again.stdout and "scale_search" in converted
-    as_converted = script(TUNE_EPOCHS="0", CODE="rate")
-    assert as_converted.returncode == 0, as_converted.stdout[-3000:] + as_converted.stderr[-3000:]
-    assert as_converted.stdout.count("finished, kept") == 1 and "== 3." not in as_converted.stdout
-    deployed = out / "converted-40ep-T12-rate/deploy"
-    lava, emulator = (json.loads((deployed / f"run-{b}.json").read_text()) for b in ("lava", "emulator"))
-    assert lava["miou"] == emulator["miou"] and lava["frames"] == 8
-    assert "rate" in (deployed / "config.yaml").read_text()
+    assert "converted, kept" in again.stdout
+    tuned = script(CLIP_EPOCHS="0", TUNE_EPOCHS="1", CODE="poisson")
+    assert tuned.returncode == 0, tuned.stdout[-3000:] + tuned.stderr[-3000:]
+    assert tuned.stdout.count("finished, kept") == 1 and "== 1b." not in tuned.stdout
+    snn = json.loads((out / "tuned-80ep-T12-poisson-1ep/metrics.json").read_text())
+    assert snn["init"].endswith("converted-80ep-T12-poisson/checkpoint.pt") and not snn["ann"]
+    assert json.loads((out / "converted-80ep-T12-poisson/convert.json").read_text())["percentile"] == 99
+    deployed_equal(out / "tuned-80ep-T12-poisson-1ep", "poisson")

@@ -102,6 +102,24 @@ def ann_ckpt(tmp_path, data_cfg):
     return path
 
 
+def test_a_converted_pool_passes_full_rate_and_needs_all_its_inputs():
+    """Loihi fires on voltage > threshold: a pool weight of exactly (or, rounded
+    down, under) threshold / k^2 halves the rate of a pool whose inputs all spike."""
+    from toolchain.core.loihi import W_SCALE, cuba_run
+
+    for mant in range(24, 512):
+        threshold = mant / W_SCALE
+        for k2 in (4, 9):
+            w = round(convert.pool_weight(threshold, k2) * W_SCALE)
+            assert w % 2 == 0  # on slayer's 8-bit grid, so the export keeps it
+            # one input short waits a step, where the 2/64 grid is fine enough to tell them apart
+            short = [(k2 - 1, [False, True] * 3)] if mant >= 2 * k2 * (k2 - 1) else []
+            for inputs, fires in [(k2, [True] * 6)] + short:
+                a = torch.full((6, 1), float(inputs * w), dtype=torch.float64)
+                spikes, _ = cuba_run(a.long(), 4096, 0, mant)
+                assert spikes[:, 0].tolist() == fires, (threshold, k2, inputs)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("norm", ["layer", "channel"])
 def test_converted_net_approaches_its_ann_twin_with_many_steps(norm):

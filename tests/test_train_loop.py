@@ -374,3 +374,43 @@ def test_a_teacher_run_distills_and_a_mismatched_teacher_is_named(cfg, data, tmp
                                              r"this run has 2 channels at 24x24"):
         train(cfg, tmp_path / "other", datasets=(StripesDataset(4, hw=24), StripesDataset(2, hw=24)),
               log=lambda *_: None)
+
+
+def test_ann_clip_tunes_the_twin_under_a_percentile_of_its_activations(cfg, data, tmp_path):
+    """train.ann_clip: a run from a trained twin clips each hidden layer at that
+    percentile of its activations on the training frames (pools pass the
+    clipped values on), never passes a value above it, keeps the levels in its
+    checkpoint and through a resume (not measured again); without a twin to
+    start from it is refused. A twin saved before clipping loads unclipped."""
+    from toolchain.cli.train import summary_table
+    from toolchain.studies.convert import activation_stats
+
+    cfg.train.ann, cfg.train.epochs = True, 2
+    train(cfg, tmp_path / "twin", datasets=data, log=lambda *_: None)
+    twin, _ = models.load_checkpoint(tmp_path / "twin" / "checkpoint.pt")
+    data[0].set_epoch(0)  # the frames the run measures on: epoch 0's draw
+    frames = torch.stack([data[0][i][0] for i in range(len(data[0]))])
+    expected = activation_stats(twin, [frames], "layer", 90.0)
+    cfg.train.init, cfg.train.ann_clip, cfg.train.epochs = str(tmp_path / "twin" / "checkpoint.pt"), 90.0, 1
+    result = train(cfg, tmp_path / "clip", datasets=data, log=lambda *_: None)
+    assert result["ann_clip"] == 90.0
+    assert "spiking-deeplab-tiny ANN twin clipped at p90 (1 epochs, float)" in summary_table(result)
+    clipped, _ = models.load_checkpoint(tmp_path / "clip" / "checkpoint.pt")
+    convs = [n for n in clipped.nodes[:-1] if not n.is_pool]
+    assert convs and all(float(n.clip) == pytest.approx(float(expected[n.name]), rel=1e-5) for n in convs)
+    assert all(torch.isinf(n.clip) for n in clipped.nodes[:-1] if n.is_pool)
+    with torch.no_grad():
+        _, acts = clipped(frames)
+    for n in convs:  # the clip bites: some activations sit at it, none above
+        assert float(acts[n.name].max()) == pytest.approx(float(n.clip))
+    levels = {n.name: float(n.clip) for n in convs}
+    train(cfg, tmp_path / "clip", datasets=data, resume=True, epochs=2, log=lambda *_: None)
+    resumed, _ = models.load_checkpoint(tmp_path / "clip" / "checkpoint.pt")
+    assert {n.name: float(n.clip) for n in resumed.nodes[:-1] if not n.is_pool} == levels
+    old = {k: v for k, v in twin.state_dict().items() if not k.endswith(".clip")}
+    fresh = models.from_config(cfg, 2, 2, ann=True)
+    fresh.load_state_dict(old)
+    assert all(torch.isinf(n.clip) for n in fresh.nodes)
+    cfg.train.init = None
+    with pytest.raises(ToolchainError, match=r"train.ann_clip=90.0: .*needs train.ann=true and train.init"):
+        train(cfg, tmp_path / "none", datasets=data, log=lambda *_: None)

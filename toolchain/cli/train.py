@@ -47,7 +47,8 @@ def summary_table(r: dict) -> str:
     rows = [("majority class (" + r["majority_class"] + ")", r["majority_miou"]),
             ((f"starting weights ({r['init']})" if r.get("init") else "untrained " + r["model"]),
              r["untrained_miou"]),
-            (f"trained {r['model']}" + (" ANN twin" if r.get("ann") else "") + f" ({r['epochs']} epochs"
+            (f"trained {r['model']}" + (" ANN twin" if r.get("ann") else "")
+             + (f" clipped at p{r['ann_clip']:g}" if r.get("ann_clip") is not None else "") + f" ({r['epochs']} epochs"
              + (", quantized)" if r["quantized"] else ", float)"), r["miou"])]
     w = max(len(n) for n, _ in rows)
     lines = [f"{'model':<{w}}  test mIoU", f"{'-' * w}  ---------"]

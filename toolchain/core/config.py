@@ -72,6 +72,12 @@ class TrainConfig:
     # slayer: slayer's reference path everywhere (bit-identical spikes, slower on the CPU)
     neuron: str = "auto"  # auto | fused | slayer
     ann: bool = False  # train the non-spiking twin
+    # twin only: clip each layer's activations at this percentile of their
+    # values on the training frames, measured when the run starts (from
+    # train.init, a trained twin); a spiking neuron carries activations only up
+    # to a rate of one spike a step, so a twin tuned under the clip converts
+    # without losing what it kept in its largest activations (people, poles)
+    ann_clip: float | None = None
     # none | inverse-sqrt: cross-entropy weights 1/sqrt(pixel frequency) from
     # the training labels, mean 1 over the classes present (thin classes count)
     class_weights: str = "none"

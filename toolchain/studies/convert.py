@@ -12,8 +12,8 @@ goes into the weights instead (the same network, Rueckauer et al.'s weight
 normalisation):  W'[o, i] = theta * W[o, i] * lambda_src[i] / lambda_node[o].
 theta is chosen as large as the 8-bit Loihi weight range allows, so the
 quantized weights keep as many levels as possible. Pooling synapses have a
-fixed scalar weight; it is set to theta / k^2, which makes a pool a plain
-average of rates. The readout is scaled by lambda_src only (the class scores
+fixed scalar weight; it is set just above theta / k^2 (`pool_weight`), which
+makes a pool an average of rates. The readout is scaled by lambda_src only (the class scores
 keep the ANN's units, up to one positive factor that fits the weight range).
 The converted neurons integrate without leak (voltage_decay 0): the IF neuron
 conversion assumes.
@@ -61,7 +61,7 @@ def activation_stats(ann, batches, norm: str = "layer", percentile: float = 100.
         raise ToolchainError("conversion: no training frames to measure activations on")
     out = {}
     for name, parts in acts.items():
-        a = torch.cat(parts, dim=1).double().numpy()
+        a = torch.cat(parts, dim=1).double().cpu().numpy()
         if norm == "layer":
             a = a.reshape(1, -1)
         stat = a.max(axis=1) if percentile >= 100 else np.percentile(a, percentile, axis=1)
@@ -89,6 +89,15 @@ def _scaled(ann_syn, snn_syn, lam_src: torch.Tensor, lam_dst: torch.Tensor) -> t
     else:  # (out, in, kh, kw)
         w = w * lam_src.view(1, -1, 1, 1) / lam_dst.view(-1, 1, 1, 1)
     return w[..., None]
+
+
+def pool_weight(threshold: float, k2: int) -> float:
+    """The weight of each of a pool's k2 synapses: the smallest multiple of
+    Loihi's 2/64 step with k2 x weight > threshold. A Loihi neuron fires when
+    its voltage exceeds the threshold, so at k2 x weight == threshold (or
+    below, rounded down) all k2 inputs spiking in a step do not fire the pool
+    and it passes on half their rate."""
+    return (math.floor(threshold / k2 / W_STEP) + 1) * W_STEP
 
 
 def convert(ann, snn, stats: dict[str, torch.Tensor], scale: float = 0.7) -> dict:
@@ -128,7 +137,7 @@ def convert(ann, snn, stats: dict[str, torch.Tensor], scale: float = 0.7) -> dic
     hidden = [abs(float(w.abs().max())) for syn, w, node in plan if w is not None and not node.is_readout]
     w_max = max(hidden) if hidden else 1.0
     threshold = FIT * W_MAX / w_max if w_max > 0 else 1.0
-    # the pool weight theta/4 must fit too; keep theta on Loihi's 1/64 grid
+    # the pool weight, about theta/4, must fit too; keep theta on Loihi's 1/64 grid
     threshold = min(threshold, FIT * W_MAX * 4)
     threshold = max(math.floor(threshold * W_SCALE), 1) / W_SCALE
     readout = [w for syn, w, node in plan if w is not None and node.is_readout]
@@ -137,10 +146,7 @@ def convert(ann, snn, stats: dict[str, torch.Tensor], scale: float = 0.7) -> dic
     with torch.no_grad():
         for syn, w, node in plan:
             if w is None:
-                k2 = int(np.prod(syn.weight.shape[2:4]))
-                # a multiple of Loihi's 2/64 step, so the pool stays exact after export
-                pw = max(round(threshold / k2 / W_STEP), 1) * W_STEP
-                syn.weight.data.fill_(pw)
+                syn.weight.data.fill_(pool_weight(threshold, int(np.prod(syn.weight.shape[2:4]))))
             else:
                 _set_weight(syn, w * (r_gain if node.is_readout else threshold))
     return dict(threshold=threshold, readout_gain=r_gain, scale=scale,
