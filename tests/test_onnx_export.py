@@ -135,7 +135,7 @@ def test_step_graph_is_valid_opset17_with_named_state_and_dynamic_batch(tmp_path
         assert all(o.shape[0] == batch for o in outs)
 
 
-def test_ann_twin_exports_its_scores_as_a_plain_graph(tmp_path):
+def test_ann_twin_exports_its_scores_and_clip_levels_as_a_plain_graph(tmp_path):
     torch.manual_seed(0)
     twin = models.build("spiking-fcn-tiny-ann", 2, 6, (16, 24)).eval()
     path = export_ann_onnx(twin, tmp_path / "ann.onnx")
@@ -144,6 +144,15 @@ def test_ann_twin_exports_its_scores_as_a_plain_graph(tmp_path):
     x = torch.rand(3, 2, 16, 24)
     got = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]
     np.testing.assert_allclose(got, twin(x)[0].detach().numpy(), rtol=1e-4, atol=1e-5)
+    # a twin tuned under train.ann_clip exports its clip levels (here low enough to bite)
+    with torch.no_grad():
+        _, acts = twin(x)
+    twin.clip_at({name: 0.5 * float(a.max()) for name, a in acts.items()})
+    path = export_ann_onnx(twin, tmp_path / "clipped.onnx")
+    got = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]
+    clipped = twin(x)[0].detach().numpy()
+    assert not np.allclose(clipped, ort.InferenceSession(str(tmp_path / "ann.onnx")).run(None, {"input": x.numpy()})[0])
+    np.testing.assert_allclose(got, clipped, rtol=1e-4, atol=1e-5)
 
 
 def test_spiking_models_and_shapeless_modules_are_refused_by_the_ann_export(tmp_path):

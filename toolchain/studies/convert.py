@@ -16,7 +16,8 @@ fixed scalar weight; it is set just above theta / k^2 (`pool_weight`), which
 makes a pool an average of rates. The readout is scaled by lambda_src only (the class scores
 keep the ANN's units, up to one positive factor that fits the weight range).
 The converted neurons integrate without leak (voltage_decay 0): the IF neuron
-conversion assumes.
+conversion assumes. A twin tuned under `train.ann_clip` converts on its
+activations' maximum (percentile 100), which is its clip levels.
 """
 from __future__ import annotations
 
