@@ -7,9 +7,12 @@ sum-pools with weight 1/k^2. No bias, no normalisation, as in the SNN.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lava.lib.dl import slayer
+
+from toolchain.core.errors import ToolchainError
 
 from .graph import INPUT, SpikingGraph
 
@@ -96,3 +99,31 @@ class AnnGraph(torch.nn.Module):
             outputs[node.name] = node([outputs[s] for s in node.sources])
         acts = {n.name: outputs[n.name] for n in self.nodes[:-1]}
         return outputs[self.nodes[-1].name], acts
+
+
+@torch.no_grad()
+def activation_stats(ann, batches, norm: str = "layer", percentile: float = 100.0) -> dict[str, torch.Tensor]:
+    """Per hidden node of the twin `ann`, the maximum (or `percentile`) of its ReLU
+    activations over `batches` of input; a scalar for norm="layer", one value
+    per channel for norm="channel"."""
+    if norm not in ("layer", "channel"):
+        raise ToolchainError(f"--norm: {norm!r} is not one of layer, channel")
+    if not 0 < percentile <= 100:
+        raise ToolchainError(f"--percentile: {percentile} is outside (0, 100]")
+    ann.eval()
+    acts: dict[str, list[torch.Tensor]] = {}
+    for x in batches:
+        _, a = ann(x)
+        for name, v in a.items():
+            # (C, everything else): channel-major, so one row per channel
+            acts.setdefault(name, []).append(v.detach().transpose(0, 1).reshape(v.shape[1], -1))
+    if not acts:
+        raise ToolchainError("conversion: no training frames to measure activations on")
+    out = {}
+    for name, parts in acts.items():
+        a = torch.cat(parts, dim=1).double().cpu().numpy()
+        if norm == "layer":
+            a = a.reshape(1, -1)
+        stat = a.max(axis=1) if percentile >= 100 else np.percentile(a, percentile, axis=1)
+        out[name] = torch.as_tensor(stat, dtype=torch.float64)
+    return out

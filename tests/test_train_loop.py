@@ -382,8 +382,8 @@ def test_ann_clip_tunes_the_twin_under_a_percentile_of_its_activations(cfg, data
     clipped values on), never passes a value above it, keeps the levels in its
     checkpoint and through a resume (not measured again); without a twin to
     start from it is refused. A twin saved before clipping loads unclipped."""
+    from models.ann import activation_stats
     from toolchain.cli.train import summary_table
-    from toolchain.studies.convert import activation_stats
 
     cfg.train.ann, cfg.train.epochs = True, 2
     train(cfg, tmp_path / "twin", datasets=data, log=lambda *_: None)

@@ -31,6 +31,7 @@ import torch
 from lava.lib.dl import slayer
 
 import models
+from models.ann import activation_stats
 from models.graph import INPUT
 
 from ..core.errors import ToolchainError
@@ -40,34 +41,6 @@ W_MAX = WEIGHT_MAX / W_SCALE  # slayer's largest 8-bit weight
 W_STEP = 2 / W_SCALE
 FIT = 0.98  # head-room under W_MAX against rounding
 CHANNEL_FLOOR = 1 / 8  # smallest channel lambda, as a fraction of its layer's largest
-
-
-@torch.no_grad()
-def activation_stats(ann, batches, norm: str = "layer", percentile: float = 100.0) -> dict[str, torch.Tensor]:
-    """lambda source: per hidden node, the maximum (or `percentile`) of its ReLU
-    activations over `batches` of input; a scalar for norm="layer", one value
-    per channel for norm="channel"."""
-    if norm not in ("layer", "channel"):
-        raise ToolchainError(f"--norm: {norm!r} is not one of layer, channel")
-    if not 0 < percentile <= 100:
-        raise ToolchainError(f"--percentile: {percentile} is outside (0, 100]")
-    ann.eval()
-    acts: dict[str, list[torch.Tensor]] = {}
-    for x in batches:
-        _, a = ann(x)
-        for name, v in a.items():
-            # (C, everything else): channel-major, so one row per channel
-            acts.setdefault(name, []).append(v.detach().transpose(0, 1).reshape(v.shape[1], -1))
-    if not acts:
-        raise ToolchainError("conversion: no training frames to measure activations on")
-    out = {}
-    for name, parts in acts.items():
-        a = torch.cat(parts, dim=1).double().cpu().numpy()
-        if norm == "layer":
-            a = a.reshape(1, -1)
-        stat = a.max(axis=1) if percentile >= 100 else np.percentile(a, percentile, axis=1)
-        out[name] = torch.as_tensor(stat, dtype=torch.float64)
-    return out
 
 
 def _set_weight(syn, w: torch.Tensor) -> None:

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 import models
 from deploy.synops import SynOpsCounter, budget_penalty
+from models.ann import activation_stats
 from models.blocks import set_quantized
 from models.fused_cuba import set_neuron_impl
 
@@ -422,8 +423,6 @@ def clip_twin(model, train_ds, percentile: float, log: Callable[[str], None] = p
     """train.ann_clip: clip each hidden layer of the twin at `percentile` of its
     activations on the first training frames (`toolchain convert` then finds
     the levels as the activations' maximum)."""
-    from ..studies.convert import activation_stats
-
     train_ds.set_epoch(0)
     n = min(CLIP_FRAMES, len(train_ds))
     device = next(model.parameters()).device
