@@ -138,11 +138,11 @@ def training_batches(cfg, frames: int, batch_size: int = 16):
         yield torch.stack([ds[i][0] for i in range(start, min(n, start + batch_size))])
 
 
-# `--scale auto` tries these: on the generated set at T=8 the best start moved
-# from 0.35 (a twin trained 10 or 20 epochs) to 0.3 (40) and 0.25 (80), and
-# 0.05 off it can halve the converted net's mIoU; a twin clipped at p99
-# converts best at 0.35, one clipped at p99.9 (higher levels) at 0.2 (0.15
-# and 0.12 score lower)
+# `--scale auto` tries these. With pool weights at theta/4 (since fixed) 0.05
+# off the best could halve a converted net's mIoU; now neighbours differ by a
+# few points (the 80-epoch twin at T=16: 56.1 / 57.5 / 59.0% at 0.25 / 0.3 /
+# 0.35 on 32 training frames). A twin clipped at p99 converts best at 0.35,
+# one clipped at p99.9 (higher levels) at 0.2 (0.15 and 0.12 score lower)
 AUTO_SCALES = (0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.7)
 
 
