@@ -61,11 +61,12 @@ def test_native_hybrid_script_clips_converts_and_deploys_then_resumes_and_fine_t
     run = script()
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = tmp_path / "out"
-    clipped = json.loads((out / "twin-80ep-clip99-15ep-T12-rate/metrics.json").read_text())
-    assert clipped["ann"] and clipped["ann_clip"] == 99 and clipped["init"].endswith("twin-80ep/checkpoint.pt")
-    converted = out / "converted-80ep-clip99-15ep-T12-rate"
+    clipped = json.loads((out / "twin-80ep-clip99-conv1-99.9-15ep-T12-rate/metrics.json").read_text())
+    assert clipped["ann"] and clipped["ann_clip"] == 99 and clipped["ann_clip_layers"] == {"conv1": 99.9}
+    assert clipped["init"].endswith("twin-80ep/checkpoint.pt")
+    converted = out / "converted-80ep-clip99-conv1-99.9-15ep-T12-rate"
     info = json.loads((converted / "convert.json").read_text())
-    assert info["percentile"] == 100 and info["source"].endswith("twin-80ep-clip99-15ep-T12-rate/checkpoint.pt")
+    assert info["percentile"] == 100 and info["source"].endswith("twin-80ep-clip99-conv1-99.9-15ep-T12-rate/checkpoint.pt")
     assert "scale_search" in info and "== 3." not in run.stdout
     deployed_equal(converted, "rate")
     assert json.loads((converted / "deploy/energy/energy.json").read_text())["energy"]

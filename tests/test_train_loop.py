@@ -404,6 +404,21 @@ def test_ann_clip_tunes_the_twin_under_a_percentile_of_its_activations(cfg, data
     for n in convs:  # the clip bites: some activations sit at it, none above
         assert float(acts[n.name].max()) == pytest.approx(float(n.clip))
     levels = {n.name: float(n.clip) for n in convs}
+    # a named layer at its own percentile, the others at train.ann_clip
+    cfg.train.ann_clip_layers = {"conv1": 99.0}
+    result = train(cfg, tmp_path / "clip-conv1", datasets=data, log=lambda *_: None)
+    assert "ANN twin clipped at p90 (conv1 p99) (1 epochs" in summary_table(result)
+    assert result["ann_clip_layers"] == {"conv1": 99.0}
+    by_layer, _ = models.load_checkpoint(tmp_path / "clip-conv1" / "checkpoint.pt")
+    high = activation_stats(twin, [frames], "layer", 99.0)
+    got = {n.name: float(n.clip) for n in by_layer.nodes[:-1] if not n.is_pool}
+    assert got["conv1"] == pytest.approx(float(high["conv1"]), rel=1e-5) and got["conv1"] > levels["conv1"]
+    assert all(got[k] == pytest.approx(v, rel=1e-5) for k, v in levels.items() if k != "conv1")
+    cfg.train.ann_clip_layers = {"conv9": 99.0}
+    with pytest.raises(ToolchainError, match=r"train.ann_clip_layers: conv9 not among the twin's clipped layers "
+                                             r"\(conv1, conv2, conv3, conv4\)"):
+        train(cfg, tmp_path / "clip-conv9", datasets=data, log=lambda *_: None)
+    cfg.train.ann_clip_layers = {}
     train(cfg, tmp_path / "clip", datasets=data, resume=True, epochs=2, log=lambda *_: None)
     resumed, _ = models.load_checkpoint(tmp_path / "clip" / "checkpoint.pt")
     assert {n.name: float(n.clip) for n in resumed.nodes[:-1] if not n.is_pool} == levels

@@ -43,12 +43,22 @@ def train(config_path, overrides, data_dir, model_name, epochs, out_dir, resume,
         click.echo(f"run folder: {out}")
 
 
+def _clip_words(r: dict) -> str:
+    layers = r.get("ann_clip_layers") or {}
+    if r.get("ann_clip") is None and not layers:
+        return ""
+    named = ", ".join(f"{k} p{v:g}" for k, v in layers.items())
+    if r.get("ann_clip") is None:
+        return f" clipped at {named}"
+    return f" clipped at p{r['ann_clip']:g}" + (f" ({named})" if named else "")
+
+
 def summary_table(r: dict) -> str:
     rows = [("majority class (" + r["majority_class"] + ")", r["majority_miou"]),
             ((f"starting weights ({r['init']})" if r.get("init") else "untrained " + r["model"]),
              r["untrained_miou"]),
             (f"trained {r['model']}" + (" ANN twin" if r.get("ann") else "")
-             + (f" clipped at p{r['ann_clip']:g}" if r.get("ann_clip") is not None else "") + f" ({r['epochs']} epochs"
+             + _clip_words(r) + f" ({r['epochs']} epochs"
              + (", quantized)" if r["quantized"] else ", float)"), r["miou"])]
     w = max(len(n) for n, _ in rows)
     lines = [f"{'model':<{w}}  test mIoU", f"{'-' * w}  ---------"]

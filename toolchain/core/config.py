@@ -78,6 +78,9 @@ class TrainConfig:
     # to a rate of one spike a step, so a twin tuned under the clip converts
     # without losing what it kept in its largest activations (people, poles)
     ann_clip: float | None = None
+    # the percentile for named layers instead (train.ann_clip_layers.conv1=99.9):
+    # the first layer's clip costs the people most
+    ann_clip_layers: dict[str, float] = field(default_factory=dict)
     # none | inverse-sqrt: cross-entropy weights 1/sqrt(pixel frequency) from
     # the training labels, mean 1 over the classes present (thin classes count)
     class_weights: str = "none"

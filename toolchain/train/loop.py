@@ -360,9 +360,17 @@ def setup(cfg: Config, run_dir: Path, train_ds, device: torch.device, d: distrib
         init_weights(model, t.init, cfg)
     if not t.ann:
         set_quantized(model, t.qat)
-    if t.ann_clip is not None and not (t.ann and t.init and 0 < t.ann_clip <= 100):
-        raise ToolchainError(f"train.ann_clip={t.ann_clip}: a percentile in (0, 100] of a trained twin's "
-                             f"activations; it needs train.ann=true and train.init (the twin to tune under the clip)")
+    clips = {"train.ann_clip": t.ann_clip} if t.ann_clip is not None else {}
+    clips.update({f"train.ann_clip_layers.{k}": v for k, v in t.ann_clip_layers.items()})
+    for key, p in clips.items():
+        if not (t.ann and t.init and 0 < p <= 100):
+            raise ToolchainError(f"{key}={p}: a percentile in (0, 100] of a trained twin's activations; "
+                                 f"it needs train.ann=true and train.init (the twin to tune under the clip)")
+    layers = [n.name for n in model.nodes[:-1] if not n.is_pool] if t.ann_clip_layers else []
+    unknown = sorted(set(t.ann_clip_layers) - set(layers))
+    if unknown:
+        raise ToolchainError(f"train.ann_clip_layers: {', '.join(unknown)} not among the twin's clipped layers "
+                             f"({', '.join(layers)})")
     if t.synops_budget is not None and (t.ann or t.synops_budget <= 0):
         raise ToolchainError(f"train.synops_budget={t.synops_budget}: "
                              + ("the ANN twin has no spikes to budget" if t.ann else "must be above 0"))
@@ -419,18 +427,24 @@ def init_weights(model: torch.nn.Module, path: str, cfg: Config) -> None:
 CLIP_FRAMES = 64  # training frames whose activations set train.ann_clip's levels
 
 
-def clip_twin(model, train_ds, percentile: float, log: Callable[[str], None] = print) -> None:
+def clip_twin(model, train_ds, percentile: float | None, layers: dict[str, float] | None = None,
+              log: Callable[[str], None] = print) -> None:
     """train.ann_clip: clip each hidden layer of the twin at `percentile` of its
-    activations on the first training frames (`toolchain convert` then finds
-    the levels as the activations' maximum)."""
+    activations on the first training frames, or at `layers`' percentile for
+    the layers it names (`toolchain convert` then finds the levels as the
+    activations' maximum)."""
     train_ds.set_epoch(0)
     n = min(CLIP_FRAMES, len(train_ds))
     device = next(model.parameters()).device
-    batches = (torch.stack([train_ds[i][0] for i in range(a, min(n, a + 16))]).to(device) for a in range(0, n, 16))
-    stats = activation_stats(model, batches, "layer", percentile)
-    model.clip_at({name: float(v) for name, v in stats.items()})
-    levels = ", ".join(f"{n.name} {float(n.clip):.3g}" for n in model.nodes[:-1] if not n.is_pool)
-    log(f"clipped the twin at p{percentile:g} of its activations on {n} training frames: {levels}")
+    frames = [torch.stack([train_ds[i][0] for i in range(a, min(n, a + 16))]) for a in range(0, n, 16)]
+    wanted = {node.name: (layers or {}).get(node.name, percentile) for node in model.nodes[:-1] if not node.is_pool}
+    levels = {}
+    for p in sorted({p for p in wanted.values() if p is not None}):
+        stats = activation_stats(model, (x.to(device) for x in frames), "layer", p)
+        levels.update({name: float(stats[name]) for name, q in wanted.items() if q == p})
+    model.clip_at(levels)
+    shown = ", ".join(f"{name} {levels[name]:.3g} (p{wanted[name]:g})" for name in wanted if name in levels)
+    log(f"clipped the twin at percentiles of its activations on {n} training frames: {shown}")
 
 
 def restore(s: Session, state: dict) -> tuple[int, int]:
@@ -599,8 +613,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, epochs: int
     if d.main:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(run_dir / "tensorboard"))
-    if state is None and t.ann_clip is not None:
-        clip_twin(s.model, train_ds, t.ann_clip, log)
+    if state is None and (t.ann_clip is not None or t.ann_clip_layers):
+        clip_twin(s.model, train_ds, t.ann_clip, t.ann_clip_layers, log)
     if not s.history:
         b = baselines(s, train_ds, test_ds, datasets is not None)
         start = f"starting weights ({t.init})" if t.init else "untrained"
@@ -673,7 +687,7 @@ def _write_metrics(run_dir: Path, cfg: Config, history, extra, class_names, fina
     last = history[-1]
     result = dict(
         model=cfg.model.name, init=cfg.train.init, teacher=cfg.train.teacher, ann=bool(cfg.train.ann),
-        ann_clip=cfg.train.ann_clip, quantized=bool(cfg.train.qat and not cfg.train.ann),
+        ann_clip=cfg.train.ann_clip, ann_clip_layers=dict(cfg.train.ann_clip_layers), quantized=bool(cfg.train.qat and not cfg.train.ann),
         epochs=last["epoch"], final=final,
         miou=last["miou"], pixel_acc=last["pixel_acc"], loss=last["loss"],
         iou_per_class=dict(zip(class_names, last["iou_per_class"], strict=True)), firing=last["firing"],
