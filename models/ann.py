@@ -7,6 +7,8 @@ sum-pools with weight 1/k^2. No bias, no normalisation, as in the SNN.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -102,21 +104,26 @@ class AnnGraph(torch.nn.Module):
 
 
 @torch.no_grad()
-def activation_stats(ann, batches, norm: str = "layer", percentile: float = 100.0) -> dict[str, torch.Tensor]:
+def activation_stats(ann, batches, norm: str = "layer",
+                     percentile: float | Mapping[str, float] = 100.0) -> dict[str, torch.Tensor]:
     """Per hidden node of the twin `ann`, the maximum (or `percentile`) of its ReLU
     activations over `batches` of input; a scalar for norm="layer", one value
-    per channel for norm="channel"."""
+    per channel for norm="channel". A mapping gives each node its own
+    percentile, in one pass over the batches; nodes it leaves out are skipped."""
     if norm not in ("layer", "channel"):
         raise ToolchainError(f"--norm: {norm!r} is not one of layer, channel")
-    if not 0 < percentile <= 100:
-        raise ToolchainError(f"--percentile: {percentile} is outside (0, 100]")
+    wanted = dict(percentile) if isinstance(percentile, Mapping) else None
+    for p in (wanted.values() if wanted is not None else [percentile]):
+        if not 0 < p <= 100:
+            raise ToolchainError(f"--percentile: {p} is outside (0, 100]")
     ann.eval()
     acts: dict[str, list[torch.Tensor]] = {}
     for x in batches:
         _, a = ann(x)
         for name, v in a.items():
-            # (C, everything else): channel-major, so one row per channel
-            acts.setdefault(name, []).append(v.detach().transpose(0, 1).reshape(v.shape[1], -1))
+            if wanted is None or name in wanted:
+                # (C, everything else): channel-major, so one row per channel
+                acts.setdefault(name, []).append(v.detach().transpose(0, 1).reshape(v.shape[1], -1))
     if not acts:
         raise ToolchainError("conversion: no training frames to measure activations on")
     out = {}
@@ -124,6 +131,7 @@ def activation_stats(ann, batches, norm: str = "layer", percentile: float = 100.
         a = torch.cat(parts, dim=1).double().cpu().numpy()
         if norm == "layer":
             a = a.reshape(1, -1)
-        stat = a.max(axis=1) if percentile >= 100 else np.percentile(a, percentile, axis=1)
+        p = wanted[name] if wanted is not None else percentile
+        stat = a.max(axis=1) if p >= 100 else np.percentile(a, p, axis=1)
         out[name] = torch.as_tensor(stat, dtype=torch.float64)
     return out

@@ -130,12 +130,13 @@ def convert(ann, snn, stats: dict[str, torch.Tensor], scale: float = 0.7) -> dic
 def training_batches(cfg, frames: int, batch_size: int = 16):
     """Encoded training frames, as the ANN saw them (without augmentation)."""
     from toolchain.data import build_dataset
+    from toolchain.data.dataset import draw
 
     ds = build_dataset(cfg.data, "train")
     ds.set_epoch(0)
     n = min(frames, len(ds))
     for start in range(0, n, batch_size):
-        yield torch.stack([ds[i][0] for i in range(start, min(n, start + batch_size))])
+        yield draw(ds, range(start, min(n, start + batch_size)))[0]
 
 
 # `--scale auto` tries these. With pool weights at theta/4 (since fixed) 0.05

@@ -436,14 +436,12 @@ def clip_twin(model, train_ds, percentile: float | None, layers: dict[str, float
     train_ds.set_epoch(0)
     n = min(CLIP_FRAMES, len(train_ds))
     device = next(model.parameters()).device
-    frames = [torch.stack([train_ds[i][0] for i in range(a, min(n, a + 16))]) for a in range(0, n, 16)]
+    batches = (draw(train_ds, range(a, min(n, a + 16)))[0].to(device) for a in range(0, n, 16))
     wanted = {node.name: (layers or {}).get(node.name, percentile) for node in model.nodes[:-1] if not node.is_pool}
-    levels = {}
-    for p in sorted({p for p in wanted.values() if p is not None}):
-        stats = activation_stats(model, (x.to(device) for x in frames), "layer", p)
-        levels.update({name: float(stats[name]) for name, q in wanted.items() if q == p})
+    wanted = {name: p for name, p in wanted.items() if p is not None}
+    levels = {name: float(v) for name, v in activation_stats(model, batches, "layer", wanted).items()}
     model.clip_at(levels)
-    shown = ", ".join(f"{name} {levels[name]:.3g} (p{wanted[name]:g})" for name in wanted if name in levels)
+    shown = ", ".join(f"{name} {levels[name]:.3g} (p{p:g})" for name, p in wanted.items())
     log(f"clipped the twin at percentiles of its activations on {n} training frames: {shown}")
 
 
