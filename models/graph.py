@@ -126,6 +126,18 @@ class SpikingGraph(torch.nn.Module):
         self.pipeline_depth = pipeline_depth([[index[s] for s in n.sources] for n in nodes],
                                              [n.delays for n in nodes])
 
+    def frames_within(self, time_steps: int, budget_bytes: float) -> int:
+        """How many frames (1-16) one no-grad forward of `time_steps` fits in
+        `budget_bytes`: it holds every node's spikes over the padded steps, and a
+        node's currents while the node runs (float32; measured peak about 2x
+        this: 16 frames of DeepLab-tiny at 200x346, T=48, fill 24 GiB)."""
+        c, h, w = self.input_shape
+        with torch.no_grad():
+            _, spikes = self(torch.zeros(1, c, h, w, 1))
+        neurons = c * h * w + sum(v[0, ..., 0].numel() for v in spikes.values())
+        per_frame = 2 * 4 * neurons * spike_steps(time_steps, self.pipeline_depth)
+        return int(max(1, min(16, budget_bytes // per_frame)))
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """x (N, C, H, W, T) -> (readout (N, K, H', W'), spikes {node: (N, C, H, W, T + D - 1)})."""
         time_steps = x.shape[-1]

@@ -160,3 +160,17 @@ def test_paper_size_forward_backward_at_ddd17_resolution(name):
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None for g in grads)
     assert models.parameter_count(model) == pytest.approx(4.1e6 if name == "spiking-deeplab" else 13.6e6, rel=0.02)
+
+
+def test_frames_within_sizes_a_batch_by_the_bytes_its_spikes_take():
+    # the scale search's evaluation batches (convert --scale auto) at 200x346
+    # and T=48 took 16 frames and 22 GiB until the batch was sized by memory
+    net = build("spiking-deeplab-tiny", 2, 6, (32, 48))
+    c, h, w = net.input_shape
+    _, spikes = net(torch.zeros(1, c, h, w, 8))
+    neurons = c * h * w + sum(v[0, ..., 0].numel() for v in spikes.values())
+    steps = spikes["conv1"].shape[-1]  # T + the pipeline's depth - 1
+    one_frame = 2 * 4 * neurons * steps
+    assert [net.frames_within(8, k * one_frame) for k in (1, 3, 3.9, 16)] == [1, 3, 3, 16]
+    assert net.frames_within(8, 100 * one_frame) == 16 and net.frames_within(8, 0.1 * one_frame) == 1
+    assert net.frames_within(64, 16 * one_frame) < net.frames_within(8, 16 * one_frame)

@@ -145,6 +145,9 @@ def training_batches(cfg, frames: int, batch_size: int = 16):
 # 0.35 on 32 training frames). A twin clipped at p99 converts best at 0.35,
 # one clipped at p99.9 (higher levels) at 0.2 (0.15 and 0.12 score lower)
 AUTO_SCALES = (0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.7)
+# memory for one batch of the scale search: 16 frames of DeepLab-tiny at
+# 200x346 and T=48 need about 20 GiB
+EVAL_BUDGET = 4 * 2 ** 30
 
 
 def _balanced(ann, cfg, ds: dict, stats, scale: float, quantized: bool = False):
@@ -177,7 +180,9 @@ def pick_scale(ann, cfg, ds: dict, stats, frames: int, scales=AUTO_SCALES,
     scores = {}
     for scale in scales:
         snn, _, _ = _balanced(ann, cfg, ds, stats, scale, quantized=True)
-        scores[f"{scale:g}"] = float(evaluate(snn, train_ds, torch.device("cpu"), frames=frames)["miou"])
+        batch = snn.frames_within(cfg.data.time_steps, EVAL_BUDGET)
+        scores[f"{scale:g}"] = float(evaluate(snn, train_ds, torch.device("cpu"), frames=frames,
+                                              batch_size=batch)["miou"])
         log(f"  scale {scale:g}: mIoU {100 * scores[f'{scale:g}']:.2f}% on {min(frames, len(train_ds))} training frames")
     best = max(scales, key=lambda s: scores[f"{s:g}"])
     return best, scores
