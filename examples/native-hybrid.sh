@@ -9,14 +9,16 @@
 # (docs/results.md: 61.3% mIoU deployed, people 17.3%, poles 23.3% IoU), in
 # about 30 minutes on 2 CPU cores.
 #
-# Usage: [TWIN_EPOCHS=80] [CLIP=99] [CLIP_CONV1=99.9] [CLIP_EPOCHS=15] [STEPS=16] [CODE=rate] \
-#            [TUNE_EPOCHS=0] examples/native-hybrid.sh DIR [--set ...]
+# Usage: [TWIN_EPOCHS=80] [CLIP=99] [CLIP_CONV1=99.9] [CLIP_EPOCHS=40] [CLIP_LR=0.001] [TWIN_STEPS=16] \
+#            [STEPS=48] [CODE=rate] [TUNE_EPOCHS=0] examples/native-hybrid.sh DIR [--set ...]
 # DIR receives every output, in folders named by these settings; the --set
 # flags (SECTION.FIELD=VALUE) apply to every training (e.g. a data root). Each
 # step that finished is skipped, one that was stopped resumes. CLIP is the
 # percentile each layer is clipped at, CLIP_CONV1 the first layer's (its clip
 # costs the people most); CLIP_EPOCHS=0 converts the plain twin (balanced on
-# its 99th-percentile activations);
+# its 99th-percentile activations). The twin is tuned on TWIN_STEPS steps of
+# the input code and converted for STEPS (more steps: closer to the twin,
+# more spikes);
 # TUNE_EPOCHS>0 fine-tunes the conversion spiking, which on this set loses the
 # people and poles the conversion keeps (TWIN_EPOCHS=40 CLIP_EPOCHS=0 STEPS=8
 # CODE=poisson TUNE_EPOCHS=10: 50.6% mIoU, object 8.3, human 2.4).
@@ -24,16 +26,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: examples/native-hybrid.sh DIR [--set SECTION.FIELD=VALUE ...]}
 shift
-TWIN_EPOCHS=${TWIN_EPOCHS:-80} CLIP=${CLIP:-99} CLIP_CONV1=${CLIP_CONV1:-99.9} CLIP_EPOCHS=${CLIP_EPOCHS:-15}
-STEPS=${STEPS:-16} CODE=${CODE:-rate} TUNE_EPOCHS=${TUNE_EPOCHS:-0}
+TWIN_EPOCHS=${TWIN_EPOCHS:-80} CLIP=${CLIP:-99} CLIP_CONV1=${CLIP_CONV1:-99.9} CLIP_EPOCHS=${CLIP_EPOCHS:-40}
+CLIP_LR=${CLIP_LR:-0.001} TWIN_STEPS=${TWIN_STEPS:-16} STEPS=${STEPS:-48} CODE=${CODE:-rate} TUNE_EPOCHS=${TUNE_EPOCHS:-0}
 TC=.venv/bin/toolchain
 PY=.venv/bin/python
 CONFIG=examples/ddd17-native-cpu.yaml
 TWIN=$OUT/twin-${TWIN_EPOCHS}ep
 SOURCE=$TWIN PERCENTILE=99 TAG=${TWIN_EPOCHS}ep
 if [ "$CLIP_EPOCHS" -gt 0 ]; then
-    TAG=${TWIN_EPOCHS}ep-clip$CLIP-conv1-$CLIP_CONV1-${CLIP_EPOCHS}ep
-    SOURCE=$OUT/twin-$TAG-T$STEPS-$CODE PERCENTILE=100
+    TAG=${TWIN_EPOCHS}ep-clip$CLIP-conv1-$CLIP_CONV1-${CLIP_EPOCHS}ep-lr$CLIP_LR
+    SOURCE=$OUT/twin-$TAG-T$TWIN_STEPS-$CODE PERCENTILE=100
 fi
 CONVERTED=$OUT/converted-$TAG-T$STEPS-$CODE
 TUNED=$OUT/tuned-$TAG-T$STEPS-$CODE-${TUNE_EPOCHS}ep
@@ -50,12 +52,12 @@ echo "== 1. the ANN twin (ReLU, average pooling), same recipe, $TWIN_EPOCHS epoc
 train "$TWIN" --ann --set train.epochs="$TWIN_EPOCHS" "$@"
 
 if [ "$CLIP_EPOCHS" -gt 0 ]; then
-    echo "== 1b. tune the twin for $CLIP_EPOCHS epochs with each layer clipped at the $CLIP-th percentile of its"
+    echo "== 1b. tune the twin for $CLIP_EPOCHS epochs (lr $CLIP_LR) with each layer clipped at the $CLIP-th percentile of its"
     echo "   activations (conv1: the $CLIP_CONV1-th), on the input the spiking net gets: what a neuron firing at"
     echo "   most once a step can carry"
     train "$SOURCE" --ann --set train.init="$TWIN/checkpoint.pt" --set train.ann_clip="$CLIP" \
         --set train.ann_clip_layers.conv1="$CLIP_CONV1" \
-        --set train.epochs="$CLIP_EPOCHS" --set train.lr=0.0003 --set data.time_steps="$STEPS" \
+        --set train.epochs="$CLIP_EPOCHS" --set train.lr="$CLIP_LR" --set data.time_steps="$TWIN_STEPS" \
         --set data.encoding="$CODE" "$@"
 fi
 

@@ -35,7 +35,7 @@ def test_example_config_loads_and_its_model_builds(path):
 def test_native_hybrid_script_clips_converts_and_deploys_then_resumes_and_fine_tunes(tmp_path):
     """examples/native-hybrid.sh end to end on a small generated set: twin,
     the twin tuned under the clip, conversion of it for the asked steps and
-    code, the .net equal in Lava and on the emulator; run again, every
+    code (the twin tuned on its own steps), the .net equal in Lava and on the emulator; run again, every
     finished step is kept; with CLIP_EPOCHS=0 and TUNE_EPOCHS the plain twin's
     conversion is fine-tuned spiking under the converted neurons and deployed."""
     import json
@@ -61,12 +61,14 @@ def test_native_hybrid_script_clips_converts_and_deploys_then_resumes_and_fine_t
     run = script()
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = tmp_path / "out"
-    clipped = json.loads((out / "twin-80ep-clip99-conv1-99.9-15ep-T12-rate/metrics.json").read_text())
+    clipped = json.loads((out / "twin-80ep-clip99-conv1-99.9-40ep-lr0.001-T16-rate/metrics.json").read_text())
     assert clipped["ann"] and clipped["ann_clip"] == 99 and clipped["ann_clip_layers"] == {"conv1": 99.9}
     assert clipped["init"].endswith("twin-80ep/checkpoint.pt")
-    converted = out / "converted-80ep-clip99-conv1-99.9-15ep-T12-rate"
+    # tuned on TWIN_STEPS (16) steps of the code, converted for STEPS (12)
+    assert "time_steps: 16" in (out / "twin-80ep-clip99-conv1-99.9-40ep-lr0.001-T16-rate/config.yaml").read_text()
+    converted = out / "converted-80ep-clip99-conv1-99.9-40ep-lr0.001-T12-rate"
     info = json.loads((converted / "convert.json").read_text())
-    assert info["percentile"] == 100 and info["source"].endswith("twin-80ep-clip99-conv1-99.9-15ep-T12-rate/checkpoint.pt")
+    assert info["percentile"] == 100 and info["source"].endswith("twin-80ep-clip99-conv1-99.9-40ep-lr0.001-T16-rate/checkpoint.pt")
     assert "scale_search" in info and "== 3." not in run.stdout
     deployed_equal(converted, "rate")
     assert json.loads((converted / "deploy/energy/energy.json").read_text())["energy"]
