@@ -6,8 +6,8 @@
 # then exported and run in Lava and on the emulator over the test split (its
 # deploy/ folder: the .net, both runs' reports and maps, energy per frame).
 # The defaults make the best spiking model measured on the generated set
-# (docs/results.md: 61.3% mIoU deployed, people 17.3%, poles 23.3% IoU), in
-# about 30 minutes on 2 CPU cores.
+# (docs/results.md: 65.7% mIoU deployed, people 21.8%, poles 30.1% IoU), in
+# about 50 minutes on 2 CPU cores.
 #
 # Usage: [TWIN_EPOCHS=80] [CLIP=99] [CLIP_CONV1=99.9] [CLIP_EPOCHS=40] [CLIP_LR=0.001] [TWIN_STEPS=16] \
 #            [STEPS=48] [CODE=rate] [TUNE_EPOCHS=0] examples/native-hybrid.sh DIR [--set ...]
