@@ -6,11 +6,12 @@
 # then exported and run in Lava and on the emulator over the test split (its
 # deploy/ folder: the .net, both runs' reports and maps, energy per frame).
 # The defaults make the best spiking model measured on the generated set
-# (docs/results.md: 65.7% mIoU deployed, people 21.8%, poles 30.1% IoU), in
-# about 50 minutes on 2 CPU cores.
+# (docs/results.md: 65.1% mIoU deployed, people 21.1%, poles 28.6% IoU, 237 M
+# SynOps per frame against its twin's 250 M MACs), in about 45 minutes on 2
+# CPU cores. STEPS=48 deploys at 65.7% (people 21.8, poles 30.1) for 313 M.
 #
 # Usage: [TWIN_EPOCHS=80] [CLIP=99] [CLIP_CONV1=99.9] [CLIP_EPOCHS=40] [CLIP_LR=0.001] [TWIN_STEPS=16] \
-#            [STEPS=48] [CODE=rate] [TUNE_EPOCHS=0] examples/native-hybrid.sh DIR [--set ...]
+#            [STEPS=32] [CODE=rate] [TUNE_EPOCHS=0] examples/native-hybrid.sh DIR [--set ...]
 # DIR receives every output, in folders named by these settings; the --set
 # flags (SECTION.FIELD=VALUE) apply to every training (e.g. a data root). Each
 # step that finished is skipped, one that was stopped resumes. CLIP is the
@@ -27,7 +28,7 @@ cd "$(dirname "$0")/.."
 OUT=${1:?usage: examples/native-hybrid.sh DIR [--set SECTION.FIELD=VALUE ...]}
 shift
 TWIN_EPOCHS=${TWIN_EPOCHS:-80} CLIP=${CLIP:-99} CLIP_CONV1=${CLIP_CONV1:-99.9} CLIP_EPOCHS=${CLIP_EPOCHS:-40}
-CLIP_LR=${CLIP_LR:-0.001} TWIN_STEPS=${TWIN_STEPS:-16} STEPS=${STEPS:-48} CODE=${CODE:-rate} TUNE_EPOCHS=${TUNE_EPOCHS:-0}
+CLIP_LR=${CLIP_LR:-0.001} TWIN_STEPS=${TWIN_STEPS:-16} STEPS=${STEPS:-32} CODE=${CODE:-rate} TUNE_EPOCHS=${TUNE_EPOCHS:-0}
 TC=.venv/bin/toolchain
 PY=.venv/bin/python
 CONFIG=examples/ddd17-native-cpu.yaml
