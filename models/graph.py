@@ -128,9 +128,10 @@ class SpikingGraph(torch.nn.Module):
 
     def frames_within(self, time_steps: int, budget_bytes: float) -> int:
         """How many frames (1-16) one no-grad forward of `time_steps` fits in
-        `budget_bytes`: it holds every node's spikes over the padded steps, and a
-        node's currents while the node runs (float32; measured peak about 2x
-        this: 16 frames of DeepLab-tiny at 200x346, T=48, fill 24 GiB)."""
+        `budget_bytes`: every node's spikes over the padded steps, float32,
+        doubled for the currents and temporaries of the node that runs (the
+        scale search's 16 frames of DeepLab-tiny at 200x346, T=48: 10 GiB of
+        spikes, killed at 22 GiB)."""
         c, h, w = self.input_shape
         with torch.no_grad():
             _, spikes = self(torch.zeros(1, c, h, w, 1))

@@ -143,7 +143,10 @@ def training_batches(cfg, frames: int, batch_size: int = 16):
 # off the best could halve a converted net's mIoU; now neighbours differ by a
 # few points (the 80-epoch twin at T=16: 56.1 / 57.5 / 59.0% at 0.25 / 0.3 /
 # 0.35 on 32 training frames). A twin clipped at p99 converts best at 0.35,
-# one clipped at p99.9 (higher levels) at 0.2 (0.15 and 0.12 score lower)
+# one clipped at p99.9 (higher levels) at 0.2 (0.15 and 0.12 score lower).
+# More steps want larger scales: 0.4 / 0.5 / 0.7 at T=24 / 32 / 48 for the
+# twin tuned 40 epochs under the clip (0.85 at T=48 scores higher on training
+# frames, lower on test)
 AUTO_SCALES = (0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.7)
 # memory for one batch of the scale search: 16 frames of DeepLab-tiny at
 # 200x346 and T=48 need about 20 GiB
