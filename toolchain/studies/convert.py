@@ -181,9 +181,10 @@ def pick_scale(ann, cfg, ds: dict, stats, frames: int, scales=AUTO_SCALES,
     train_ds = build_dataset(cfg.data, "train")
     train_ds.set_epoch(0)
     scores = {}
+    batch = None  # the same topology at every scale: sized once
     for scale in scales:
         snn, _, _ = _balanced(ann, cfg, ds, stats, scale, quantized=True)
-        batch = snn.frames_within(cfg.data.time_steps, EVAL_BUDGET)
+        batch = batch or snn.frames_within(cfg.data.time_steps, EVAL_BUDGET)
         scores[f"{scale:g}"] = float(evaluate(snn, train_ds, torch.device("cpu"), frames=frames,
                                               batch_size=batch)["miou"])
         log(f"  scale {scale:g}: mIoU {100 * scores[f'{scale:g}']:.2f}% on {min(frames, len(train_ds))} training frames")
