@@ -71,10 +71,10 @@ fi
 DEPLOY=$CONVERTED
 if [ "$TUNE_EPOCHS" -gt 0 ]; then
     echo "== 3. fine-tune spiking from the converted weights for $TUNE_EPOCHS epochs, under the converted neurons"
-    THRESHOLD=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["threshold"])' "$CONVERTED/convert.json")
-    train "$TUNED" --set train.init="$CONVERTED/checkpoint.pt" --set model.threshold="$THRESHOLD" \
-        --set model.voltage_decay=0.0 --set train.lr=0.001 --set train.epochs="$TUNE_EPOCHS" \
-        --set data.time_steps="$STEPS" --set data.encoding="$CODE" "$@"
+    conversion() { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$CONVERTED/convert.json" "$1"; }
+    train "$TUNED" --set train.init="$CONVERTED/checkpoint.pt" --set model.threshold="$(conversion threshold)" \
+        --set train.logit_scale="$(conversion logit_scale)" --set model.voltage_decay=0.0 --set train.lr=0.001 \
+        --set train.epochs="$TUNE_EPOCHS" --set data.time_steps="$STEPS" --set data.encoding="$CODE" "$@"
     DEPLOY=$TUNED
 fi
 

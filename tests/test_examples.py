@@ -80,5 +80,9 @@ def test_native_hybrid_script_clips_converts_and_deploys_then_resumes_and_fine_t
     assert tuned.stdout.count("finished, kept") == 1 and "== 1b." not in tuned.stdout
     snn = json.loads((out / "tuned-80ep-T12-poisson-1ep/metrics.json").read_text())
     assert snn["init"].endswith("converted-80ep-T12-poisson/checkpoint.pt") and not snn["ann"]
-    assert json.loads((out / "converted-80ep-T12-poisson/convert.json").read_text())["percentile"] == 99
+    conversion = json.loads((out / "converted-80ep-T12-poisson/convert.json").read_text())
+    assert conversion["percentile"] == 99
+    # the loss saw the scores in the twin's units
+    scale = conversion["logit_scale"]
+    assert f"logit_scale: {scale!r}" in (out / "tuned-80ep-T12-poisson-1ep/config.yaml").read_text()
     deployed_equal(out / "tuned-80ep-T12-poisson-1ep", "poisson")

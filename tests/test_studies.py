@@ -185,6 +185,17 @@ def test_scale_auto_converts_at_the_scale_that_scores_best_on_training_frames(an
     assert fixed["threshold"] == info["threshold"] and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_logit_scale_is_the_least_squares_factor_from_the_spiking_scores_to_the_twins():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(3, 4, 5, 6, generator=g)
+    noise = 0.01 * torch.randn(3, 4, 5, 6, generator=g)
+    twin = lambda x: (z, {})  # noqa: E731
+    snn = lambda x: (z / 7 + noise, {})  # noqa: E731
+    c = convert.logit_scale(twin, snn, [None])
+    s = z / 7 + noise
+    assert c == pytest.approx(float((s * z).sum() / (s * s).sum())) and c == pytest.approx(7, rel=0.02)
+
+
 def test_a_converted_checkpoint_fine_tunes_with_the_flags_convert_prints(ann_ckpt, tmp_path, data_cfg):
     from toolchain.core.config import load_config
     from toolchain.train.loop import train
@@ -192,7 +203,8 @@ def test_a_converted_checkpoint_fine_tunes_with_the_flags_convert_prints(ann_ckp
     out, lines = tmp_path / "snn.pt", []
     info = convert.convert_checkpoint(ann_ckpt, out, percentile=99.0, frames=4, log=lines.append)
     flags = re.findall(r"--set (\S+)", lines[-1])
-    assert flags == [f"train.init={out}", f"model.threshold={info['threshold']!r}", "model.voltage_decay=0.0"]
+    assert flags == [f"train.init={out}", f"model.threshold={info['threshold']!r}", "model.voltage_decay=0.0",
+                     f"train.logit_scale={info['logit_scale']!r}"]
     cfg = Config(data=data_cfg)
     cfg.train.epochs, cfg.train.batch_size, cfg.train.qat = 1, 4, True
     with pytest.raises(ToolchainError, match="other neurons"):  # the spiking defaults: not the converted neurons

@@ -1,6 +1,7 @@
 """The training loop: loss and readout shapes, ignore index, reproducible
 resume after an interruption, run-folder outputs."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -374,6 +375,19 @@ def test_a_teacher_run_distills_and_a_mismatched_teacher_is_named(cfg, data, tmp
                                              r"this run has 2 channels at 24x24"):
         train(cfg, tmp_path / "other", datasets=(StripesDataset(4, hw=24), StripesDataset(2, hw=24)),
               log=lambda *_: None)
+
+
+def test_the_loss_sees_the_class_scores_times_logit_scale(cfg, data, tmp_path):
+    """train.logit_scale multiplies the scores the loss sees (a converted net's
+    readout scores in smaller units than its twin's): at 0 every class scores
+    alike, so every step's cross-entropy is ln K, whatever the weights."""
+    cfg.train.epochs, cfg.train.logit_scale = 1, 0.0
+    train(cfg, tmp_path / "flat", datasets=data, log=lambda *_: None)
+    history = checkpoint.load(tmp_path / "flat" / "checkpoint.pt")["history"]
+    assert history[-1]["train_loss"] == pytest.approx(math.log(2), rel=1e-6)
+    cfg.train.logit_scale = 1.0
+    train(cfg, tmp_path / "plain", datasets=data, log=lambda *_: None)
+    assert checkpoint.load(tmp_path / "plain" / "checkpoint.pt")["history"][-1]["train_loss"] < math.log(2)
 
 
 def test_ann_clip_tunes_the_twin_under_a_percentile_of_its_activations(cfg, data, tmp_path):

@@ -89,6 +89,11 @@ class TrainConfig:
     # label-boundary pixels weigh 1 + boundary_weight in the cross-entropy (0: off);
     # thin objects are all boundary
     boundary_weight: float = 0.0
+    # the loss sees the class scores x logit_scale: a converted net's readout
+    # scores in smaller units than its twin's (`toolchain convert` measures the
+    # factor); too flat a softmax makes the loss sharpen every score and the
+    # thin classes go first
+    logit_scale: float = 1.0
     # a training checkpoint whose model weights this run starts from (fine-tuning:
     # optimiser, schedule and epochs start afresh); the same model and data shapes
     init: str | None = None

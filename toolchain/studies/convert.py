@@ -169,6 +169,23 @@ def _balanced(ann, cfg, ds: dict, stats, scale: float, quantized: bool = False):
     return balanced, snn_cfg, info
 
 
+@torch.no_grad()
+def logit_scale(ann, snn, batches) -> float:
+    """The factor c that brings the converted net's class scores closest to
+    its twin's (least squares over `batches`): the readout counts spikes in
+    its own units, so its scores come out several times smaller, a softmax
+    that flat makes the training loss sharpen every score at once and the
+    rare classes' go first. A spiking fine-tune takes c as
+    `train.logit_scale`."""
+    num = den = 0.0
+    for x in batches:
+        s, _ = snn(x)
+        z, _ = ann(x)
+        num += float((s.double() * z.double()).sum())
+        den += float((s.double() ** 2).sum())
+    return num / den if den > 0 else 1.0
+
+
 def pick_scale(ann, cfg, ds: dict, stats, frames: int, scales=AUTO_SCALES,
                log: Callable[[str], None] = print) -> tuple[float, dict[str, float]]:
     """The scale whose converted net, with Loihi 8-bit weights at the config's
@@ -213,6 +230,8 @@ def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "la
     if scale == "auto":
         scale, search = pick_scale(ann, cfg, ds, stats, frames, log=log)
     snn, snn_cfg, info = _balanced(ann, cfg, ds, stats, float(scale))
+    batch = snn.frames_within(cfg.data.time_steps, EVAL_BUDGET)
+    info["logit_scale"] = logit_scale(ann, snn.eval(), training_batches(cfg, frames, batch))
     info.update(norm=norm, percentile=percentile, frames=min(frames, 10 ** 9), source=str(ann_ckpt))
     if search is not None:
         info["scale_search"] = search
@@ -222,5 +241,5 @@ def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "la
         f"threshold {info['threshold']:.4f}")
     given = "".join(f" --set {o}" for o in overrides)
     log(f"fine-tune it with: toolchain train --set train.init={out} --set model.threshold={float(info['threshold'])!r} "
-        f"--set model.voltage_decay=0.0{given} (and the twin's config)")
+        f"--set model.voltage_decay=0.0 --set train.logit_scale={info['logit_scale']!r}{given} (and the twin's config)")
     return info

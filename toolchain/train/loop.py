@@ -517,11 +517,12 @@ def train_one_epoch(s: Session, train_ds, sampler, epoch: int, interrupt, *, res
         x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
         with torch.autocast(s.device.type, enabled=s.amp):
             scores, spikes = models.predict(s.net, x, y.shape[-2:])
-            loss = loss_fn(scores.float(), y, weight, t.dice_weight, t.boundary_weight)
+            scores = scores.float() * t.logit_scale
+            loss = loss_fn(scores, y, weight, t.dice_weight, t.boundary_weight)
             if s.teacher is not None and t.distill_weight:
                 with torch.no_grad():
                     taught, _ = models.predict(s.teacher, x, y.shape[-2:])
-                loss = loss + t.distill_weight * distill_loss(scores.float(), taught.float(), t.distill_temperature)
+                loss = loss + t.distill_weight * distill_loss(scores, taught.float(), t.distill_temperature)
             if s.synops is not None:
                 with torch.set_grad_enabled(t.synops_budget is not None):  # else counted for the log only
                     synops, _ = s.synops(x, spikes)
