@@ -24,10 +24,12 @@ Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 class TorchPredictor:
     """A torch model on `device`; sums the loss, per-layer firing, readout peak
-    and, given a `deploy.synops.SynOpsCounter`, SynOps over the batches."""
+    and, given a `deploy.synops.SynOpsCounter`, SynOps over the batches; the
+    loss sees the scores x `logit_scale` (`train.logit_scale`)."""
 
-    def __init__(self, model, device: torch.device | None = None, amp: bool = False, synops=None):
-        self.model, self.amp, self.synops = model, amp, synops
+    def __init__(self, model, device: torch.device | None = None, amp: bool = False, synops=None,
+                 logit_scale: float = 1.0):
+        self.model, self.amp, self.synops, self.logit_scale = model, amp, synops, logit_scale
         self.device = device or torch.device("cpu")
         self.loss_sum, self.pixels, self.frames, self.readout_max, self.synops_sum = 0.0, 0.0, 0, 0.0, 0.0
         self.firing_sum: dict[str, float] = {}
@@ -44,7 +46,7 @@ class TorchPredictor:
         self.readout_max = max(self.readout_max, float(scores.abs().max()))
         valid = int((y != IGNORE).sum())
         if valid:
-            self.loss_sum += float(F.cross_entropy(scores, y, ignore_index=IGNORE, reduction="sum"))
+            self.loss_sum += float(F.cross_entropy(scores * self.logit_scale, y, ignore_index=IGNORE, reduction="sum"))
             self.pixels += valid
         for k, v in firing_rates(spikes).items():
             self.firing_sum[k] = self.firing_sum.get(k, 0.0) + v * len(x)

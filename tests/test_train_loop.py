@@ -380,11 +380,13 @@ def test_a_teacher_run_distills_and_a_mismatched_teacher_is_named(cfg, data, tmp
 def test_the_loss_sees_the_class_scores_times_logit_scale(cfg, data, tmp_path):
     """train.logit_scale multiplies the scores the loss sees (a converted net's
     readout scores in smaller units than its twin's): at 0 every class scores
-    alike, so every step's cross-entropy is ln K, whatever the weights."""
+    alike, so every step's cross-entropy is ln K, whatever the weights, and
+    so is the test loss the run reports."""
     cfg.train.epochs, cfg.train.logit_scale = 1, 0.0
     train(cfg, tmp_path / "flat", datasets=data, log=lambda *_: None)
     history = checkpoint.load(tmp_path / "flat" / "checkpoint.pt")["history"]
     assert history[-1]["train_loss"] == pytest.approx(math.log(2), rel=1e-6)
+    assert all(h["loss"] == pytest.approx(math.log(2), rel=1e-6) for h in history)
     cfg.train.logit_scale = 1.0
     train(cfg, tmp_path / "plain", datasets=data, log=lambda *_: None)
     assert checkpoint.load(tmp_path / "plain" / "checkpoint.pt")["history"][-1]["train_loss"] < math.log(2)

@@ -185,17 +185,19 @@ def dice_loss(scores: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> 
 
 @torch.no_grad()
 def evaluate(model, dataset, device, d: distributed.Dist | None = None, batch_size: int = 16,
-             amp: bool = False, progress: bool = False, frames: int | None = None, synops=None) -> dict:
+             amp: bool = False, progress: bool = False, frames: int | None = None, synops=None,
+             logit_scale: float = 1.0) -> dict:
     """mIoU, per-class IoU, pixel accuracy, loss and firing rate per layer
     over `dataset`, or its first `frames` samples (the ranks split them;
-    results are reduced over all), through the one evaluator."""
+    results are reduced over all), through the one evaluator; the loss sees
+    the scores x `logit_scale`, as in training."""
     from deploy.evaluation import TorchPredictor
     from deploy.evaluation import evaluate as score
 
     d = d or distributed.Dist()
     model.eval()
     count = len(dataset) if frames is None else min(frames, len(dataset))
-    p = TorchPredictor(model, device, amp, synops)
+    p = TorchPredictor(model, device, amp, synops, logit_scale)
     metric = score(p, dataset, range(d.rank, count, d.world), dataset.num_classes, batch_size=batch_size,
                    progress=progress and d.main and sys.stderr.isatty(), leave=False)
     names = [n.name for n in model.nodes[:-1]]
@@ -470,7 +472,8 @@ def baselines(s: Session, train_ds, test_ds, given_datasets: bool) -> dict:
         cls, base = majority_baseline(counts, _labels(cfg, "test"))
     weights = class_weights(cfg.train.class_weights, counts)
     t0 = time.time()
-    ev = evaluate(s.model, test_ds, s.device, s.d, cfg.train.batch_size, s.amp, synops=s.synops)
+    ev = evaluate(s.model, test_ds, s.device, s.d, cfg.train.batch_size, s.amp, synops=s.synops,
+                  logit_scale=cfg.train.logit_scale)
     s.history.append(dict(epoch=0, lr=None, train_loss=None, seconds=time.time() - t0, **ev))
     s.extra = dict(untrained=ev, majority_class=cls, majority=base, train_seconds=0.0, samples=0,
                    class_pixels=counts.tolist(), class_weights=weights)
@@ -630,7 +633,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, epochs: int
             lr = s.optimizer.param_groups[0]["lr"]
             s.scheduler.step()
             t0 = time.time()
-            ev = evaluate(s.model, test_ds, s.device, d, t.batch_size, s.amp, synops=s.synops)
+            ev = evaluate(s.model, test_ds, s.device, d, t.batch_size, s.amp, synops=s.synops,
+                          logit_scale=t.logit_scale)
             s.history.append(dict(epoch=epoch + 1, lr=lr, train_loss=loss_sum / max(samples, 1.0),
                                   seconds=train_seconds + time.time() - t0, **ev))
             s.extra["train_seconds"] += train_seconds
