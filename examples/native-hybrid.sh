@@ -21,8 +21,8 @@
 # the input code and converted for STEPS (more steps: closer to the twin,
 # more spikes);
 # TUNE_EPOCHS>0 fine-tunes the conversion spiking, its loss in the twin's units
-# (convert's logit_scale); with the defaults, TUNE_EPOCHS=8 keeps the mIoU
-# (65.1%) and trades 0.6 point of poles for a point of people.
+# (convert's logit_scale); eight such epochs after the default conversion kept
+# its mIoU (65.1%) and traded 0.6 point of poles for a point of people.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: examples/native-hybrid.sh DIR [--set SECTION.FIELD=VALUE ...]}
