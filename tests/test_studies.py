@@ -194,6 +194,8 @@ def test_logit_scale_is_the_least_squares_factor_from_the_spiking_scores_to_the_
     c = convert.logit_scale(twin, snn, [None])
     s = z / 7 + noise
     assert c == pytest.approx(float((s * z).sum() / (s * s).sum())) and c == pytest.approx(7, rel=0.02)
+    # scores that disagree with the twin's in sign leave the loss's units alone
+    assert convert.logit_scale(twin, lambda x: (-s, {}), [None]) == 1.0
 
 
 def test_a_converted_checkpoint_fine_tunes_with_the_flags_convert_prints(ann_ckpt, tmp_path, data_cfg):

@@ -390,6 +390,9 @@ def test_the_loss_sees_the_class_scores_times_logit_scale(cfg, data, tmp_path):
     cfg.train.logit_scale = 1.0
     train(cfg, tmp_path / "plain", datasets=data, log=lambda *_: None)
     assert checkpoint.load(tmp_path / "plain" / "checkpoint.pt")["history"][-1]["train_loss"] < math.log(2)
+    cfg.train.logit_scale = -1.0
+    with pytest.raises(ToolchainError, match=r"train.logit_scale=-1.0: must be >= 0"):
+        train(cfg, tmp_path / "inverted", datasets=data, log=lambda *_: None)
 
 
 def test_ann_clip_tunes_the_twin_under_a_percentile_of_its_activations(cfg, data, tmp_path):

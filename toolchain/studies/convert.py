@@ -172,18 +172,18 @@ def _balanced(ann, cfg, ds: dict, stats, scale: float, quantized: bool = False):
 @torch.no_grad()
 def logit_scale(ann, snn, batches) -> float:
     """The factor c that brings the converted net's class scores closest to
-    its twin's (least squares over `batches`): the readout counts spikes in
-    its own units, so its scores come out several times smaller, a softmax
-    that flat makes the training loss sharpen every score at once and the
-    rare classes' go first. A spiking fine-tune takes c as
-    `train.logit_scale`."""
+    its twin's (least squares over `batches`; 1 where they do not agree in
+    sign). The readout counts spikes in its own units, so its scores come out
+    several times smaller than the twin's; in a softmax that flat the
+    training loss sharpens every score at once and the rare classes lose
+    first. A spiking fine-tune takes c as `train.logit_scale`."""
     num = den = 0.0
     for x in batches:
         s, _ = snn(x)
         z, _ = ann(x)
         num += float((s.double() * z.double()).sum())
         den += float((s.double() ** 2).sum())
-    return num / den if den > 0 else 1.0
+    return num / den if num > 0 and den > 0 else 1.0
 
 
 def pick_scale(ann, cfg, ds: dict, stats, frames: int, scales=AUTO_SCALES,

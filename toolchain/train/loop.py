@@ -373,6 +373,8 @@ def setup(cfg: Config, run_dir: Path, train_ds, device: torch.device, d: distrib
     if unknown:
         raise ToolchainError(f"train.ann_clip_layers: {', '.join(unknown)} not among the twin's clipped layers "
                              f"({', '.join(layers)})")
+    if t.logit_scale < 0:
+        raise ToolchainError(f"train.logit_scale={t.logit_scale}: must be >= 0 (it multiplies the class scores)")
     if t.synops_budget is not None and (t.ann or t.synops_budget <= 0):
         raise ToolchainError(f"train.synops_budget={t.synops_budget}: "
                              + ("the ANN twin has no spikes to budget" if t.ann else "must be above 0"))
