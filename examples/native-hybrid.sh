@@ -23,7 +23,7 @@
 # TUNE_EPOCHS>0 fine-tunes the conversion spiking, its loss in the twin's units
 # (convert's logit_scale); eight such epochs after the default conversion kept
 # its mIoU (65.1%) and traded 0.6 point of poles for a point of people;
-# twenty, distilled from the twin (--set train.teacher=SOURCE/checkpoint.pt),
+# twenty, distilled from the tuned twin (--set train.teacher=DIR/twin-...-rate/checkpoint.pt),
 # end at 65.4% (people 21.8, poles 28.9), 0.986x the twin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
