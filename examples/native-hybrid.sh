@@ -30,7 +30,8 @@ cd "$(dirname "$0")/.."
 OUT=${1:?usage: examples/native-hybrid.sh DIR [--set SECTION.FIELD=VALUE ...]}
 shift
 TWIN_EPOCHS=${TWIN_EPOCHS:-80} CLIP=${CLIP:-99} CLIP_CONV1=${CLIP_CONV1:-99.9} CLIP_EPOCHS=${CLIP_EPOCHS:-40}
-CLIP_LR=${CLIP_LR:-0.001} TWIN_STEPS=${TWIN_STEPS:-16} STEPS=${STEPS:-32} CODE=${CODE:-rate} TUNE_EPOCHS=${TUNE_EPOCHS:-0}
+CLIP_LR=${CLIP_LR:-0.001} TWIN_STEPS=${TWIN_STEPS:-16} STEPS=${STEPS:-32} CODE=${CODE:-rate}
+TRANSFER_EPOCHS=${TRANSFER_EPOCHS:-20} TUNE_EPOCHS=${TUNE_EPOCHS:-0}
 TC=.venv/bin/toolchain
 PY=.venv/bin/python
 CONFIG=examples/ddd17-native-cpu.yaml
@@ -70,12 +71,33 @@ if [ -f "$CONVERTED/convert.json" ]; then echo "   $CONVERTED: converted, kept";
     $TC convert --checkpoint "$SOURCE/checkpoint.pt" --out "$CONVERTED/checkpoint.pt" --percentile "$PERCENTILE" \
         --scale auto --frames 32 --set data.time_steps="$STEPS" --set data.encoding="$CODE"
 fi
+conversion() {  # a figure of the conversion's convert.json
+    $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); k=sys.argv[2]
+sys.exit(f"{sys.argv[1]}: no {k} (an older conversion): remove its folder to convert again") if k not in d else print(d[k])' \
+        "$CONVERTED/convert.json" "$1"
+}
+if [ "$TRANSFER_EPOCHS" -gt 0 ]; then
+    echo "== 2b. tune the twin for $TRANSFER_EPOCHS epochs under the spike rates its conversion measured (each"
+    echo "   layer's rate against its input: below the ReLU's line), then convert it at the levels it was tuned for"
+    TRANSFERRED=$OUT/twin-$TAG-T$STEPS-$CODE-transfer-${TRANSFER_EPOCHS}ep
+    units=$(conversion transfer_logit_scale)  # the loss in the twin's units: its rates are below its ReLU's
+    train "$TRANSFERRED" --ann --set train.init="$SOURCE/checkpoint.pt" \
+        --set train.ann_transfer="$CONVERTED/checkpoint.pt" --set train.logit_scale="$units" \
+        --set train.epochs="$TRANSFER_EPOCHS" --set train.lr="$CLIP_LR" --set data.time_steps="$STEPS" \
+        --set data.encoding="$CODE" "$@"
+    TAG=$TAG-transfer-${TRANSFER_EPOCHS}ep
+    CONVERTED=$OUT/converted-$TAG-T$STEPS-$CODE TUNED=$OUT/tuned-$TAG-T$STEPS-$CODE-${TUNE_EPOCHS}ep
+    if [ -f "$CONVERTED/convert.json" ]; then echo "   $CONVERTED: converted, kept"; else
+        $TC convert --checkpoint "$TRANSFERRED/checkpoint.pt" --out "$CONVERTED/checkpoint.pt" --frames 32 \
+            --set data.time_steps="$STEPS" --set data.encoding="$CODE"
+    fi
+fi
 DEPLOY=$CONVERTED
 if [ "$TUNE_EPOCHS" -gt 0 ]; then
     echo "== 3. fine-tune spiking from the converted weights for $TUNE_EPOCHS epochs, under the converted neurons"
-    conversion() { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$CONVERTED/convert.json" "$1"; }
-    train "$TUNED" --set train.init="$CONVERTED/checkpoint.pt" --set model.threshold="$(conversion threshold)" \
-        --set train.logit_scale="$(conversion logit_scale)" --set model.voltage_decay=0.0 --set train.lr=0.001 \
+    threshold=$(conversion threshold) units=$(conversion logit_scale)
+    train "$TUNED" --set train.init="$CONVERTED/checkpoint.pt" --set model.threshold="$threshold" \
+        --set train.logit_scale="$units" --set model.voltage_decay=0.0 --set train.lr=0.001 \
         --set train.epochs="$TUNE_EPOCHS" --set data.time_steps="$STEPS" --set data.encoding="$CODE" "$@"
     DEPLOY=$TUNED
 fi

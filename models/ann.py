@@ -44,17 +44,41 @@ def _twin(syn: torch.nn.Module) -> torch.nn.Module:
     raise TypeError(f"no ANN twin for synapse {type(syn).__name__}")
 
 
+# A converted neuron's spike rate against its input per step over the
+# threshold r, sampled at r = 0, STEP, ..., (KNOTS - 1) x STEP; past the last
+# knot a neuron fires (nearly) every step
+TRANSFER_STEP = 0.05
+TRANSFER_KNOTS = 61
+
+
+def transfer(r: torch.Tensor, rates: torch.Tensor) -> torch.Tensor:
+    """The rate at r >= 0, linear between the knots `rates`, flat past the last."""
+    u = (r / TRANSFER_STEP).clamp(0, TRANSFER_KNOTS - 1)
+    i = u.detach().floor().clamp(max=TRANSFER_KNOTS - 2).long()
+    return rates[i] + (rates[i + 1] - rates[i]) * (u - i)
+
+
 class AnnNode(torch.nn.Module):
     """`clip`: the largest activation the node passes on (inf: a plain ReLU). A
     spiking neuron fires at most once a step, so it carries its twin's
     activations only up to a level; a twin trained under that clip
-    (`train.ann_clip`) no longer leans on the few activations above it."""
+    (`train.ann_clip`) no longer leans on the few activations above it.
+
+    `level` (inf: none) and `rates`: the activation is level x rate(z /
+    level), the spike rate a converted neuron balanced at that level reaches
+    (`toolchain convert` measures it). Loihi's neuron resets to zero and
+    fires only above its threshold, so it loses what it integrated past the
+    threshold: its rate falls below the ReLU's line (0.6 where the ReLU says
+    1), and a twin tuned under the measured curve (`train.ann_transfer`)
+    learns weights that do not lean on the line."""
 
     def __init__(self, name, sources, synapses, relu: bool):
         super().__init__()
         self.name, self.sources, self.relu = name, list(sources), relu
         self.synapses = torch.nn.ModuleList(synapses)
         self.register_buffer("clip", torch.tensor(float("inf")))
+        self.register_buffer("level", torch.tensor(float("inf")))
+        self.register_buffer("rates", torch.zeros(TRANSFER_KNOTS))
         self._register_load_state_dict_pre_hook(_unclipped_if_absent)
 
     @property
@@ -65,12 +89,16 @@ class AnnNode(torch.nn.Module):
         z = sum(syn(x) for syn, x in zip(self.synapses, inputs, strict=True))
         if not self.relu:
             return z
+        if not bool(torch.isinf(self.level)):
+            return self.level * transfer(F.relu(z) / self.level, self.rates)
         return F.relu(z) if bool(torch.isinf(self.clip)) else torch.minimum(F.relu(z), self.clip)
 
 
 def _unclipped_if_absent(state_dict, prefix, *args):
-    # twins saved before clipping existed hold no clip level: they had none
+    # twins saved before clipping (or transfer curves) existed hold none: they had none
     state_dict.setdefault(prefix + "clip", torch.tensor(float("inf")))
+    state_dict.setdefault(prefix + "level", torch.tensor(float("inf")))
+    state_dict.setdefault(prefix + "rates", torch.zeros(TRANSFER_KNOTS))
 
 
 class AnnGraph(torch.nn.Module):
@@ -92,6 +120,23 @@ class AnnGraph(torch.nn.Module):
         for node in self.nodes:
             if node.name in levels and not node.is_pool:
                 node.clip.fill_(float(levels[node.name]))
+
+    def set_transfer(self, levels: Mapping[str, float], rates: Mapping[str, list[float]]) -> None:
+        """Give every hidden node the activation level x rate(z / level) of a
+        conversion balanced at `levels` whose neurons fire at `rates` (the
+        knots of `transfer`)."""
+        missing = [n.name for n in self.nodes[:-1] if n.name not in levels or n.name not in rates]
+        if missing:
+            raise ToolchainError(f"transfer: no level or rates for {', '.join(missing)}")
+        for node in self.nodes[:-1]:
+            if len(rates[node.name]) != TRANSFER_KNOTS or not levels[node.name] > 0:
+                raise ToolchainError(f"transfer: {node.name} needs a level > 0 and {TRANSFER_KNOTS} rates")
+            node.level.fill_(float(levels[node.name]))
+            node.rates.copy_(torch.as_tensor(rates[node.name], dtype=node.rates.dtype))
+
+    def transfer_levels(self) -> dict[str, float]:
+        """The levels of a twin tuned under a conversion's transfer ({}: a ReLU twin)."""
+        return {n.name: float(n.level) for n in self.nodes[:-1] if not bool(torch.isinf(n.level))}
 
     def forward(self, x):
         if x.dim() == 5:

@@ -35,8 +35,10 @@ def test_example_config_loads_and_its_model_builds(path):
 def test_native_hybrid_script_clips_converts_and_deploys_then_resumes_and_fine_tunes(tmp_path):
     """examples/native-hybrid.sh end to end on a small generated set: twin,
     the twin tuned under the clip, conversion of it for the asked steps and
-    code (the twin tuned on its own steps), the .net equal in Lava and on the emulator; run again, every
-    finished step is kept; with CLIP_EPOCHS=0 and TUNE_EPOCHS the plain twin's
+    code (the twin tuned on its own steps), the twin tuned again under that
+    conversion's spike rates and converted at its levels, the .net equal in
+    Lava and on the emulator; run again, every finished step is kept; with
+    CLIP_EPOCHS=0, TRANSFER_EPOCHS=0 and TUNE_EPOCHS the plain twin's
     conversion is fine-tuned spiking under the converted neurons and deployed."""
     import json
     import os
@@ -69,13 +71,22 @@ def test_native_hybrid_script_clips_converts_and_deploys_then_resumes_and_fine_t
     converted = out / "converted-80ep-clip99-conv1-99.9-40ep-lr0.001-T12-rate"
     info = json.loads((converted / "convert.json").read_text())
     assert info["percentile"] == 100 and info["source"].endswith("twin-80ep-clip99-conv1-99.9-40ep-lr0.001-T16-rate/checkpoint.pt")
-    assert "scale_search" in info and "== 3." not in run.stdout
-    deployed_equal(converted, "rate")
-    assert json.loads((converted / "deploy/energy/energy.json").read_text())["energy"]
+    assert "scale_search" in info and "transfer" in info and "== 3." not in run.stdout
+    transferred = out / "twin-80ep-clip99-conv1-99.9-40ep-lr0.001-T12-rate-transfer-20ep"
+    twin = json.loads((transferred / "metrics.json").read_text())
+    assert twin["ann"] and twin["ann_transfer"] == str(converted / "checkpoint.pt")
+    assert twin["init"].endswith("twin-80ep-clip99-conv1-99.9-40ep-lr0.001-T16-rate/checkpoint.pt")
+    assert f"logit_scale: {info['transfer_logit_scale']!r}" in (transferred / "config.yaml").read_text()
+    final = out / "converted-80ep-clip99-conv1-99.9-40ep-lr0.001-transfer-20ep-T12-rate"
+    again_info = json.loads((final / "convert.json").read_text())
+    levels = lambda conversion: {k: max(v) for k, v in conversion["lambdas"].items()}  # noqa: E731
+    assert again_info["scale"] == 1 and levels(again_info) == pytest.approx(levels(info))
+    deployed_equal(final, "rate")
+    assert json.loads((final / "deploy/energy/energy.json").read_text())["energy"]
     again = script()
-    assert again.returncode == 0 and again.stdout.count("finished, kept") == 2, again.stdout[-3000:]
-    assert "converted, kept" in again.stdout
-    tuned = script(CLIP_EPOCHS="0", TUNE_EPOCHS="1", CODE="poisson")
+    assert again.returncode == 0 and again.stdout.count("finished, kept") == 3, again.stdout[-3000:]
+    assert again.stdout.count("converted, kept") == 2
+    tuned = script(CLIP_EPOCHS="0", TRANSFER_EPOCHS="0", TUNE_EPOCHS="1", CODE="poisson")
     assert tuned.returncode == 0, tuned.stdout[-3000:] + tuned.stderr[-3000:]
     assert tuned.stdout.count("finished, kept") == 1 and "== 1b." not in tuned.stdout
     snn = json.loads((out / "tuned-80ep-T12-poisson-1ep/metrics.json").read_text())

@@ -129,6 +129,45 @@ def test_ann_twin_mirrors_topology():
     assert out.shape == (2, 6, 32, 32) and (acts["conv1"] >= 0).all()
 
 
+def test_a_twin_under_a_transfer_curve_is_its_level_times_the_rate_at_z_over_the_level(tmp_path):
+    """AnnGraph.set_transfer: each hidden node's activation becomes level x
+    rate(z / level), linear between the knots; the straight line up to 1 is a
+    ReLU clipped at the level. The curves travel in the state dict, and a twin
+    saved before them loads as a plain ReLU twin."""
+    from models.ann import TRANSFER_KNOTS, TRANSFER_STEP
+
+    torch.manual_seed(0)
+    ann = build("spiking-deeplab-tiny-ann", 2, 6, (16, 16))
+    x = torch.rand(2, 2, 16, 16)
+    plain_scores, plain = ann(x)
+    r = torch.arange(TRANSFER_KNOTS) * TRANSFER_STEP
+    names = [n.name for n in ann.nodes[:-1]]
+    levels = {name: 0.5 * float(plain[name].max()) for name in names}
+    ann.set_transfer(levels, {name: r.clamp(max=1).tolist() for name in names})
+    assert ann.transfer_levels() == pytest.approx(levels)
+    _, line = ann(x)
+    first = ann.nodes[0]
+    z = first.synapses[0](x)
+    assert torch.allclose(line["conv1"], torch.minimum(torch.relu(z), first.level), atol=1e-6)
+    assert float(line["conv1"].max()) == pytest.approx(levels["conv1"])  # the clip bites
+    bent = {name: (r / (1 + r)).tolist() for name in names}  # between knots: linear
+    ann.set_transfer(levels, bent)
+    _, acts = ann(x)
+    u = torch.relu(z) / levels["conv1"]
+    lo = (u / TRANSFER_STEP).floor().clamp(max=TRANSFER_KNOTS - 2) * TRANSFER_STEP
+    f = lambda v: v / (1 + v)  # noqa: E731
+    want = levels["conv1"] * (f(lo) + (f(lo + TRANSFER_STEP) - f(lo)) * (u - lo) / TRANSFER_STEP)
+    assert torch.allclose(acts["conv1"], want, atol=1e-5)
+    again = build("spiking-deeplab-tiny-ann", 2, 6, (16, 16))
+    again.load_state_dict(ann.state_dict())
+    assert torch.equal(again(x)[0], ann(x)[0])
+    old = {k: v for k, v in ann.state_dict().items() if not k.endswith((".level", ".rates"))}
+    again.load_state_dict(old)
+    assert again.transfer_levels() == {} and torch.equal(again(x)[0], plain_scores)
+    with pytest.raises(ToolchainError, match="no level or rates for conv4"):
+        ann.set_transfer({k: v for k, v in levels.items() if k != "conv4"}, bent)
+
+
 def test_neuron_parameters_come_from_arguments():
     model = build("spiking-deeplab-tiny", 2, 6, (32, 32), NeuronParams(threshold=1.5, voltage_decay=0.02))
     neuron = model.nodes[0].neuron

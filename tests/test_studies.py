@@ -2,6 +2,7 @@
 energy and Loihi 2 resources, ANN-to-SNN conversion, corruptions, report."""
 from __future__ import annotations
 
+import copy
 import json
 import re
 
@@ -148,6 +149,47 @@ def test_converted_net_approaches_its_ann_twin_with_many_steps(norm):
     assert agree > 0.9 and agree > short
 
 
+def test_a_twin_under_its_conversions_measured_transfer_tracks_the_spike_rates_closer():
+    """recording_transfer: every hidden node's curve starts at 0, rises, stays
+    in [0, 1] and bends below the ReLU's line (Loihi's neuron resets to zero,
+    losing what it integrated past the threshold); the twin that takes the
+    curves (set_transfer) predicts every layer's spike rates, x its lambda,
+    closer than the ReLU twin clipped at the lambdas does."""
+    from models.ann import TRANSFER_KNOTS, TRANSFER_STEP
+    from toolchain.data import encode
+
+    torch.manual_seed(3)
+    ann = models.build("spiking-deeplab-tiny", 2, 4, (24, 24), ann=True)
+    frames = torch.rand(4, 2, 24, 24)
+    stats = convert.activation_stats(ann, [frames], "layer")
+    shell = models.build("spiking-deeplab-tiny", 2, 4, (24, 24))
+    info = convert.convert(ann, shell, stats, scale=0.5)
+    snn = models.build("spiking-deeplab-tiny", 2, 4, (24, 24), models.NeuronParams(
+        threshold=info["threshold"], voltage_decay=0.0))
+    snn.load_state_dict(shell.state_dict())
+    x = encode(frames, "rate", 32)
+    with torch.no_grad(), convert.recording_transfer(snn, 32) as recorder:
+        _, spikes = snn(x)
+    curves = recorder.curves()
+    names = [n.name for n in snn.nodes[:-1]]
+    assert sorted(curves) == sorted(names) and all(spikes[n].sum() > 0 for n in names)
+    r = np.arange(TRANSFER_KNOTS) * TRANSFER_STEP
+    for name, rates in curves.items():
+        rates = np.array(rates)
+        assert rates[0] == 0 and (np.diff(rates) >= 0).all() and rates.max() <= 1, name
+        assert (rates[1:20] < r[1:20]).all(), name  # below the line up to r = 1
+    levels = {k: max(v) for k, v in info["lambdas"].items()}
+    rates = {n: spikes[n].sum(-1) / 32 * levels[n] for n in names}
+    twin, clipped = copy.deepcopy(ann), copy.deepcopy(ann)
+    twin.set_transfer(levels, curves)
+    clipped.clip_at(levels)
+    with torch.no_grad():
+        _, relu = clipped(x)
+        _, tuned = twin(x)
+    for n in names:
+        assert (tuned[n] - rates[n]).abs().mean() < (relu[n] - rates[n]).abs().mean(), n
+
+
 def convert_export(snn, t):
     from toolchain.studies.sweep import quiet_export
     return quiet_export(snn, t)
@@ -204,7 +246,7 @@ def test_a_converted_checkpoint_fine_tunes_with_the_flags_convert_prints(ann_ckp
 
     out, lines = tmp_path / "snn.pt", []
     info = convert.convert_checkpoint(ann_ckpt, out, percentile=99.0, frames=4, log=lines.append)
-    flags = re.findall(r"--set (\S+)", lines[-1])
+    flags = re.findall(r"--set (\S+)", next(line for line in lines if line.startswith("fine-tune it with")))
     assert flags == [f"train.init={out}", f"model.threshold={info['threshold']!r}", "model.voltage_decay=0.0",
                      f"train.logit_scale={info['logit_scale']!r}"]
     cfg = Config(data=data_cfg)
@@ -214,6 +256,49 @@ def test_a_converted_checkpoint_fine_tunes_with_the_flags_convert_prints(ann_ckp
     train(load_config(None, flags, base=cfg), tmp_path / "tuned", log=lambda *_: None)
     _, tuned = models.load_checkpoint(tmp_path / "tuned" / "checkpoint.pt")
     assert tuned.model.threshold == info["threshold"] and tuned.model.voltage_decay == 0.0
+
+
+def test_a_twin_tuned_under_its_conversions_transfer_converts_again_at_its_levels(ann_ckpt, tmp_path, data_cfg):
+    """The flags convert prints for train.ann_transfer tune the twin under the
+    conversion's levels and measured curves (kept in its checkpoint); that
+    twin converts at exactly those levels. Without a twin to start from, or
+    from a checkpoint that is no conversion or holds no curves, it is refused."""
+    from toolchain.cli.train import summary_table
+    from toolchain.core.config import load_config
+    from toolchain.train.loop import train
+
+    out, lines = tmp_path / "snn.pt", []
+    info = convert.convert_checkpoint(ann_ckpt, out, percentile=99.0, frames=4, log=lines.append)
+    flags = re.findall(r"--set (\S+)", next(line for line in lines if "tune the twin under" in line))
+    assert flags == [f"train.init={ann_ckpt}", f"train.ann_transfer={out}",
+                     f"train.logit_scale={info['transfer_logit_scale']!r}"]
+    cfg = Config(data=data_cfg)
+    cfg.model.name = "spiking-deeplab-tiny"
+    cfg.train.epochs, cfg.train.batch_size = 1, 4
+    with pytest.raises(ToolchainError, match="needs train.ann=true and train.init"):
+        train(load_config(None, flags[1:], base=cfg), tmp_path / "refused", log=lambda *_: None)
+    cfg.train.ann = True
+    result = train(load_config(None, flags, base=cfg), tmp_path / "tuned", log=lambda *_: None)
+    assert "ANN twin under its conversion's spike rates (1 epochs, float)" in summary_table(result)
+    twin, _ = models.load_checkpoint(tmp_path / "tuned" / "checkpoint.pt")
+    levels = {k: max(v) for k, v in info["lambdas"].items() if k != "classifier"}
+    assert twin.transfer_levels() == pytest.approx(levels)
+    assert all(n.rates.tolist() == pytest.approx(info["transfer"][n.name]) for n in twin.nodes[:-1])
+    lines.clear()
+    again = convert.convert_checkpoint(tmp_path / "tuned" / "checkpoint.pt", tmp_path / "again.pt", percentile=99.0,
+                                       scale="auto", frames=4, log=lines.append)
+    assert any("converting at its levels" in line for line in lines) and "scale_search" not in again
+    assert again["scale"] == 1.0 and {k: max(v) for k, v in again["lambdas"].items() if k != "classifier"} == \
+        pytest.approx(levels)
+    with pytest.raises(ToolchainError, match="--norm layer"):
+        convert.convert_checkpoint(tmp_path / "tuned" / "checkpoint.pt", tmp_path / "x.pt", norm="channel",
+                                   frames=4, log=lambda s: None)
+    channel = tmp_path / "channel.pt"
+    convert.convert_checkpoint(ann_ckpt, channel, norm="channel", frames=4, log=lambda s: None)
+    for given, why in [(ann_ckpt, "not a `toolchain convert` checkpoint"), (channel, "holds no transfer curves")]:
+        with pytest.raises(ToolchainError, match=re.escape(why)):
+            train(load_config(None, [flags[0], f"train.ann_transfer={given}"], base=cfg), tmp_path / "no",
+                  log=lambda *_: None)
 
 
 def test_corruptions_change_frames_as_their_strength_says():

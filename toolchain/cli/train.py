@@ -58,7 +58,8 @@ def summary_table(r: dict) -> str:
             ((f"starting weights ({r['init']})" if r.get("init") else "untrained " + r["model"]),
              r["untrained_miou"]),
             (f"trained {r['model']}" + (" ANN twin" if r.get("ann") else "")
-             + _clip_words(r) + f" ({r['epochs']} epochs"
+             + _clip_words(r) + (" under its conversion's spike rates" if r.get("ann_transfer") else "")
+             + f" ({r['epochs']} epochs"
              + (", quantized)" if r["quantized"] else ", float)"), r["miou"])]
     w = max(len(n) for n, _ in rows)
     lines = [f"{'model':<{w}}  test mIoU", f"{'-' * w}  ---------"]

@@ -81,6 +81,11 @@ class TrainConfig:
     # the percentile for named layers instead (train.ann_clip_layers.conv1=99.9):
     # the first layer's clip costs the people most
     ann_clip_layers: dict[str, float] = field(default_factory=dict)
+    # twin only: a `toolchain convert` checkpoint; each hidden layer's ReLU
+    # becomes level x the spike rate that conversion's neurons reach (its
+    # measured transfer), so the twin learns what its conversion computes
+    # (start from train.init, the twin converted; convert the result again)
+    ann_transfer: str | None = None
     # none | inverse-sqrt: cross-entropy weights 1/sqrt(pixel frequency) from
     # the training labels, mean 1 over the classes present (thin classes count)
     class_weights: str = "none"

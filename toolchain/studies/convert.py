@@ -18,12 +18,18 @@ keep the ANN's units, up to one positive factor that fits the weight range).
 The converted neurons integrate without leak (voltage_decay 0): the IF neuron
 conversion assumes. A twin tuned under `train.ann_clip` converts on its
 activations' maximum (percentile 100), which is its clip levels.
+
+Loihi's neuron resets to zero and fires only above its threshold, so a
+converted neuron's rate bends below the ReLU's line (measured: 0.6 where the
+ReLU says 1). `convert_checkpoint` measures each layer's curve, and a twin
+tuned under it (`train.ann_transfer`) converts at the levels it was tuned for.
 """
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +37,7 @@ import torch
 from lava.lib.dl import slayer
 
 import models
-from models.ann import activation_stats
+from models.ann import TRANSFER_KNOTS, TRANSFER_STEP, activation_stats
 from models.graph import INPUT
 
 from ..core.errors import ToolchainError
@@ -186,6 +192,73 @@ def logit_scale(ann, snn, batches) -> float:
     return num / den if num > 0 and den > 0 else 1.0
 
 
+MIN_SAMPLES = 200  # neurons a knot's mean rate needs; with fewer, the mean over layers of its kind
+
+
+class TransferRecorder:
+    """Each hidden node's spike rate against its input per step over the
+    threshold (r, in the twin's units: a pool's input is the mean of its
+    sources' rates), binned on the twin's transfer knots."""
+
+    def __init__(self, snn, time_steps: int):
+        self.time_steps, self.threshold = time_steps, snn.neuron_params.threshold
+        self.pools = {n.name for n in snn.nodes[:-1] if isinstance(n.synapses[0], slayer.synapse.Pool)}
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, torch.Tensor] = {}
+
+    def __call__(self, node, args, spikes) -> None:
+        z = node.current(args[0])
+        gain = 1.0
+        if node.name in self.pools:  # k^2 synapses of one weight each: their sum over the threshold
+            syn = node.synapses[0]
+            gain = float(syn.weight.flatten()[0]) * syn.weight[0, 0].numel() / self.threshold
+        r = (z.sum(-1) / (self.time_steps * self.threshold * gain)).flatten()
+        rate = (spikes.sum(-1) / self.time_steps).flatten()
+        k = torch.round(r / TRANSFER_STEP)
+        keep = (k >= 0) & (k < TRANSFER_KNOTS)
+        k = k[keep].long()
+        self.sums[node.name] = self.sums.get(node.name, 0) + torch.bincount(
+            k, rate[keep].double(), TRANSFER_KNOTS)
+        self.counts[node.name] = self.counts.get(node.name, 0) + torch.bincount(k, minlength=TRANSFER_KNOTS)
+
+    def curves(self) -> dict[str, list[float]]:
+        """The rate at each knot: the node's mean where it has MIN_SAMPLES
+        samples there, else its kind's (pools or the rest); between measured
+        knots linear, 1 at the last if none reached it; rising, in [0, 1], 0 at 0."""
+        def kind(pool: bool):
+            names = [n for n in self.sums if (n in self.pools) == pool]
+            return (sum(self.sums[n] for n in names), sum(self.counts[n] for n in names)) if names else None
+        out = {}
+        for name in self.sums:
+            mean = (self.sums[name] / self.counts[name].clamp(min=1)).numpy()
+            known = self.counts[name].numpy() >= MIN_SAMPLES
+            pooled = kind(name in self.pools)
+            if pooled is not None:
+                fill = (pooled[1].numpy() >= MIN_SAMPLES) & ~known
+                mean = np.where(fill, (pooled[0] / pooled[1].clamp(min=1)).numpy(), mean)
+                known |= fill
+            known[0] = True
+            mean[0] = 0.0
+            if not known[-1]:
+                known[-1], mean[-1] = True, 1.0
+            r = np.arange(TRANSFER_KNOTS)
+            rates = np.interp(r, r[known], mean[known])
+            out[name] = np.clip(np.maximum.accumulate(rates), 0.0, 1.0).tolist()
+        return out
+
+
+@contextmanager
+def recording_transfer(snn, time_steps: int) -> Iterator[TransferRecorder]:
+    """Record `snn`'s transfer curves (`TransferRecorder`) while it runs."""
+    recorder = TransferRecorder(snn, time_steps)
+    handles = [n.register_forward_hook(recorder) for n in snn.nodes[:-1]]
+    try:
+        yield recorder
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def pick_scale(ann, cfg, ds: dict, stats, frames: int, scales=AUTO_SCALES,
                log: Callable[[str], None] = print) -> tuple[float, dict[str, float]]:
     """The scale whose converted net, with Loihi 8-bit weights at the config's
@@ -224,14 +297,31 @@ def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "la
                                       entries=ckpt)
     if isinstance(ann, models.SpikingGraph):
         raise ToolchainError(f"{ann_ckpt}: holds a spiking model; convert takes a twin trained with --ann")
-    stats = activation_stats(ann, training_batches(cfg, frames), norm, percentile)
     ds = ckpt["dataset"]
     search = None
-    if scale == "auto":
-        scale, search = pick_scale(ann, cfg, ds, stats, frames, log=log)
+    tuned_levels = ann.transfer_levels()
+    if tuned_levels:
+        if norm != "layer":
+            raise ToolchainError(f"{ann_ckpt}: tuned under a conversion's transfer, one level per layer; "
+                                 f"convert it with --norm layer")
+        # its activations are already rates x its levels: balance at them
+        stats = {k: torch.tensor([v], dtype=torch.float64) for k, v in tuned_levels.items()}
+        scale, percentile = 1.0, 100.0
+        log(f"{ann_ckpt}: tuned under a conversion's transfer; converting at its levels")
+    else:
+        stats = activation_stats(ann, training_batches(cfg, frames), norm, percentile)
+        if scale == "auto":
+            scale, search = pick_scale(ann, cfg, ds, stats, frames, log=log)
     snn, snn_cfg, info = _balanced(ann, cfg, ds, stats, float(scale))
     batch = snn.frames_within(cfg.data.time_steps, EVAL_BUDGET)
-    info["logit_scale"] = logit_scale(ann, snn.eval(), training_batches(cfg, frames, batch))
+    with recording_transfer(snn, cfg.data.time_steps) as recorder:
+        info["logit_scale"] = logit_scale(ann, snn.eval(), training_batches(cfg, frames, batch))
+    if norm == "layer":
+        # a twin tuned under this conversion's transfer, and the factor that keeps its loss in this twin's units
+        info["transfer"] = recorder.curves()
+        twin = copy.deepcopy(ann)
+        twin.set_transfer({k: max(v) for k, v in info["lambdas"].items()}, info["transfer"])
+        info["transfer_logit_scale"] = logit_scale(ann, twin, training_batches(cfg, frames))
     info.update(norm=norm, percentile=percentile, frames=min(frames, 10 ** 9), source=str(ann_ckpt))
     if search is not None:
         info["scale_search"] = search
@@ -242,4 +332,8 @@ def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "la
     given = "".join(f" --set {o}" for o in overrides)
     log(f"fine-tune it with: toolchain train --set train.init={out} --set model.threshold={float(info['threshold'])!r} "
         f"--set model.voltage_decay=0.0 --set train.logit_scale={info['logit_scale']!r}{given} (and the twin's config)")
+    if "transfer" in info:
+        log(f"or tune the twin under its spike-rate transfer: toolchain train --ann --set train.init={ann_ckpt} "
+            f"--set train.ann_transfer={out} --set train.logit_scale={info['transfer_logit_scale']!r}{given} "
+            f"(and the twin's config), then convert that")
     return info
