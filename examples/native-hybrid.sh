@@ -2,16 +2,15 @@
 # The spiking DeepLab-tiny at DDD17's native 200x346, made from its ANN twin:
 # the twin trained, tuned with each layer clipped where a spiking neuron
 # saturates, converted by threshold balancing for T steps of the input code,
-# optionally fine-tuned spiking (surrogate gradients, Loihi 8-bit weights),
-# then exported and run in Lava and on the emulator over the test split (its
-# deploy/ folder: the .net, both runs' reports and maps, energy per frame).
-# The defaults make the best spiking model measured on the generated set
-# (docs/results.md: 65.1% mIoU deployed, people 21.1%, poles 28.6% IoU, 237 M
-# SynOps per frame against its twin's 250 M MACs), in about 45 minutes on 2
-# CPU cores. STEPS=48 deploys at 65.7% (people 21.8, poles 30.1) for 313 M.
+# tuned again under the spike rates that conversion's neurons measurably reach
+# and converted at the same levels, optionally fine-tuned spiking (surrogate
+# gradients, Loihi 8-bit weights), then exported and run in Lava and on the
+# emulator over the test split (its deploy/ folder: the .net, both runs'
+# reports and maps, energy per frame), in about an hour on 2 CPU cores
+# (docs/results.md has the figures of each step).
 #
 # Usage: [TWIN_EPOCHS=80] [CLIP=99] [CLIP_CONV1=99.9] [CLIP_EPOCHS=40] [CLIP_LR=0.001] [TWIN_STEPS=16] \
-#            [STEPS=32] [CODE=rate] [TUNE_EPOCHS=0] examples/native-hybrid.sh DIR [--set ...]
+#            [STEPS=32] [CODE=rate] [TRANSFER_EPOCHS=20] [TUNE_EPOCHS=0] examples/native-hybrid.sh DIR [--set ...]
 # DIR receives every output, in folders named by these settings; the --set
 # flags (SECTION.FIELD=VALUE) apply to every training (e.g. a data root). Each
 # step that finished is skipped, one that was stopped resumes. CLIP is the
@@ -19,12 +18,11 @@
 # costs the people most); CLIP_EPOCHS=0 converts the plain twin (balanced on
 # its 99th-percentile activations). The twin is tuned on TWIN_STEPS steps of
 # the input code and converted for STEPS (more steps: closer to the twin,
-# more spikes);
-# TUNE_EPOCHS>0 fine-tunes the conversion spiking, its loss in the twin's units
-# (convert's logit_scale); eight such epochs after the default conversion kept
-# its mIoU (65.1%) and traded 0.6 point of poles for a point of people;
-# twenty, distilled from the tuned twin (--set train.teacher=DIR/twin-...-rate/checkpoint.pt),
-# end at 65.4% (people 21.8, poles 28.9), 0.986x the twin.
+# more spikes; STEPS=48 converts closer for 1.3x the SynOps).
+# TRANSFER_EPOCHS=0 deploys the first conversion. TUNE_EPOCHS>0 fine-tunes the
+# conversion spiking, its loss in the twin's units (convert's logit_scale);
+# --set train.teacher=DIR/twin-...-transfer-20ep/checkpoint.pt distils it from
+# the twin it was converted from.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: examples/native-hybrid.sh DIR [--set SECTION.FIELD=VALUE ...]}

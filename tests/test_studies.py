@@ -287,7 +287,7 @@ def test_a_twin_tuned_under_its_conversions_transfer_converts_again_at_its_level
     lines.clear()
     again = convert.convert_checkpoint(tmp_path / "tuned" / "checkpoint.pt", tmp_path / "again.pt", percentile=99.0,
                                        scale="auto", frames=4, log=lines.append)
-    assert any("converting at its levels" in line for line in lines) and "scale_search" not in again
+    assert any("layer-wise, at its tuned levels" in line for line in lines) and "scale_search" not in again
     assert again["scale"] == 1.0 and {k: max(v) for k, v in again["lambdas"].items() if k != "classifier"} == \
         pytest.approx(levels)
     with pytest.raises(ToolchainError, match="--norm layer"):

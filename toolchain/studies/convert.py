@@ -307,7 +307,6 @@ def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "la
         # its activations are already rates x its levels: balance at them
         stats = {k: torch.tensor([v], dtype=torch.float64) for k, v in tuned_levels.items()}
         scale, percentile = 1.0, 100.0
-        log(f"{ann_ckpt}: tuned under a conversion's transfer; converting at its levels")
     else:
         stats = activation_stats(ann, training_batches(cfg, frames), norm, percentile)
         if scale == "auto":
@@ -327,8 +326,9 @@ def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "la
         info["scale_search"] = search
     checkpoint.save(out, model=snn.state_dict(), config=to_dict(snn_cfg), dataset=ds, conversion=info,
                     epoch=ckpt.get("epoch", 0), history=ckpt.get("history", []))
-    log(f"converted {ann_ckpt} -> {out}: {norm}-wise, {'max' if percentile >= 100 else f'p{percentile:g}'} x {scale}, "
-        f"threshold {info['threshold']:.4f}")
+    balance = "at its tuned levels" if tuned_levels else \
+        f"{'max' if percentile >= 100 else f'p{percentile:g}'} x {scale}"
+    log(f"converted {ann_ckpt} -> {out}: {norm}-wise, {balance}, threshold {info['threshold']:.4f}")
     given = "".join(f" --set {o}" for o in overrides)
     log(f"fine-tune it with: toolchain train --set train.init={out} --set model.threshold={float(info['threshold'])!r} "
         f"--set model.voltage_decay=0.0 --set train.logit_scale={info['logit_scale']!r}{given} (and the twin's config)")
