@@ -290,6 +290,12 @@ def test_a_twin_tuned_under_its_conversions_transfer_converts_again_at_its_level
     assert any("layer-wise, at its tuned levels" in line for line in lines) and "scale_search" not in again
     assert again["scale"] == 1.0 and {k: max(v) for k, v in again["lambdas"].items() if k != "classifier"} == \
         pytest.approx(levels)
+    # its scores counted in the units its loss saw: x the twin's logit_scale
+    snn, snn_cfg = models.load_checkpoint(tmp_path / "again.pt", quantized=False)
+    twin_units = models.load_checkpoint(tmp_path / "tuned" / "checkpoint.pt")[1].train.logit_scale
+    measured = convert.logit_scale(twin, snn, convert.training_batches(snn_cfg, 4, 4))
+    assert twin_units == info["transfer_logit_scale"] != 1
+    assert again["logit_scale"] == pytest.approx(twin_units * measured, rel=1e-4) == snn_cfg.train.logit_scale
     with pytest.raises(ToolchainError, match="--norm layer"):
         convert.convert_checkpoint(tmp_path / "tuned" / "checkpoint.pt", tmp_path / "x.pt", norm="channel",
                                    frames=4, log=lambda s: None)

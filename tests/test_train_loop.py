@@ -351,12 +351,17 @@ def test_distill_loss_is_zero_at_the_teachers_answer_and_pulls_toward_it():
 def test_a_teacher_run_distills_and_a_mismatched_teacher_is_named(cfg, data, tmp_path):
     """train.teacher: the spiking run learns from a twin's scores as well as
     the labels (its weights move elsewhere than without the term, and weight 0
-    is the run without a teacher), metrics.json names the teacher; a teacher
-    for another size is refused naming the file and both shapes."""
+    is the run without a teacher), metrics.json names the teacher, whose
+    scores count in the units its own loss saw (its train.logit_scale); a
+    teacher for another size is refused naming the file and both shapes."""
+    from toolchain.train.loop import load_teacher
+
     ann = Config()
     ann.data, ann.model, ann.train = cfg.data, cfg.model, type(cfg.train)(**vars(cfg.train))
-    ann.train.ann, ann.train.epochs = True, 3
+    ann.train.ann, ann.train.epochs, ann.train.logit_scale = True, 3, 2.5
     train(ann, tmp_path / "twin", datasets=data, log=lambda *_: None)
+    facts = dict(in_channels=2, num_classes=2)
+    assert load_teacher(str(tmp_path / "twin" / "checkpoint.pt"), cfg, facts)[1] == 2.5
     cfg.train.epochs = 1
     train(cfg, tmp_path / "alone", datasets=data, log=lambda *_: None)
     weights = {}

@@ -313,14 +313,18 @@ def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "la
             scale, search = pick_scale(ann, cfg, ds, stats, frames, log=log)
     snn, snn_cfg, info = _balanced(ann, cfg, ds, stats, float(scale))
     batch = snn.frames_within(cfg.data.time_steps, EVAL_BUDGET)
+    # the factors bring scores onto the twin's in the units its own loss saw
+    # (a twin tuned under a conversion's curves scores smaller than its loss did)
+    units = cfg.train.logit_scale
     with recording_transfer(snn, cfg.data.time_steps) as recorder:
-        info["logit_scale"] = logit_scale(ann, snn.eval(), training_batches(cfg, frames, batch))
+        info["logit_scale"] = units * logit_scale(ann, snn.eval(), training_batches(cfg, frames, batch))
+    snn_cfg.train.logit_scale = info["logit_scale"]
     if norm == "layer":
         # a twin tuned under this conversion's transfer, and the factor that keeps its loss in this twin's units
         info["transfer"] = recorder.curves()
         twin = copy.deepcopy(ann)
         twin.set_transfer({k: max(v) for k, v in info["lambdas"].items()}, info["transfer"])
-        info["transfer_logit_scale"] = logit_scale(ann, twin, training_batches(cfg, frames))
+        info["transfer_logit_scale"] = units * logit_scale(ann, twin, training_batches(cfg, frames))
     info.update(norm=norm, percentile=percentile, frames=min(frames, 10 ** 9), source=str(ann_ckpt))
     if search is not None:
         info["scale_search"] = search

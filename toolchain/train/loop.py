@@ -308,6 +308,7 @@ class Session:
     dataset_facts: dict
     synops: SynOpsCounter | None = None  # spiking models only
     teacher: torch.nn.Module | None = None  # train.teacher, in eval mode
+    teacher_units: float = 1.0  # the factor on its scores its own loss saw (its train.logit_scale)
     history: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
@@ -382,20 +383,24 @@ def setup(cfg: Config, run_dir: Path, train_ds, device: torch.device, d: distrib
         raise ToolchainError(f"train.synops_budget={t.synops_budget}: "
                              + ("the ANN twin has no spikes to budget" if t.ann else "must be above 0"))
     counter = None if t.ann else SynOpsCounter(model, cfg.data.time_steps).to(device)
-    teacher = load_teacher(t.teacher, cfg, facts).to(device) if t.teacher else None
+    teacher, teacher_units = load_teacher(t.teacher, cfg, facts) if t.teacher else (None, 1.0)
+    teacher = teacher.to(device) if teacher is not None else None
     net = torch.nn.parallel.DistributedDataParallel(model) if d.enabled else model
     optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     return Session(cfg, run_dir, d, device, amp, model, net, optimizer, make_scheduler(cfg, optimizer),
-                   torch.cuda.amp.GradScaler(enabled=amp), facts, counter, teacher=teacher)
+                   torch.cuda.amp.GradScaler(enabled=amp), facts, counter, teacher=teacher, teacher_units=teacher_units)
 
 
-def load_teacher(path: str, cfg: Config, facts: dict) -> torch.nn.Module:
-    """train.teacher's model, frozen, checked to score the same classes at the same input size."""
+def load_teacher(path: str, cfg: Config, facts: dict) -> tuple[torch.nn.Module, float]:
+    """train.teacher's model, frozen, checked to score the same classes at the
+    same input size; and its units, the factor on its scores its own loss saw
+    (a twin tuned under a conversion's curves scores several times smaller
+    than its loss did: its raw softmax would teach a flat answer)."""
     t = cfg.train
     if t.distill_weight < 0 or t.distill_temperature <= 0:
         raise ToolchainError(f"train.distill_weight={t.distill_weight} must be >= 0 and "
                              f"train.distill_temperature={t.distill_temperature} above 0")
-    teacher, _ = models.load_checkpoint(path)
+    teacher, theirs_cfg = models.load_checkpoint(path)
     ours = (facts["in_channels"], facts["num_classes"], cfg.data.height, cfg.data.width)
     c, h, w = teacher.input_shape
     theirs = (c, teacher.nodes[-1].synapses[0].out_channels, h, w)
@@ -403,7 +408,7 @@ def load_teacher(path: str, cfg: Config, facts: dict) -> torch.nn.Module:
         raise ToolchainError(f"train.teacher: {path} takes {theirs[0]} channels at {h}x{w} and scores "
                              f"{theirs[1]} classes; this run has {ours[0]} channels at {ours[2]}x{ours[3]} "
                              f"and {ours[1]} classes")
-    return teacher.eval().requires_grad_(False)
+    return teacher.eval().requires_grad_(False), float(theirs_cfg.train.logit_scale)
 
 
 def init_weights(model: torch.nn.Module, path: str, cfg: Config) -> None:
@@ -548,7 +553,8 @@ def train_one_epoch(s: Session, train_ds, sampler, epoch: int, interrupt, *, res
             if s.teacher is not None and t.distill_weight:
                 with torch.no_grad():
                     taught, _ = models.predict(s.teacher, x, y.shape[-2:])
-                loss = loss + t.distill_weight * distill_loss(scores, taught.float(), t.distill_temperature)
+                loss = loss + t.distill_weight * distill_loss(scores, taught.float() * s.teacher_units,
+                                                              t.distill_temperature)
             if s.synops is not None:
                 with torch.set_grad_enabled(t.synops_budget is not None):  # else counted for the log only
                     synops, _ = s.synops(x, spikes)
