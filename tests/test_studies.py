@@ -295,6 +295,7 @@ def test_a_twin_tuned_under_its_conversions_transfer_converts_again_at_its_level
     twin_units = models.load_checkpoint(tmp_path / "tuned" / "checkpoint.pt")[1].train.logit_scale
     measured = convert.logit_scale(twin, snn, convert.training_batches(snn_cfg, 4, 4))
     assert twin_units == info["transfer_logit_scale"] != 1
+    assert snn_cfg.train.ann_transfer is None and not snn_cfg.train.ann  # the twin's tuning is not the net's
     assert again["logit_scale"] == pytest.approx(twin_units * measured, rel=1e-4) == snn_cfg.train.logit_scale
     with pytest.raises(ToolchainError, match="--norm layer"):
         convert.convert_checkpoint(tmp_path / "tuned" / "checkpoint.pt", tmp_path / "x.pt", norm="channel",

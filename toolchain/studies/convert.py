@@ -165,6 +165,8 @@ def _balanced(ann, cfg, ds: dict, stats, scale: float, quantized: bool = False):
     snn_cfg = copy.deepcopy(cfg)
     snn_cfg.train.ann = False
     snn_cfg.train.qat = False
+    # how the twin was tuned does not describe the spiking net
+    snn_cfg.train.ann_clip, snn_cfg.train.ann_clip_layers, snn_cfg.train.ann_transfer = None, {}, None
     snn_cfg.model.voltage_decay = 0.0
     snn = models.from_config(snn_cfg, ds["in_channels"], ds["num_classes"])
     info = convert(ann, snn, stats, scale)
