@@ -135,7 +135,7 @@ def test_step_graph_is_valid_opset17_with_named_state_and_dynamic_batch(tmp_path
         assert all(o.shape[0] == batch for o in outs)
 
 
-def test_ann_twin_exports_its_scores_and_clip_levels_as_a_plain_graph(tmp_path):
+def test_ann_twin_exports_its_scores_clip_levels_and_transfer_curves_as_a_plain_graph(tmp_path):
     torch.manual_seed(0)
     twin = models.build("spiking-fcn-tiny-ann", 2, 6, (16, 24)).eval()
     path = export_ann_onnx(twin, tmp_path / "ann.onnx")
@@ -153,6 +153,17 @@ def test_ann_twin_exports_its_scores_and_clip_levels_as_a_plain_graph(tmp_path):
     clipped = twin(x)[0].detach().numpy()
     assert not np.allclose(clipped, ort.InferenceSession(str(tmp_path / "ann.onnx")).run(None, {"input": x.numpy()})[0])
     np.testing.assert_allclose(got, clipped, rtol=1e-4, atol=1e-5)
+    # and one tuned under its conversion's spike rates (train.ann_transfer) its curves
+    from models.ann import TRANSFER_KNOTS, TRANSFER_STEP
+
+    r = np.arange(TRANSFER_KNOTS) * TRANSFER_STEP
+    twin.set_transfer({name: 0.5 * float(a.max()) for name, a in acts.items()},
+                      {name: np.minimum(r / (1 + 0.5 * r), 1).tolist() for name in acts})
+    path = export_ann_onnx(twin, tmp_path / "transfer.onnx")
+    got = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]
+    bent = twin(x)[0].detach().numpy()
+    assert not np.allclose(bent, clipped)
+    np.testing.assert_allclose(got, bent, rtol=1e-4, atol=1e-5)
 
 
 def test_spiking_models_and_shapeless_modules_are_refused_by_the_ann_export(tmp_path):
