@@ -69,7 +69,9 @@ class _ScaleType(click.ParamType):
 def convert_cmd(ckpt, out, norm, percentile, scale, frames, data_root, config_path, overrides):
     """ANN-to-SNN conversion by threshold balancing; writes an ordinary spiking checkpoint.
     The twin's configuration, or --config's, with --set applied, becomes the spiking net's
-    (e.g. --set data.time_steps=16 --set data.encoding=rate: converted for 16 steps of the rate code)."""
+    (e.g. --set data.time_steps=16 --set data.encoding=rate: converted for 16 steps of the rate code).
+    convert.json also holds each layer's measured spike rate against its input (`transfer`), which
+    `train.ann_transfer` tunes the twin under; such a twin converts at the levels it was tuned for."""
     from ..studies.convert import convert_checkpoint
 
     info = convert_checkpoint(ckpt, out, norm=norm, percentile=percentile, scale=scale, frames=frames,
