@@ -194,6 +194,11 @@ def logit_scale(ann, snn, batches) -> float:
     return num / den if num > 0 and den > 0 else 1.0
 
 
+def layer_levels(info: dict) -> dict[str, float]:
+    """Each node's λ in a conversion's info (one per layer: its channels share it)."""
+    return {k: max(v) for k, v in info["lambdas"].items()}
+
+
 MIN_SAMPLES = 200  # neurons a knot's mean rate needs; with fewer, the mean over layers of its kind
 
 
@@ -230,11 +235,12 @@ class TransferRecorder:
         def kind(pool: bool):
             names = [n for n in self.sums if (n in self.pools) == pool]
             return (sum(self.sums[n] for n in names), sum(self.counts[n] for n in names)) if names else None
+        kinds = {pool: kind(pool) for pool in (True, False)}
         out = {}
         for name in self.sums:
             mean = (self.sums[name] / self.counts[name].clamp(min=1)).numpy()
             known = self.counts[name].numpy() >= MIN_SAMPLES
-            pooled = kind(name in self.pools)
+            pooled = kinds[name in self.pools]
             if pooled is not None:
                 fill = (pooled[1].numpy() >= MIN_SAMPLES) & ~known
                 mean = np.where(fill, (pooled[0] / pooled[1].clamp(min=1)).numpy(), mean)
@@ -325,7 +331,7 @@ def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "la
         # a twin tuned under this conversion's transfer, and the factor that keeps its loss in this twin's units
         info["transfer"] = recorder.curves()
         twin = copy.deepcopy(ann)
-        twin.set_transfer({k: max(v) for k, v in info["lambdas"].items()}, info["transfer"])
+        twin.set_transfer(layer_levels(info), info["transfer"])
         info["transfer_logit_scale"] = units * logit_scale(ann, twin, training_batches(cfg, frames))
     info.update(norm=norm, percentile=percentile, frames=min(frames, 10 ** 9), source=str(ann_ckpt))
     if search is not None:

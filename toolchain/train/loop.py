@@ -43,6 +43,7 @@ from ..core.errors import ToolchainError
 from ..core.files import write_text
 from ..core.metrics import SegmentationMetric
 from ..data.dataset import IGNORE, draw
+from ..studies.convert import layer_levels
 from . import distributed, plots
 
 CHECKPOINT = "checkpoint.pt"
@@ -466,7 +467,7 @@ def transfer_twin(model, converted: str, log: Callable[[str], None] = print) -> 
     if "transfer" not in info:
         raise ToolchainError(f"train.ann_transfer: {converted} holds no transfer curves "
                              f"(a --norm channel conversion, or one older than them): convert the twin again")
-    levels = {k: max(v) for k, v in info["lambdas"].items()}
+    levels = layer_levels(info)
     try:
         model.set_transfer(levels, info["transfer"])
     except ToolchainError as e:
