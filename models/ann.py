@@ -58,6 +58,11 @@ def transfer(r: torch.Tensor, rates: torch.Tensor) -> torch.Tensor:
     return rates[i] + (rates[i + 1] - rates[i]) * (u - i)
 
 
+def layer_levels(lambdas: Mapping[str, list[float]]) -> dict[str, float]:
+    """Each node's λ from a layer-wise conversion's lambdas (its channels share one)."""
+    return {k: max(v) for k, v in lambdas.items()}
+
+
 class AnnNode(torch.nn.Module):
     """`clip`: the largest activation the node passes on (inf: a plain ReLU). A
     spiking neuron fires at most once a step, so it carries its twin's

@@ -37,7 +37,7 @@ import torch
 from lava.lib.dl import slayer
 
 import models
-from models.ann import TRANSFER_KNOTS, TRANSFER_STEP, activation_stats
+from models.ann import TRANSFER_KNOTS, TRANSFER_STEP, activation_stats, layer_levels
 from models.graph import INPUT
 
 from ..core.errors import ToolchainError
@@ -194,11 +194,6 @@ def logit_scale(ann, snn, batches) -> float:
     return num / den if num > 0 and den > 0 else 1.0
 
 
-def layer_levels(info: dict) -> dict[str, float]:
-    """Each node's λ in a conversion's info (one per layer: its channels share it)."""
-    return {k: max(v) for k, v in info["lambdas"].items()}
-
-
 MIN_SAMPLES = 200  # neurons a knot's mean rate needs; with fewer, the mean over layers of its kind
 
 
@@ -331,7 +326,7 @@ def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "la
         # a twin tuned under this conversion's transfer, and the factor that keeps its loss in this twin's units
         info["transfer"] = recorder.curves()
         twin = copy.deepcopy(ann)
-        twin.set_transfer(layer_levels(info), info["transfer"])
+        twin.set_transfer(layer_levels(info["lambdas"]), info["transfer"])
         info["transfer_logit_scale"] = units * logit_scale(ann, twin, training_batches(cfg, frames))
     info.update(norm=norm, percentile=percentile, frames=min(frames, 10 ** 9), source=str(ann_ckpt))
     if search is not None:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 import models
 from deploy.synops import SynOpsCounter, budget_penalty
-from models.ann import activation_stats
+from models.ann import activation_stats, layer_levels
 from models.blocks import set_quantized
 from models.fused_cuba import set_neuron_impl
 
@@ -43,7 +43,6 @@ from ..core.errors import ToolchainError
 from ..core.files import write_text
 from ..core.metrics import SegmentationMetric
 from ..data.dataset import IGNORE, draw
-from ..studies.convert import layer_levels
 from . import distributed, plots
 
 CHECKPOINT = "checkpoint.pt"
@@ -467,7 +466,7 @@ def transfer_twin(model, converted: str, log: Callable[[str], None] = print) -> 
     if "transfer" not in info:
         raise ToolchainError(f"train.ann_transfer: {converted} holds no transfer curves "
                              f"(a --norm channel conversion, or one older than them): convert the twin again")
-    levels = layer_levels(info)
+    levels = layer_levels(info["lambdas"])
     try:
         model.set_transfer(levels, info["transfer"])
     except ToolchainError as e:
