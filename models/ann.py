@@ -75,7 +75,12 @@ class AnnNode(torch.nn.Module):
     fires only above its threshold, so it loses what it integrated past the
     threshold: its rate falls below the ReLU's line (0.6 where the ReLU says
     1), and a twin tuned under the measured curve (`train.ann_transfer`)
-    learns weights that do not lean on the line."""
+    learns weights that do not lean on the line.
+
+    `spread` (zeros: none): while training, each activation gets Gaussian
+    noise of that standard deviation (in rates, at z / level): the scatter of
+    the spike counts about the curve, which a twin trained under it learns
+    to bear."""
 
     def __init__(self, name, sources, synapses, relu: bool):
         super().__init__()
@@ -84,6 +89,7 @@ class AnnNode(torch.nn.Module):
         self.register_buffer("clip", torch.tensor(float("inf")))
         self.register_buffer("level", torch.tensor(float("inf")))
         self.register_buffer("rates", torch.zeros(TRANSFER_KNOTS))
+        self.register_buffer("spread", torch.zeros(TRANSFER_KNOTS))
         self._register_load_state_dict_pre_hook(_unclipped_if_absent)
 
     @property
@@ -95,7 +101,11 @@ class AnnNode(torch.nn.Module):
         if not self.relu:
             return z
         if not bool(torch.isinf(self.level)):
-            return self.level * transfer(F.relu(z) / self.level, self.rates)
+            r = F.relu(z) / self.level
+            rate = transfer(r, self.rates)
+            if self.training and bool(self.spread.any()):
+                rate = (rate + transfer(r.detach(), self.spread) * torch.randn_like(rate)).clamp(0, 1)
+            return self.level * rate
         return F.relu(z) if bool(torch.isinf(self.clip)) else torch.minimum(F.relu(z), self.clip)
 
 
@@ -104,6 +114,7 @@ def _unclipped_if_absent(state_dict, prefix, *args):
     state_dict.setdefault(prefix + "clip", torch.tensor(float("inf")))
     state_dict.setdefault(prefix + "level", torch.tensor(float("inf")))
     state_dict.setdefault(prefix + "rates", torch.zeros(TRANSFER_KNOTS))
+    state_dict.setdefault(prefix + "spread", torch.zeros(TRANSFER_KNOTS))
 
 
 class AnnGraph(torch.nn.Module):
@@ -126,18 +137,25 @@ class AnnGraph(torch.nn.Module):
             if node.name in levels and not node.is_pool:
                 node.clip.fill_(float(levels[node.name]))
 
-    def set_transfer(self, levels: Mapping[str, float], rates: Mapping[str, list[float]]) -> None:
+    def set_transfer(self, levels: Mapping[str, float], rates: Mapping[str, list[float]],
+                     spread: Mapping[str, list[float]] | None = None, noise: float = 0.0) -> None:
         """Give every hidden node the activation level x rate(z / level) of a
         conversion balanced at `levels` whose neurons fire at `rates` (the
-        knots of `transfer`)."""
-        missing = [n.name for n in self.nodes[:-1] if n.name not in levels or n.name not in rates]
+        knots of `transfer`), and while training noise x `spread` (the
+        knots of the spike rates' standard deviation) as Gaussian noise."""
+        wanted = (levels, rates) + ((spread or {},) if noise else ())
+        missing = [n.name for n in self.nodes[:-1] if any(n.name not in m for m in wanted)]
         if missing:
-            raise ToolchainError(f"transfer: no level or rates for {', '.join(missing)}")
+            raise ToolchainError(f"transfer: no level{', rates or spread' if noise else ' or rates'} for "
+                                 f"{', '.join(missing)}")
         for node in self.nodes[:-1]:
-            if len(rates[node.name]) != TRANSFER_KNOTS or not levels[node.name] > 0:
+            curves = [rates[node.name]] + ([spread[node.name]] if spread is not None and noise else [])
+            if any(len(c) != TRANSFER_KNOTS for c in curves) or not levels[node.name] > 0:
                 raise ToolchainError(f"transfer: {node.name} needs a level > 0 and {TRANSFER_KNOTS} rates")
             node.level.fill_(float(levels[node.name]))
             node.rates.copy_(torch.as_tensor(rates[node.name], dtype=node.rates.dtype))
+            node.spread.copy_(noise * torch.as_tensor(curves[1], dtype=node.spread.dtype) if len(curves) > 1
+                              else torch.zeros_like(node.spread))
 
     def transfer_levels(self) -> dict[str, float]:
         """The levels of a twin tuned under a conversion's transfer ({}: a ReLU twin)."""

@@ -168,6 +168,39 @@ def test_a_twin_under_a_transfer_curve_is_its_level_times_the_rate_at_z_over_the
         ann.set_transfer({k: v for k, v in levels.items() if k != "conv4"}, bent)
 
 
+def test_a_twin_under_a_transfer_scatter_is_noisy_while_training_and_exact_in_evaluation():
+    """set_transfer(..., spread, noise): while training, each activation gets
+    Gaussian noise of noise x spread(z / level) (in rates, clamped to [0, 1]),
+    unbiased away from the clamps; in evaluation the twin computes the curve
+    exactly. Without a spread for every node it is refused."""
+    from models.ann import TRANSFER_KNOTS, TRANSFER_STEP
+
+    torch.manual_seed(0)
+    ann = build("spiking-deeplab-tiny-ann", 2, 6, (16, 16))
+    x = torch.rand(8, 2, 16, 16)
+    _, plain = ann(x)
+    r = torch.arange(TRANSFER_KNOTS) * TRANSFER_STEP
+    names = [n.name for n in ann.nodes[:-1]]
+    levels = {name: 2 * float(plain[name].max()) for name in names}  # rates up to 0.5: no clamp at 1
+    line = {name: r.clamp(max=1).tolist() for name in names}
+    spread = {name: [0.0] + [0.05] * (TRANSFER_KNOTS - 1) for name in names}
+    ann.set_transfer(levels, line)
+    exact = ann.eval()(x)[1]["conv1"]
+    ann.set_transfer(levels, line, spread, noise=2.0)
+    assert torch.equal(ann.eval()(x)[1]["conv1"], exact)
+    first, z = ann.nodes[0], ann.nodes[0].synapses[0](x).detach()
+    with torch.no_grad():
+        noisy = torch.stack([first.train()([x]) for _ in range(50)]) / levels["conv1"]
+    rate = exact / levels["conv1"]
+    inside = (rate > 0.3).expand_as(noisy)  # 3 standard deviations from the clamp at 0
+    assert float((noisy - rate)[inside].mean()) == pytest.approx(0, abs=0.005)
+    assert float((noisy - rate)[inside].std()) == pytest.approx(0.1, rel=0.05)
+    silent = (z <= 0).expand_as(noisy)  # no spread at r = 0: the silent stay silent
+    assert silent.any() and float(noisy[silent].abs().max()) == 0
+    with pytest.raises(ToolchainError, match="no level, rates or spread for conv4"):
+        ann.set_transfer(levels, line, {k: v for k, v in spread.items() if k != "conv4"}, noise=1.0)
+
+
 def test_neuron_parameters_come_from_arguments():
     model = build("spiking-deeplab-tiny", 2, 6, (32, 32), NeuronParams(threshold=1.5, voltage_decay=0.02))
     neuron = model.nodes[0].neuron

@@ -152,7 +152,8 @@ def test_converted_net_approaches_its_ann_twin_with_many_steps(norm):
 def test_a_twin_under_its_conversions_measured_transfer_tracks_the_spike_rates_closer():
     """recording_transfer: every hidden node's curve starts at 0, rises, stays
     in [0, 1] and bends below the ReLU's line (Loihi's neuron resets to zero,
-    losing what it integrated past the threshold); the twin that takes the
+    losing what it integrated past the threshold), and its spread at a knot
+    is the standard deviation of the rates there; the twin that takes the
     curves (set_transfer) predicts every layer's spike rates, x its lambda,
     closer than the ReLU twin clipped at the lambdas does."""
     from models.ann import TRANSFER_KNOTS, TRANSFER_STEP
@@ -170,14 +171,23 @@ def test_a_twin_under_its_conversions_measured_transfer_tracks_the_spike_rates_c
     x = encode(frames, "rate", 32)
     with torch.no_grad(), convert.recording_transfer(snn, 32) as recorder:
         _, spikes = snn(x)
-    curves = recorder.curves()
+    curves, spreads = recorder.curves(), recorder.spreads()
     names = [n.name for n in snn.nodes[:-1]]
-    assert sorted(curves) == sorted(names) and all(spikes[n].sum() > 0 for n in names)
+    assert sorted(curves) == sorted(names) == sorted(spreads) and all(spikes[n].sum() > 0 for n in names)
     r = np.arange(TRANSFER_KNOTS) * TRANSFER_STEP
     for name, rates in curves.items():
         rates = np.array(rates)
         assert rates[0] == 0 and (np.diff(rates) >= 0).all() and rates.max() <= 1, name
         assert (rates[1:20] < r[1:20]).all(), name  # below the line up to r = 1
+        assert spreads[name][0] == 0 and 0 <= min(spreads[name]) and max(spreads[name]) <= 0.5, name
+    # the spread at a knot conv1 reached often: the standard deviation of its neurons' rates there
+    with torch.no_grad():
+        knot = torch.round(snn.nodes[0].current([x]).sum(-1) / (32 * info["threshold"]) / TRANSFER_STEP)
+    rate = spikes["conv1"].sum(-1) / 32
+    k = int(torch.mode(knot[knot > 0]).values)
+    at = rate[knot == k].double()
+    assert at.numel() >= convert.MIN_SAMPLES and float(at.std()) > 0.01
+    assert spreads["conv1"][k] == pytest.approx(float(at.std(unbiased=False)), rel=1e-4)
     levels = {k: max(v) for k, v in info["lambdas"].items()}
     rates = {n: spikes[n].sum(-1) / 32 * levels[n] for n in names}
     twin, clipped = copy.deepcopy(ann), copy.deepcopy(ann)
@@ -260,9 +270,10 @@ def test_a_converted_checkpoint_fine_tunes_with_the_flags_convert_prints(ann_ckp
 
 def test_a_twin_tuned_under_its_conversions_transfer_converts_again_at_its_levels(ann_ckpt, tmp_path, data_cfg):
     """The flags convert prints for train.ann_transfer tune the twin under the
-    conversion's levels and measured curves (kept in its checkpoint); that
-    twin converts at exactly those levels. Without a twin to start from, or
-    from a checkpoint that is no conversion or holds no curves, it is refused."""
+    conversion's levels and measured curves (kept in its checkpoint), with
+    train.ann_transfer_noise its scatter x the factor; that twin converts at
+    exactly those levels. Without a twin to start from, or from a checkpoint
+    that is no conversion or holds no curves, it is refused."""
     from toolchain.cli.train import summary_table
     from toolchain.core.config import load_config
     from toolchain.train.loop import train
@@ -284,6 +295,18 @@ def test_a_twin_tuned_under_its_conversions_transfer_converts_again_at_its_level
     levels = {k: max(v) for k, v in info["lambdas"].items() if k != "classifier"}
     assert twin.transfer_levels() == pytest.approx(levels)
     assert all(n.rates.tolist() == pytest.approx(info["transfer"][n.name]) for n in twin.nodes[:-1])
+    assert not any(n.spread.any() for n in twin.nodes)
+    # train.ann_transfer_noise: the measured scatter, x the factor, goes with the curves
+    noisy = train(load_config(None, flags + ["train.ann_transfer_noise=1.5"], base=cfg), tmp_path / "noisy",
+                  log=lambda *_: None)
+    assert "under its conversion's spike rates and 1.5x their scatter" in summary_table(noisy)
+    noisy_twin, _ = models.load_checkpoint(tmp_path / "noisy" / "checkpoint.pt")
+    assert any(max(v) > 0 for v in info["transfer_spread"].values())
+    assert all(n.spread.tolist() == pytest.approx([1.5 * v for v in info["transfer_spread"][n.name]])
+               for n in noisy_twin.nodes[:-1])
+    with pytest.raises(ToolchainError, match="for a twin tuned under train.ann_transfer"):
+        train(load_config(None, [flags[0], "train.ann_transfer_noise=1"], base=cfg), tmp_path / "no",
+              log=lambda *_: None)
     lines.clear()
     again = convert.convert_checkpoint(tmp_path / "tuned" / "checkpoint.pt", tmp_path / "again.pt", percentile=99.0,
                                        scale="auto", frames=4, log=lines.append)

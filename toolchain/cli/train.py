@@ -59,6 +59,7 @@ def summary_table(r: dict) -> str:
              r["untrained_miou"]),
             (f"trained {r['model']}" + (" ANN twin" if r.get("ann") else "")
              + _clip_words(r) + (" under its conversion's spike rates" if r.get("ann_transfer") else "")
+             + (f" and {r['ann_transfer_noise']:g}x their scatter" if r.get("ann_transfer_noise") else "")
              + f" ({r['epochs']} epochs"
              + (", quantized)" if r["quantized"] else ", float)"), r["miou"])]
     w = max(len(n) for n, _ in rows)

@@ -86,6 +86,10 @@ class TrainConfig:
     # measured transfer), so the twin learns what its conversion computes
     # (start from train.init, the twin converted; convert the result again)
     ann_transfer: str | None = None
+    # with ann_transfer: Gaussian noise on each activation while tuning, this
+    # many times the spike rates' measured scatter about the curve (0: none;
+    # 1: as measured), so the twin learns to bear what its conversion adds
+    ann_transfer_noise: float = 0.0
     # none | inverse-sqrt: cross-entropy weights 1/sqrt(pixel frequency) from
     # the training labels, mean 1 over the classes present (thin classes count)
     class_weights: str = "none"

@@ -167,6 +167,7 @@ def _balanced(ann, cfg, ds: dict, stats, scale: float, quantized: bool = False):
     snn_cfg.train.qat = False
     # how the twin was tuned does not describe the spiking net
     snn_cfg.train.ann_clip, snn_cfg.train.ann_clip_layers, snn_cfg.train.ann_transfer = None, {}, None
+    snn_cfg.train.ann_transfer_noise = 0.0
     snn_cfg.model.voltage_decay = 0.0
     snn = models.from_config(snn_cfg, ds["in_channels"], ds["num_classes"])
     info = convert(ann, snn, stats, scale)
@@ -200,12 +201,15 @@ MIN_SAMPLES = 200  # neurons a knot's mean rate needs; with fewer, the mean over
 class TransferRecorder:
     """Each hidden node's spike rate against its input per step over the
     threshold (r, in the twin's units: a pool's input is the mean of its
-    sources' rates), binned on the twin's transfer knots."""
+    sources' rates), binned on the twin's transfer knots: the mean rate at
+    each (`curves`) and its standard deviation over neurons and frames
+    (`spreads`)."""
 
     def __init__(self, snn, time_steps: int):
         self.time_steps, self.threshold = time_steps, snn.neuron_params.threshold
         self.pools = {n.name for n in snn.nodes[:-1] if isinstance(n.synapses[0], slayer.synapse.Pool)}
         self.sums: dict[str, torch.Tensor] = {}
+        self.squares: dict[str, torch.Tensor] = {}
         self.counts: dict[str, torch.Tensor] = {}
 
     def __call__(self, node, args, spikes) -> None:
@@ -218,22 +222,22 @@ class TransferRecorder:
         rate = (spikes.sum(-1) / self.time_steps).flatten()
         k = torch.round(r / TRANSFER_STEP)
         keep = (k >= 0) & (k < TRANSFER_KNOTS)
-        k = k[keep].long()
-        self.sums[node.name] = self.sums.get(node.name, 0) + torch.bincount(
-            k, rate[keep].double(), TRANSFER_KNOTS)
+        k, rate = k[keep].long(), rate[keep].double()
+        self.sums[node.name] = self.sums.get(node.name, 0) + torch.bincount(k, rate, TRANSFER_KNOTS)
+        self.squares[node.name] = self.squares.get(node.name, 0) + torch.bincount(k, rate ** 2, TRANSFER_KNOTS)
         self.counts[node.name] = self.counts.get(node.name, 0) + torch.bincount(k, minlength=TRANSFER_KNOTS)
 
-    def curves(self) -> dict[str, list[float]]:
-        """The rate at each knot: the node's mean where it has MIN_SAMPLES
-        samples there, else its kind's (pools or the rest); between measured
-        knots linear, 1 at the last if none reached it; rising, in [0, 1], 0 at 0."""
+    def _knots(self, moments: dict[str, torch.Tensor], last: float) -> dict[str, np.ndarray]:
+        """Each node's mean of `moments` at each knot: its own where it has
+        MIN_SAMPLES samples there, else its kind's (pools or the rest); 0 at
+        0, `last` at the last knot if none reached it, linear between."""
         def kind(pool: bool):
-            names = [n for n in self.sums if (n in self.pools) == pool]
-            return (sum(self.sums[n] for n in names), sum(self.counts[n] for n in names)) if names else None
+            names = [n for n in moments if (n in self.pools) == pool]
+            return (sum(moments[n] for n in names), sum(self.counts[n] for n in names)) if names else None
         kinds = {pool: kind(pool) for pool in (True, False)}
         out = {}
-        for name in self.sums:
-            mean = (self.sums[name] / self.counts[name].clamp(min=1)).numpy()
+        for name in moments:
+            mean = (moments[name] / self.counts[name].clamp(min=1)).numpy()
             known = self.counts[name].numpy() >= MIN_SAMPLES
             pooled = kinds[name in self.pools]
             if pooled is not None:
@@ -243,11 +247,22 @@ class TransferRecorder:
             known[0] = True
             mean[0] = 0.0
             if not known[-1]:
-                known[-1], mean[-1] = True, 1.0
+                known[-1], mean[-1] = True, last
             r = np.arange(TRANSFER_KNOTS)
-            rates = np.interp(r, r[known], mean[known])
-            out[name] = np.clip(np.maximum.accumulate(rates), 0.0, 1.0).tolist()
+            out[name] = np.interp(r, r[known], mean[known])
         return out
+
+    def curves(self) -> dict[str, list[float]]:
+        """The mean rate at each knot (`_knots`; 1 at the last if none
+        reached it), rising, in [0, 1]."""
+        return {name: np.clip(np.maximum.accumulate(rates), 0.0, 1.0).tolist()
+                for name, rates in self._knots(self.sums, 1.0).items()}
+
+    def spreads(self) -> dict[str, list[float]]:
+        """The rates' standard deviation at each knot about its mean (`_knots`;
+        0 at 0, and at the last if none reached it: saturated neurons agree)."""
+        means, squares = self._knots(self.sums, 1.0), self._knots(self.squares, 1.0)
+        return {name: np.sqrt(np.clip(squares[name] - means[name] ** 2, 0.0, 0.25)).tolist() for name in means}
 
 
 @contextmanager
@@ -324,7 +339,7 @@ def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "la
     snn_cfg.train.logit_scale = info["logit_scale"]
     if norm == "layer":
         # a twin tuned under this conversion's transfer, and the factor that keeps its loss in this twin's units
-        info["transfer"] = recorder.curves()
+        info["transfer"], info["transfer_spread"] = recorder.curves(), recorder.spreads()
         twin = copy.deepcopy(ann)
         twin.set_transfer(layer_levels(info["lambdas"]), info["transfer"])
         info["transfer_logit_scale"] = units * logit_scale(ann, twin, training_batches(cfg, frames))

@@ -377,6 +377,9 @@ def setup(cfg: Config, run_dir: Path, train_ds, device: torch.device, d: distrib
     if t.ann_transfer is not None and not (t.ann and t.init):
         raise ToolchainError(f"train.ann_transfer={t.ann_transfer}: tunes a trained twin under its conversion's "
                              f"transfer; it needs train.ann=true and train.init (the twin that was converted)")
+    if t.ann_transfer_noise < 0 or (t.ann_transfer_noise and t.ann_transfer is None):
+        raise ToolchainError(f"train.ann_transfer_noise={t.ann_transfer_noise}: a factor >= 0 on the spike "
+                             f"rates' scatter, for a twin tuned under train.ann_transfer")
     if t.logit_scale < 0:
         raise ToolchainError(f"train.logit_scale={t.logit_scale}: must be >= 0 (it multiplies the class scores)")
     if t.synops_budget is not None and (t.ann or t.synops_budget <= 0):
@@ -457,22 +460,27 @@ def clip_twin(model, train_ds, percentile: float | None, layers: dict[str, float
     log(f"clipped the twin at percentiles of its activations on {n} training frames: {shown}")
 
 
-def transfer_twin(model, converted: str, log: Callable[[str], None] = print) -> None:
+def transfer_twin(model, converted: str, noise: float = 0.0, log: Callable[[str], None] = print) -> None:
     """train.ann_transfer: give the twin the levels and spike-rate curves its
-    conversion `converted` (a `toolchain convert` checkpoint) measured."""
+    conversion `converted` (a `toolchain convert` checkpoint) measured, and
+    `noise` x their scatter (train.ann_transfer_noise)."""
     info = checkpoint.load(converted).get("conversion")
     if not info:
         raise ToolchainError(f"train.ann_transfer: {converted} is not a `toolchain convert` checkpoint")
     if "transfer" not in info:
         raise ToolchainError(f"train.ann_transfer: {converted} holds no transfer curves "
                              f"(a --norm channel conversion, or one older than them): convert the twin again")
+    if noise and "transfer_spread" not in info:
+        raise ToolchainError(f"train.ann_transfer_noise: {converted} holds no spike-rate scatter "
+                             f"(a conversion older than it): convert the twin again")
     levels = layer_levels(info["lambdas"])
     try:
-        model.set_transfer(levels, info["transfer"])
+        model.set_transfer(levels, info["transfer"], info.get("transfer_spread"), noise)
     except ToolchainError as e:
         raise ToolchainError(f"train.ann_transfer: {converted}: {e}") from e
     shown = ", ".join(f"{name} {levels[name]:.3g}" for name in model.transfer_levels())
-    log(f"tuning the twin under the spike rates of the conversion {converted}, levels {shown}")
+    log(f"tuning the twin under the spike rates of the conversion {converted}, levels {shown}"
+        + (f", noise {noise:g} x their scatter" if noise else ""))
 
 
 def restore(s: Session, state: dict) -> tuple[int, int]:
@@ -647,7 +655,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, epochs: int
     if state is None and (t.ann_clip is not None or t.ann_clip_layers):
         clip_twin(s.model, train_ds, t.ann_clip, t.ann_clip_layers, log)
     if state is None and t.ann_transfer is not None:
-        transfer_twin(s.model, t.ann_transfer, log)
+        transfer_twin(s.model, t.ann_transfer, t.ann_transfer_noise, log)
     if not s.history:
         b = baselines(s, train_ds, test_ds, datasets is not None)
         start = f"starting weights ({t.init})" if t.init else "untrained"
@@ -722,7 +730,7 @@ def _write_metrics(run_dir: Path, cfg: Config, history, extra, class_names, fina
     result = dict(
         model=cfg.model.name, init=cfg.train.init, teacher=cfg.train.teacher, ann=bool(cfg.train.ann),
         ann_clip=cfg.train.ann_clip, ann_clip_layers=dict(cfg.train.ann_clip_layers),
-        ann_transfer=cfg.train.ann_transfer, quantized=bool(cfg.train.qat and not cfg.train.ann),
+        ann_transfer=cfg.train.ann_transfer, ann_transfer_noise=cfg.train.ann_transfer_noise, quantized=bool(cfg.train.qat and not cfg.train.ann),
         epochs=last["epoch"], final=final,
         miou=last["miou"], pixel_acc=last["pixel_acc"], loss=last["loss"],
         iou_per_class=dict(zip(class_names, last["iou_per_class"], strict=True)), firing=last["firing"],
