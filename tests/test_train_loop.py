@@ -382,6 +382,51 @@ def test_a_teacher_run_distills_and_a_mismatched_teacher_is_named(cfg, data, tmp
               log=lambda *_: None)
 
 
+def test_layer_distillation_pulls_each_layers_spike_rates_to_its_twins_activations_over_its_levels(
+        cfg, data, tmp_path):
+    """layer_distill_loss: 0 where each layer's rates (spikes over the frame's
+    steps) are its twin's activations over the level, else the squared error
+    over the twin's, mean over the layers. train.distill_layers adds it from
+    a teacher tuned under its conversion's curves (its weights move, the
+    scores' KL off); a ReLU teacher, a twin run or no teacher is refused."""
+    from toolchain.train.loop import layer_distill_loss
+
+    spikes = {"a": torch.tensor([1.0, 1.0, 0.0, 0.0]).repeat(2, 1), "b": torch.ones(3, 4)}
+    acts = {"a": torch.tensor([0.5, 0.5]) * 3.0, "b": torch.ones(3) * 2.0}  # rates 0.5, 0.5 and 1, 1, 1
+    levels = {"a": 3.0, "b": 2.0}
+    assert float(layer_distill_loss(spikes, acts, levels, 4)) == pytest.approx((0.0 + 0.0) / 2)
+    acts["a"] = torch.tensor([1.0, 1.0]) * 3.0  # wants 1, 1 and gets 0.5, 0.5: 0.5 of 2, b none
+    assert float(layer_distill_loss(spikes, acts, levels, 4)) == pytest.approx(0.25 / 2)
+
+    ann = Config()
+    ann.data, ann.model, ann.train = cfg.data, cfg.model, type(cfg.train)(**vars(cfg.train))
+    ann.train.ann, ann.train.epochs = True, 2
+    train(ann, tmp_path / "twin", datasets=data, log=lambda *_: None)
+    relu_twin = str(tmp_path / "twin" / "checkpoint.pt")
+    twin, _ = models.load_checkpoint(relu_twin)
+    x = next(iter(torch.utils.data.DataLoader(data[0], batch_size=12)))[0]
+    with torch.no_grad():
+        _, acts = twin(x)
+    names = [n.name for n in twin.nodes[:-1]]
+    line = (torch.arange(61) * 0.05).clamp(max=1).tolist()
+    twin.set_transfer({n: float(acts[n].max()) for n in names}, {n: line for n in names})
+    entries = checkpoint.load(relu_twin)
+    entries.pop("format"), entries.pop("version"), entries.pop("rng")
+    checkpoint.save(tmp_path / "curved.pt", **{**entries, "model": twin.state_dict()})
+    cfg.train.epochs, cfg.train.distill_weight = 1, 0.0
+    weights = {}
+    for w in (0.0, 1.0):
+        cfg.train.teacher, cfg.train.distill_layers = str(tmp_path / "curved.pt"), w
+        train(cfg, tmp_path / f"layers-{w}", datasets=data, log=lambda *_: None)
+        weights[w] = checkpoint.load(tmp_path / f"layers-{w}" / "checkpoint.pt")["model"]
+    assert not all(torch.equal(weights[0.0][k], weights[1.0][k]) for k in weights[0.0])
+    for teacher, ann_run, why in [(relu_twin, False, "is not one"), (str(tmp_path / "curved.pt"), True, "is not one"),
+                                  (None, False, "needs train.teacher")]:
+        cfg.train.teacher, cfg.train.ann = teacher, ann_run
+        with pytest.raises(ToolchainError, match=f"train.distill_layers=1.0: .*{why}"):
+            train(cfg, tmp_path / "refused", datasets=data, log=lambda *_: None)
+
+
 def test_the_loss_sees_the_class_scores_times_logit_scale(cfg, data, tmp_path):
     """train.logit_scale multiplies the scores the loss sees (a converted net's
     readout scores in smaller units than its twin's): at 0 every class scores

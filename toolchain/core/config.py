@@ -112,6 +112,12 @@ class TrainConfig:
     teacher: str | None = None
     distill_weight: float = 1.0
     distill_temperature: float = 1.0
+    # spiking runs, with a teacher tuned under its conversion's curves
+    # (train.ann_transfer): + distill_layers x how far each hidden layer's
+    # spike rates fall from the teacher's activations over its levels (squared
+    # error over the teacher's, mean over the layers): every layer learns what
+    # its twin computes, not only the scores
+    distill_layers: float = 0.0
     # SynOps per frame to train under (counted as `toolchain energy` counts
     # them); above it the loss grows by synops_weight x the excess fraction
     synops_budget: float | None = None

@@ -159,6 +159,19 @@ def distill_loss(scores: torch.Tensor, teacher: torch.Tensor, temperature: float
     return (log_q.exp() * (log_q - log_p)).sum(dim=1).mean() * temperature ** 2
 
 
+def layer_distill_loss(spikes: dict[str, torch.Tensor], acts: dict[str, torch.Tensor],
+                       levels: dict[str, float], time_steps: int) -> torch.Tensor:
+    """Mean over the `levels`' layers of sum((rate - a / level)^2) / sum((a /
+    level)^2): each spiking layer's rates (spikes per step over the
+    frame's `time_steps`) against what its twin's activations `acts` stand for."""
+    terms = []
+    for name, level in levels.items():
+        rate = spikes[name].float().sum(-1) / time_steps
+        want = acts[name].float() / level
+        terms.append(((rate - want) ** 2).sum() / (want ** 2).sum().clamp(min=1e-12))
+    return torch.stack(terms).mean()
+
+
 def boundaries(target: torch.Tensor) -> torch.Tensor:
     """(N, H, W) bool: labelled pixels with another label among their 8
     neighbours (ignored pixels neither count as a label nor are marked)."""
@@ -386,6 +399,9 @@ def setup(cfg: Config, run_dir: Path, train_ds, device: torch.device, d: distrib
         raise ToolchainError(f"train.synops_budget={t.synops_budget}: "
                              + ("the ANN twin has no spikes to budget" if t.ann else "must be above 0"))
     counter = None if t.ann else SynOpsCounter(model, cfg.data.time_steps).to(device)
+    if t.distill_layers and not t.teacher:
+        raise ToolchainError(f"train.distill_layers={t.distill_layers}: needs train.teacher, the twin tuned under "
+                             f"its conversion's curves whose activations the layers learn")
     teacher, teacher_units = load_teacher(t.teacher, cfg, facts) if t.teacher else (None, 1.0)
     teacher = teacher.to(device) if teacher is not None else None
     net = torch.nn.parallel.DistributedDataParallel(model) if d.enabled else model
@@ -411,6 +427,13 @@ def load_teacher(path: str, cfg: Config, facts: dict) -> tuple[torch.nn.Module, 
         raise ToolchainError(f"train.teacher: {path} takes {theirs[0]} channels at {h}x{w} and scores "
                              f"{theirs[1]} classes; this run has {ours[0]} channels at {ours[2]}x{ours[3]} "
                              f"and {ours[1]} classes")
+    if t.distill_layers:
+        hidden = [n.name for n in teacher.nodes[:-1]]
+        if t.distill_layers < 0 or t.ann or not isinstance(teacher, models.AnnGraph) or \
+                sorted(teacher.transfer_levels()) != sorted(hidden):
+            raise ToolchainError(f"train.distill_layers={t.distill_layers}: a weight >= 0 for a spiking run whose "
+                                 f"teacher is a twin tuned under its conversion's curves (train.ann_transfer): "
+                                 f"its levels say what a spike rate stands for; {path} is not one")
     return teacher.eval().requires_grad_(False), float(theirs_cfg.train.logit_scale)
 
 
@@ -558,11 +581,15 @@ def train_one_epoch(s: Session, train_ds, sampler, epoch: int, interrupt, *, res
             scores, spikes = models.predict(s.net, x, y.shape[-2:])
             scores = scores.float() * t.logit_scale
             loss = loss_fn(scores, y, weight, t.dice_weight, t.boundary_weight)
-            if s.teacher is not None and t.distill_weight:
+            if s.teacher is not None:
                 with torch.no_grad():
-                    taught, _ = models.predict(s.teacher, x, y.shape[-2:])
-                loss = loss + t.distill_weight * distill_loss(scores, taught.float() * s.teacher_units,
-                                                              t.distill_temperature)
+                    taught, acts = models.predict(s.teacher, x, y.shape[-2:])
+                if t.distill_weight:
+                    loss = loss + t.distill_weight * distill_loss(scores, taught.float() * s.teacher_units,
+                                                                  t.distill_temperature)
+                if t.distill_layers:
+                    loss = loss + t.distill_layers * layer_distill_loss(
+                        spikes, acts, s.teacher.transfer_levels(), s.cfg.data.time_steps)
             if s.synops is not None:
                 with torch.set_grad_enabled(t.synops_budget is not None):  # else counted for the log only
                     synops, _ = s.synops(x, spikes)
