@@ -129,6 +129,21 @@ def test_ann_twin_mirrors_topology():
     assert out.shape == (2, 6, 32, 32) and (acts["conv1"] >= 0).all()
 
 
+def _twin_on_the_line(frames: int, level: float):
+    """A tiny DeepLab twin, `frames` random frames, its plain scores, each
+    hidden node's level (`level` x its largest activation on them) and the
+    straight-line curve (rate = r up to 1) for every node."""
+    from models.ann import TRANSFER_KNOTS, TRANSFER_STEP
+
+    torch.manual_seed(0)
+    ann = build("spiking-deeplab-tiny-ann", 2, 6, (16, 16))
+    x = torch.rand(frames, 2, 16, 16)
+    scores, acts = ann(x)
+    names = [n.name for n in ann.nodes[:-1]]
+    line = (torch.arange(TRANSFER_KNOTS) * TRANSFER_STEP).clamp(max=1).tolist()
+    return ann, x, scores, {n: level * float(acts[n].max()) for n in names}, {n: line for n in names}
+
+
 def test_a_twin_under_a_transfer_curve_is_its_level_times_the_rate_at_z_over_the_level(tmp_path):
     """AnnGraph.set_transfer: each hidden node's activation becomes level x
     rate(z / level), linear between the knots; the straight line up to 1 is a
@@ -136,14 +151,10 @@ def test_a_twin_under_a_transfer_curve_is_its_level_times_the_rate_at_z_over_the
     saved before them loads as a plain ReLU twin."""
     from models.ann import TRANSFER_KNOTS, TRANSFER_STEP
 
-    torch.manual_seed(0)
-    ann = build("spiking-deeplab-tiny-ann", 2, 6, (16, 16))
-    x = torch.rand(2, 2, 16, 16)
-    plain_scores, plain = ann(x)
+    ann, x, plain_scores, levels, line = _twin_on_the_line(frames=2, level=0.5)
     r = torch.arange(TRANSFER_KNOTS) * TRANSFER_STEP
-    names = [n.name for n in ann.nodes[:-1]]
-    levels = {name: 0.5 * float(plain[name].max()) for name in names}
-    ann.set_transfer(levels, {name: r.clamp(max=1).tolist() for name in names})
+    names = list(levels)
+    ann.set_transfer(levels, line)
     assert ann.transfer_levels() == pytest.approx(levels)
     _, line = ann(x)
     first = ann.nodes[0]
@@ -173,16 +184,10 @@ def test_a_twin_under_a_transfer_scatter_is_noisy_while_training_and_exact_in_ev
     Gaussian noise of noise x spread(z / level) (in rates, clamped to [0, 1]),
     unbiased away from the clamps; in evaluation the twin computes the curve
     exactly. Without a spread for every node it is refused."""
-    from models.ann import TRANSFER_KNOTS, TRANSFER_STEP
+    from models.ann import TRANSFER_KNOTS
 
-    torch.manual_seed(0)
-    ann = build("spiking-deeplab-tiny-ann", 2, 6, (16, 16))
-    x = torch.rand(8, 2, 16, 16)
-    _, plain = ann(x)
-    r = torch.arange(TRANSFER_KNOTS) * TRANSFER_STEP
-    names = [n.name for n in ann.nodes[:-1]]
-    levels = {name: 2 * float(plain[name].max()) for name in names}  # rates up to 0.5: no clamp at 1
-    line = {name: r.clamp(max=1).tolist() for name in names}
+    ann, x, _, levels, line = _twin_on_the_line(frames=8, level=2.0)  # rates up to 0.5: no clamp at 1
+    names = list(levels)
     spread = {name: [0.0] + [0.05] * (TRANSFER_KNOTS - 1) for name in names}
     ann.set_transfer(levels, line)
     exact = ann.eval()(x)[1]["conv1"]
