@@ -227,10 +227,11 @@ class TransferRecorder:
         self.squares[node.name] = self.squares.get(node.name, 0) + torch.bincount(k, rate ** 2, TRANSFER_KNOTS)
         self.counts[node.name] = self.counts.get(node.name, 0) + torch.bincount(k, minlength=TRANSFER_KNOTS)
 
-    def _knots(self, moments: dict[str, torch.Tensor], last: float) -> dict[str, np.ndarray]:
+    def _knots(self, moments: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         """Each node's mean of `moments` at each knot: its own where it has
         MIN_SAMPLES samples there, else its kind's (pools or the rest); 0 at
-        0, `last` at the last knot if none reached it, linear between."""
+        0, 1 at the last knot if none reached it (a neuron past every knot
+        fires every step), linear between."""
         def kind(pool: bool):
             names = [n for n in moments if (n in self.pools) == pool]
             return (sum(moments[n] for n in names), sum(self.counts[n] for n in names)) if names else None
@@ -247,7 +248,7 @@ class TransferRecorder:
             known[0] = True
             mean[0] = 0.0
             if not known[-1]:
-                known[-1], mean[-1] = True, last
+                known[-1], mean[-1] = True, 1.0
             r = np.arange(TRANSFER_KNOTS)
             out[name] = np.interp(r, r[known], mean[known])
         return out
@@ -256,12 +257,12 @@ class TransferRecorder:
         """The mean rate at each knot (`_knots`; 1 at the last if none
         reached it), rising, in [0, 1]."""
         return {name: np.clip(np.maximum.accumulate(rates), 0.0, 1.0).tolist()
-                for name, rates in self._knots(self.sums, 1.0).items()}
+                for name, rates in self._knots(self.sums).items()}
 
     def spreads(self) -> dict[str, list[float]]:
         """The rates' standard deviation at each knot about its mean (`_knots`;
         0 at 0, and at the last if none reached it: saturated neurons agree)."""
-        means, squares = self._knots(self.sums, 1.0), self._knots(self.squares, 1.0)
+        means, squares = self._knots(self.sums), self._knots(self.squares)
         return {name: np.sqrt(np.clip(squares[name] - means[name] ** 2, 0.0, 0.25)).tolist() for name in means}
 
 
