@@ -149,13 +149,12 @@ class AnnGraph(torch.nn.Module):
             raise ToolchainError(f"transfer: no level{', rates or spread' if noise else ' or rates'} for "
                                  f"{', '.join(missing)}")
         for node in self.nodes[:-1]:
-            curves = [rates[node.name]] + ([spread[node.name]] if spread is not None and noise else [])
-            if any(len(c) != TRANSFER_KNOTS for c in curves) or not levels[node.name] > 0:
+            knots = rates[node.name], (spread[node.name] if noise and spread else [0.0] * TRANSFER_KNOTS)
+            if any(len(k) != TRANSFER_KNOTS for k in knots) or not levels[node.name] > 0:
                 raise ToolchainError(f"transfer: {node.name} needs a level > 0 and {TRANSFER_KNOTS} rates")
             node.level.fill_(float(levels[node.name]))
-            node.rates.copy_(torch.as_tensor(rates[node.name], dtype=node.rates.dtype))
-            node.spread.copy_(noise * torch.as_tensor(curves[1], dtype=node.spread.dtype) if len(curves) > 1
-                              else torch.zeros_like(node.spread))
+            node.rates.copy_(torch.as_tensor(knots[0], dtype=node.rates.dtype))
+            node.spread.copy_(noise * torch.as_tensor(knots[1], dtype=node.spread.dtype))
 
     def transfer_levels(self) -> dict[str, float]:
         """The levels of a twin tuned under a conversion's transfer ({}: a ReLU twin)."""

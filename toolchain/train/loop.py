@@ -581,7 +581,7 @@ def train_one_epoch(s: Session, train_ds, sampler, epoch: int, interrupt, *, res
             scores, spikes = models.predict(s.net, x, y.shape[-2:])
             scores = scores.float() * t.logit_scale
             loss = loss_fn(scores, y, weight, t.dice_weight, t.boundary_weight)
-            if s.teacher is not None:
+            if s.teacher is not None and (t.distill_weight or t.distill_layers):
                 with torch.no_grad():
                     taught, acts = models.predict(s.teacher, x, y.shape[-2:])
                 if t.distill_weight:
@@ -757,7 +757,8 @@ def _write_metrics(run_dir: Path, cfg: Config, history, extra, class_names, fina
     result = dict(
         model=cfg.model.name, init=cfg.train.init, teacher=cfg.train.teacher, ann=bool(cfg.train.ann),
         ann_clip=cfg.train.ann_clip, ann_clip_layers=dict(cfg.train.ann_clip_layers),
-        ann_transfer=cfg.train.ann_transfer, ann_transfer_noise=cfg.train.ann_transfer_noise, quantized=bool(cfg.train.qat and not cfg.train.ann),
+        ann_transfer=cfg.train.ann_transfer, ann_transfer_noise=cfg.train.ann_transfer_noise,
+        quantized=bool(cfg.train.qat and not cfg.train.ann),
         epochs=last["epoch"], final=final,
         miou=last["miou"], pixel_acc=last["pixel_acc"], loss=last["loss"],
         iou_per_class=dict(zip(class_names, last["iou_per_class"], strict=True)), firing=last["firing"],
