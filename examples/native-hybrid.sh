@@ -64,12 +64,16 @@ if [ "$CLIP_EPOCHS" -gt 0 ]; then
         --set data.encoding="$CODE" "$@"
 fi
 
-echo "== 2. convert for T=$STEPS of the $CODE code: one threshold for the net, each layer's weights balanced on its"
-echo "   $PERCENTILE-th percentile activation x the scale that starts best on the training frames"
+echo "== 2. convert for T=$STEPS of the $CODE code: each layer's weights balanced on its $PERCENTILE-th percentile"
+echo "   activation x the scale that starts best on the training frames, and its own threshold"
 if [ -f "$CONVERTED/convert.json" ]; then echo "   $CONVERTED: converted, kept"; else
     $TC convert --checkpoint "$SOURCE/checkpoint.pt" --out "$CONVERTED/checkpoint.pt" --percentile "$PERCENTILE" \
         --scale auto --frames 32 --set data.time_steps="$STEPS" --set data.encoding="$CODE"
 fi
+neurons() {  # the --set flags that build the conversion's neurons
+    $PY -c 'import json,sys; from toolchain.studies.convert import neuron_flags
+print(neuron_flags(json.load(open(sys.argv[1]))))' "$CONVERTED/convert.json"
+}
 conversion() {  # a figure of the conversion's convert.json
     $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); k=sys.argv[2]
 sys.exit(f"{sys.argv[1]}: no {k} (an older conversion): remove its folder to convert again") if k not in d else print(d[k])' \
@@ -94,9 +98,11 @@ fi
 DEPLOY=$CONVERTED
 if [ "$TUNE_EPOCHS" -gt 0 ]; then
     echo "== 3. fine-tune spiking from the converted weights for $TUNE_EPOCHS epochs, under the converted neurons"
-    threshold=$(conversion threshold) units=$(conversion logit_scale)
-    train "$TUNED" --set train.init="$CONVERTED/checkpoint.pt" --set model.threshold="$threshold" \
-        --set train.logit_scale="$units" --set model.voltage_decay=0.0 --set train.lr=0.001 \
+    units=$(conversion logit_scale)
+    # the converted neurons: each layer's threshold, no leak (flags without spaces: split on purpose)
+    # shellcheck disable=SC2046
+    train "$TUNED" --set train.init="$CONVERTED/checkpoint.pt" $(neurons) \
+        --set train.logit_scale="$units" --set train.lr=0.001 \
         --set train.epochs="$TUNE_EPOCHS" --set data.time_steps="$STEPS" --set data.encoding="$CODE" "$@"
     DEPLOY=$TUNED
 fi

@@ -52,7 +52,7 @@ def names() -> list[str]:
 def build(name: str, in_channels: int, num_classes: int, input_hw: tuple[int, int],
           neuron: NeuronParams | None = None, *, ann: bool = False, **kw):
     """Build a registered network. `kw` overrides preset arguments
-    (width, weight_scale, weight_norm, quantized, layers/blocks/head)."""
+    (width, weight_scale, weight_norm, quantized, layer_thresholds, layers/blocks/head)."""
     if name.endswith("-ann"):
         name, ann = name[: -len("-ann")], True
     if name not in _REGISTRY:
@@ -92,7 +92,7 @@ def from_config(cfg, in_channels: int, num_classes: int, *, ann: bool = False, q
     neuron = NeuronParams(threshold=m.threshold, current_decay=m.current_decay, voltage_decay=m.voltage_decay,
                           tau_grad=m.tau_grad, scale_grad=m.scale_grad)
     return build(m.name, in_channels, num_classes, (cfg.data.height, cfg.data.width), neuron,
-                 ann=ann, quantized=quantized)
+                 ann=ann, quantized=quantized, layer_thresholds=dict(m.layer_thresholds))
 
 
 MAX_CHANNELS = 4096  # input channels or classes; far above any event camera or label set

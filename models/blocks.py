@@ -19,11 +19,15 @@ that quantize and export like any other.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
+from collections.abc import Mapping
 
 import torch
 from lava.lib.dl import slayer
+
+from toolchain.core.errors import ToolchainError
 
 from .graph import INPUT, NeuronParams, Node, SpikingGraph
 
@@ -51,13 +55,18 @@ class GraphBuilder:
 
     `weight_scale` multiplies slayer's default (Kaiming-uniform) init; spiking
     nets with threshold 1 need weights that are a few 8-bit steps large at
-    init, or the deeper layers never fire.
+    init, or the deeper layers never fire. `layer_thresholds` gives named
+    spiking layers their own threshold instead of `neuron`'s.
     """
 
     def __init__(self, in_channels: int, input_hw: tuple[int, int], neuron: NeuronParams, *,
                  quantized: bool = False, weight_norm: bool = True, weight_scale: float = 1.0,
-                 pool_weight: float = POOL_WEIGHT):
+                 pool_weight: float = POOL_WEIGHT, layer_thresholds: Mapping[str, float] | None = None):
         self.neuron = neuron
+        self.layer_thresholds = dict(layer_thresholds or {})
+        bad = {k: v for k, v in self.layer_thresholds.items() if not (math.isfinite(v) and v > 0)}
+        if bad:
+            raise ToolchainError(f"model.layer_thresholds: thresholds must be positive, got {bad}")
         self.quantized = quantized
         self.weight_norm = weight_norm
         self.weight_scale = weight_scale
@@ -77,8 +86,11 @@ class GraphBuilder:
         return syn
 
     def _add(self, name, sources, synapses, out_shape, spiking=True, delays=None):
-        neuron = self.neuron.make() if spiking else None
-        quantizer = (neuron or self.neuron.make()).quantize_8bit
+        params = self.neuron
+        if spiking and name in self.layer_thresholds:
+            params = dataclasses.replace(params, threshold=float(self.layer_thresholds[name]))
+        neuron = params.make() if spiking else None
+        quantizer = (neuron or params.make()).quantize_8bit
         for syn in synapses:
             syn._pre_hook_fx = quantizer if self.quantized else None
         node = Node(name, sources, synapses, neuron, delays)
@@ -137,6 +149,11 @@ class GraphBuilder:
         return self._add(name, [up_src, skip_src], [up, score], (cout, hs, ws), spiking, delays=[0, delay])
 
     def build(self) -> SpikingGraph:
+        spiking = [n.name for n in self.nodes if not n.is_readout]
+        unknown = sorted(set(self.layer_thresholds) - set(spiking))
+        if unknown:
+            raise ToolchainError(f"model.layer_thresholds: no spiking layer named {', '.join(unknown)} "
+                                 f"(this net's: {', '.join(spiking)})")
         graph = SpikingGraph(self.nodes, self.input_shape, self.neuron)
         graph.quantized = self.quantized
         return graph

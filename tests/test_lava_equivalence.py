@@ -171,3 +171,28 @@ def test_whole_tiny_presets_agree_spike_for_spike_in_torch_emulator_and_lava(nam
     model = models.build(name, 2, 6, (16, 16), NeuronParams())
     t_steps = model.pipeline_depth + t_vs_depth
     three_way(model, spikes((1, 2, 16, 16, t_steps), rate=0.3))
+
+
+@pytest.mark.lava
+@pytest.mark.slow
+def test_a_converted_net_with_a_threshold_per_layer_agrees_in_torch_emulator_and_lava():
+    """A conversion gives each layer its own threshold: each reaches the .net
+    and runs in the emulator and in Lava as in quantized torch, spike for spike."""
+    import models
+    from toolchain.data import encode
+    from toolchain.studies import convert
+
+    torch.manual_seed(0)
+    ann = models.build("spiking-deeplab-tiny", 2, 6, (16, 16), ann=True)
+    frames = torch.rand(2, 2, 16, 16)
+    shell = models.build("spiking-deeplab-tiny", 2, 6, (16, 16))
+    info = convert.convert(ann, shell, convert.activation_stats(ann, [frames], "layer"), scale=0.5)
+    snn = models.build("spiking-deeplab-tiny", 2, 6, (16, 16), NeuronParams(voltage_decay=0.0),
+                       layer_thresholds=info["layer_thresholds"])
+    snn.load_state_dict(shell.state_dict())
+    x = encode(frames, "rate", 12)
+    net, out = torch_vs_emulator(snn, x)
+    assert {layer.name: layer.neuron.vThMant for layer in net.layers[:-1]} == {
+        k: round(v * 64) for k, v in info["layer_thresholds"].items()}
+    assert len({layer.neuron.vThMant for layer in net.layers[:-1]}) >= 4
+    emulator_vs_lava(net, x, out)

@@ -5,6 +5,7 @@ from lava.lib.dl import slayer
 
 import models
 from models import NeuronParams, build, describe, fold_for_export, set_quantized
+from models.fused_cuba import cuba_forward
 from toolchain.core.errors import ToolchainError
 
 
@@ -210,6 +211,21 @@ def test_neuron_parameters_come_from_arguments():
     model = build("spiking-deeplab-tiny", 2, 6, (32, 32), NeuronParams(threshold=1.5, voltage_decay=0.02))
     neuron = model.nodes[0].neuron
     assert neuron.threshold == pytest.approx(1.5)
+
+
+def test_named_layers_take_their_own_threshold_and_unknown_names_are_refused():
+    own = {"conv2": 12.5, "pool1": 3.984375}
+    model = build("spiking-deeplab-tiny", 2, 6, (32, 32), NeuronParams(threshold=1.5), layer_thresholds=own)
+    assert {n.name: n.neuron.threshold for n in model.nodes[:-1]} == {
+        "conv1": 1.5, "pool1": 3.984375, "conv2": 12.5, "pool2": 1.5, "conv3": 1.5, "conv4": 1.5}
+    with torch.no_grad():  # the threshold each neuron fires at: conv2 stays silent where conv1's would fire
+        z = torch.full((1, 32, 16, 16, 3), 2.0)
+        assert cuba_forward(model.nodes[0].neuron, z, delay_steps=0).sum() > 0
+        assert cuba_forward(model.nodes[2].neuron, z, delay_steps=0).sum() == 0
+    with pytest.raises(ToolchainError, match="no spiking layer named classifier, conv9"):
+        build("spiking-deeplab-tiny", 2, 6, (32, 32), layer_thresholds={"conv9": 2.0, "classifier": 2.0})
+    with pytest.raises(ToolchainError, match="must be positive"):
+        build("spiking-deeplab-tiny", 2, 6, (32, 32), layer_thresholds={"conv2": 0.0})
 
 
 def test_load_checkpoint_rejects_corrupt_and_foreign_files(tmp_path):

@@ -121,6 +121,62 @@ def test_a_converted_pool_passes_full_rate_and_needs_all_its_inputs():
                 assert spikes[:, 0].tolist() == fires, (threshold, k2, inputs)
 
 
+def test_a_pool_with_its_own_threshold_passes_full_rate_and_needs_all_its_inputs():
+    """thresholds="layer": a pool's synapses weigh POOL_SYNAPSE and its threshold
+    is one 1/64 step under their sum: all k2 inputs fire it every step, k2 - 1
+    every other step."""
+    from toolchain.core.loihi import W_SCALE, cuba_run
+
+    w = round(convert.POOL_SYNAPSE * W_SCALE)
+    for k2 in (4, 9):
+        mant = round(convert.pool_threshold(k2) * W_SCALE)
+        for inputs, fires in [(k2, [True] * 6), (k2 - 1, [False, True] * 3)]:
+            spikes, _ = cuba_run(torch.full((6, 1), inputs * w, dtype=torch.int64), 4096, 0, mant)
+            assert spikes[:, 0].tolist() == fires, (k2, inputs)
+
+
+def test_each_converted_layer_gets_its_own_threshold_and_spans_the_8bit_range():
+    """thresholds="layer" scales each layer's weights and threshold together
+    until its largest weight fills Loihi's 8 bits; with one threshold for the
+    net the layer with the largest weights decides and the others keep a
+    fraction of the range (in a random net its spikes differ from the float
+    net's as much either way; on a trained one, docs/results.md, the 8-bit net
+    scores where its float net does). No step's input may overflow Loihi's
+    24-bit current: a wide layer's threshold stops below that."""
+    from lava.lib.dl import slayer
+
+    from toolchain.data import encode
+
+    torch.manual_seed(2)
+    ann = models.build("spiking-deeplab-tiny", 2, 4, (16, 16), ann=True)
+    frames = torch.rand(4, 2, 16, 16)
+    stats = convert.activation_stats(ann, [frames], "layer")
+    x = encode(frames, "rate", 16)
+    span = {}
+    for mode in convert.THRESHOLDS:
+        shell = models.build("spiking-deeplab-tiny", 2, 4, (16, 16))
+        info = convert.convert(ann, shell, stats, scale=0.5, thresholds=mode)
+        snn = models.build("spiking-deeplab-tiny", 2, 4, (16, 16), models.NeuronParams(voltage_decay=0.0),
+                           layer_thresholds=info["layer_thresholds"])
+        snn.load_state_dict(shell.state_dict())
+        net = convert_export(snn, 16)
+        span[mode] = {layer.name: int(np.abs(layer.synapses[0].weight).max()) for layer in net.layers[:-1]
+                      if layer.type == "conv"}
+        with torch.no_grad():
+            _, spikes = models.set_quantized(snn, True).eval()(x)
+        assert all(float(s.mean()) > 0.001 for s in spikes.values()), mode
+        if mode == "net":
+            assert set(info["layer_thresholds"].values()) == {info["threshold"]}
+        else:
+            assert len(set(info["layer_thresholds"].values())) >= 4
+    assert min(span["layer"].values()) >= 0.98 * 254 - 2, span
+    assert min(span["net"].values()) < 0.5 * 254, span
+    wide = slayer.synapse.Conv(1024, 1, 3)
+    w = torch.full((1, 1024, 3, 3, 1), 0.01, dtype=torch.float64)
+    theta = convert.layer_threshold([(wide, w)])
+    assert theta * float(w.sum()) <= convert.INPUT_MAX and theta * 0.01 < 0.1 * convert.W_MAX
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("norm", ["layer", "channel"])
 def test_converted_net_approaches_its_ann_twin_with_many_steps(norm):
@@ -130,8 +186,8 @@ def test_converted_net_approaches_its_ann_twin_with_many_steps(norm):
     stats = convert.activation_stats(ann, [frames[:3]], norm)
     snn_shell = models.build("spiking-deeplab-tiny", 2, 4, (16, 16))
     info = convert.convert(ann, snn_shell, stats, scale=0.9)
-    snn = models.build("spiking-deeplab-tiny", 2, 4, (16, 16), models.NeuronParams(
-        threshold=info["threshold"], voltage_decay=0.0))
+    snn = models.build("spiking-deeplab-tiny", 2, 4, (16, 16), models.NeuronParams(voltage_decay=0.0),
+                       layer_thresholds=info["layer_thresholds"])
     snn.load_state_dict(snn_shell.state_dict())
     net = convert_export(snn, 300)
     for layer in net.layers:  # every weight fits Loihi's 8 bits without clamping
@@ -165,8 +221,8 @@ def test_a_twin_under_its_conversions_measured_transfer_tracks_the_spike_rates_c
     stats = convert.activation_stats(ann, [frames], "layer")
     shell = models.build("spiking-deeplab-tiny", 2, 4, (24, 24))
     info = convert.convert(ann, shell, stats, scale=0.5)
-    snn = models.build("spiking-deeplab-tiny", 2, 4, (24, 24), models.NeuronParams(
-        threshold=info["threshold"], voltage_decay=0.0))
+    snn = models.build("spiking-deeplab-tiny", 2, 4, (24, 24), models.NeuronParams(voltage_decay=0.0),
+                       layer_thresholds=info["layer_thresholds"])
     snn.load_state_dict(shell.state_dict())
     x = encode(frames, "rate", 32)
     with torch.no_grad(), convert.recording_transfer(snn, 32) as recorder:
@@ -182,7 +238,7 @@ def test_a_twin_under_its_conversions_measured_transfer_tracks_the_spike_rates_c
         assert spreads[name][0] == 0 and 0 <= min(spreads[name]) and max(spreads[name]) <= 0.5, name
     # the spread at a knot conv1 reached often: the standard deviation of its neurons' rates there
     with torch.no_grad():
-        knot = torch.round(snn.nodes[0].current([x]).sum(-1) / (32 * info["threshold"]) / TRANSFER_STEP)
+        knot = torch.round(snn.nodes[0].current([x]).sum(-1) / (32 * info["layer_thresholds"]["conv1"]) / TRANSFER_STEP)
     rate = spikes["conv1"].sum(-1) / 32
     k = int(torch.mode(knot[knot > 0]).values)
     at = rate[knot == k].double()
@@ -211,9 +267,11 @@ def test_convert_checkpoint_is_an_ordinary_spiking_checkpoint(ann_ckpt, tmp_path
     snn, cfg = models.load_checkpoint(out)
     assert isinstance(snn, models.SpikingGraph) and not cfg.train.ann
     assert cfg.model.threshold == info["threshold"] and cfg.model.voltage_decay == 0.0
+    assert cfg.model.layer_thresholds == info["layer_thresholds"]
     assert len(info["lambdas"]["conv1"]) == 16  # one per channel
     net = convert_export(snn, 4)
-    assert net.layers[0].neuron.vThMant == round(info["threshold"] * 64)
+    assert [layer.neuron.vThMant for layer in net.layers[:-1]] == [
+        round(info["layer_thresholds"][layer.name] * 64) for layer in net.layers[:-1]]
     assert net.layers[0].neuron.vDecay == 0
     with pytest.raises(ToolchainError, match="spiking model"):
         convert.convert_checkpoint(out, tmp_path / "again.pt", log=lambda s: None)
@@ -257,8 +315,9 @@ def test_a_converted_checkpoint_fine_tunes_with_the_flags_convert_prints(ann_ckp
     out, lines = tmp_path / "snn.pt", []
     info = convert.convert_checkpoint(ann_ckpt, out, percentile=99.0, frames=4, log=lines.append)
     flags = re.findall(r"--set (\S+)", next(line for line in lines if line.startswith("fine-tune it with")))
-    assert flags == [f"train.init={out}", f"model.threshold={info['threshold']!r}", "model.voltage_decay=0.0",
-                     f"train.logit_scale={info['logit_scale']!r}"]
+    assert flags == [f"train.init={out}", f"model.threshold={info['threshold']!r}",
+                     *[f"model.layer_thresholds.{k}={v!r}" for k, v in info["layer_thresholds"].items()],
+                     "model.voltage_decay=0.0", f"train.logit_scale={info['logit_scale']!r}"]
     cfg = Config(data=data_cfg)
     cfg.train.epochs, cfg.train.batch_size, cfg.train.qat = 1, 4, True
     with pytest.raises(ToolchainError, match="other neurons"):  # the spiking defaults: not the converted neurons
@@ -266,6 +325,7 @@ def test_a_converted_checkpoint_fine_tunes_with_the_flags_convert_prints(ann_ckp
     train(load_config(None, flags, base=cfg), tmp_path / "tuned", log=lambda *_: None)
     _, tuned = models.load_checkpoint(tmp_path / "tuned" / "checkpoint.pt")
     assert tuned.model.threshold == info["threshold"] and tuned.model.voltage_decay == 0.0
+    assert tuned.model.layer_thresholds == info["layer_thresholds"]
 
 
 def test_a_twin_tuned_under_its_conversions_transfer_converts_again_at_its_levels(ann_ckpt, tmp_path, data_cfg):

@@ -244,6 +244,11 @@ def test_init_starts_from_another_runs_weights_and_refuses_another_model(cfg, da
     with pytest.raises(ToolchainError, match=r"start from them with --set model.threshold=1.0 "
                                              r"--set model.voltage_decay=0.01"):
         train(cfg, tmp_path / "c", datasets=data, log=lambda *_: None)
+    cfg.model.threshold, cfg.model.voltage_decay = 1.0, 0.01
+    cfg.model.layer_thresholds = {"conv2": 3.5}  # a converted net's own thresholds are neurons too
+    with pytest.raises(ToolchainError, match=r"start from them with \(no model.layer_thresholds\)"):
+        train(cfg, tmp_path / "c", datasets=data, log=lambda *_: None)
+    cfg.model.layer_thresholds = {}
     cfg.model.name = "spiking-fcn-tiny"
     with pytest.raises(ToolchainError, match="holds spiking-deeplab-tiny; this run trains spiking-fcn-tiny"):
         train(cfg, tmp_path / "c", datasets=data, log=lambda *_: None)

@@ -56,7 +56,9 @@ class _ScaleType(click.ParamType):
               help="Checkpoint of a non-spiking twin (`toolchain train --ann`).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Spiking checkpoint to write.")
 @click.option("--norm", type=click.Choice(["layer", "channel"]), default="layer", show_default=True,
-              help="One threshold per layer or per channel.")
+              help="Balance on one activation level per layer or per channel.")
+@click.option("--thresholds", type=click.Choice(["layer", "net"]), default="layer", show_default=True,
+              help="Each layer its own threshold, its 8-bit weights spanning the range, or one for the net.")
 @click.option("--percentile", type=float, default=100.0, show_default=True,
               help="Activation percentile (100: the paper's maximum).")
 @click.option("--scale", type=_ScaleType(), default="0.7", show_default=True,
@@ -66,7 +68,7 @@ class _ScaleType(click.ParamType):
               help="Training frames to measure activations on.")
 @click.option("--data", "data_root", default=None, help="Data root (default: the checkpoint's).")
 @config_options
-def convert_cmd(ckpt, out, norm, percentile, scale, frames, data_root, config_path, overrides):
+def convert_cmd(ckpt, out, norm, thresholds, percentile, scale, frames, data_root, config_path, overrides):
     """ANN-to-SNN conversion by threshold balancing; writes an ordinary spiking checkpoint.
     The twin's configuration, or --config's, with --set applied, becomes the spiking net's
     (e.g. --set data.time_steps=16 --set data.encoding=rate: converted for 16 steps of the rate code).
@@ -75,7 +77,8 @@ def convert_cmd(ckpt, out, norm, percentile, scale, frames, data_root, config_pa
     from ..studies.convert import convert_checkpoint
 
     info = convert_checkpoint(ckpt, out, norm=norm, percentile=percentile, scale=scale, frames=frames,
-                              data_root=data_root, config_path=config_path, overrides=overrides, log=click.echo)
+                              thresholds=thresholds, data_root=data_root, config_path=config_path,
+                              overrides=overrides, log=click.echo)
     _dump(Path(out).parent / "convert.json", info)
 
 

@@ -46,11 +46,14 @@ class ModelConfig:
     voltage_decay: float = 0.01  # leak 0.99 per step, as in the paper
     tau_grad: float = 1.0
     scale_grad: float = 1.0
+    # the threshold of named spiking layers instead (model.layer_thresholds.conv2=12.5):
+    # a conversion gives each layer its own, so that its 8-bit weights span the range
+    layer_thresholds: dict[str, float] = field(default_factory=dict)
 
 
 # what a neuron computes (not how its gradient is shaped): weights trained
 # under one setting of these mean something else under another
-NEURON_FIELDS = ("threshold", "current_decay", "voltage_decay")
+NEURON_FIELDS = ("threshold", "layer_thresholds", "current_decay", "voltage_decay")
 
 
 @dataclass

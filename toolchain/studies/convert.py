@@ -7,13 +7,16 @@ step. The paper sets lambda to 0.7 x the maximum activation seen on training
 data (layer- or channel-wise); `percentile` replaces the maximum by a robust
 percentile.
 
-The project's checkpoints hold one threshold for the whole net, so the balance
-goes into the weights instead (the same network, Rueckauer et al.'s weight
-normalisation):  W'[o, i] = theta * W[o, i] * lambda_src[i] / lambda_node[o].
-theta is chosen as large as the 8-bit Loihi weight range allows, so the
-quantized weights keep as many levels as possible. Pooling synapses have a
-fixed scalar weight; it is set just above theta / k^2 (`pool_weight`), which
-makes a pool an average of rates. The readout is scaled by lambda_src only (the class scores
+The balance goes into the weights (Rueckauer et al.'s weight normalisation):
+W'[o, i] = theta_node * W[o, i] * lambda_src[i] / lambda_node[o]. Scaling a
+layer's input weights and threshold together leaves its spikes as they are,
+so each layer gets its own threshold (`model.layer_thresholds`), as large as
+its 8-bit weights allow: every layer's weights span Loihi's range, where one
+threshold for the net (`thresholds="net"`, the layer with the largest
+weights deciding) left a deep layer a tenth of it, about ten levels. A pool's
+k^2 synapses weigh 1 and its threshold is one 1/64 step under k^2 (one
+threshold for the net: its weight just above theta / k^2, `pool_weight`):
+a pool averages rates. The readout is scaled by lambda_src only (the class scores
 keep the ANN's units, up to one positive factor that fits the weight range).
 The converted neurons integrate without leak (voltage_decay 0): the IF neuron
 conversion assumes. A twin tuned under `train.ann_clip` converts on its
@@ -41,11 +44,16 @@ from models.ann import TRANSFER_KNOTS, TRANSFER_STEP, activation_stats, layer_le
 from models.graph import INPUT
 
 from ..core.errors import ToolchainError
-from ..core.loihi import W_SCALE, WEIGHT_MAX
+from ..core.loihi import STATE_SCALE, U_MAX, VTH_MAX, W_SCALE, WEIGHT_MAX
 
 W_MAX = WEIGHT_MAX / W_SCALE  # slayer's largest 8-bit weight
 W_STEP = 2 / W_SCALE
 FIT = 0.98  # head-room under W_MAX against rounding
+# A step's summed input must stay inside Loihi's 24-bit current: in weight
+# units, U_MAX / STATE_SCALE (2048), with FIT's head-room for rounding.
+INPUT_MAX = FIT * U_MAX / STATE_SCALE
+POOL_SYNAPSE = 1.0  # a pool's weight when it has a threshold of its own
+THRESHOLDS = ("layer", "net")
 CHANNEL_FLOOR = 1 / 8  # smallest channel lambda, as a fraction of its layer's largest
 
 
@@ -71,6 +79,31 @@ def _scaled(ann_syn, snn_syn, lam_src: torch.Tensor, lam_dst: torch.Tensor) -> t
     return w[..., None]
 
 
+def pool_threshold(k2: int) -> float:
+    """A pool's own threshold: one 1/64 step under its k2 synapses of
+    POOL_SYNAPSE, so that all k2 inputs spiking fire it every step and k2 - 1
+    do not (Loihi fires above the threshold)."""
+    return k2 * POOL_SYNAPSE - 1 / W_SCALE
+
+
+def layer_threshold(synapses: list[tuple[torch.nn.Module, torch.Tensor]]) -> float:
+    """The largest threshold on Loihi's 1/64 grid at which a node's balanced
+    weights (for theta 1), scaled by it, fit the 8-bit range and no step's
+    input overflows the 24-bit current (bounded per output channel by all
+    its synapses of one sign, every source spiking)."""
+    w_max = max(float(w.abs().max()) for _, w in synapses)
+    fan = 0.0
+    for sign in (1, -1):
+        total = 0.0
+        for syn, w in synapses:
+            out_dim = 1 if isinstance(syn, slayer.synapse.ConvTranspose) else 0
+            total = total + (sign * w).clamp(min=0).transpose(0, out_dim).flatten(1).sum(1)
+        fan = max(fan, float(torch.as_tensor(total).max()))
+    top = VTH_MAX / W_SCALE
+    limit = min(FIT * W_MAX / w_max if w_max > 0 else top, INPUT_MAX / fan if fan > 0 else top)
+    return min(max(math.floor(limit * W_SCALE), 1), VTH_MAX) / W_SCALE
+
+
 def pool_weight(threshold: float, k2: int) -> float:
     """The weight of each of a pool's k2 synapses: the smallest multiple of
     Loihi's 2/64 step with k2 x weight > threshold. A Loihi neuron fires when
@@ -80,12 +113,16 @@ def pool_weight(threshold: float, k2: int) -> float:
     return (math.floor(threshold / k2 / W_STEP) + 1) * W_STEP
 
 
-def convert(ann, snn, stats: dict[str, torch.Tensor], scale: float = 0.7) -> dict:
+def convert(ann, snn, stats: dict[str, torch.Tensor], scale: float = 0.7, thresholds: str = "layer") -> dict:
     """Write the balanced weights of `ann` (an AnnGraph) into `snn` (a fresh
     SpikingGraph of the same topology); the network it makes needs neurons
-    built with the threshold returned in `info["threshold"]`."""
+    built with the thresholds returned in `info["layer_thresholds"]` (one a
+    spiking node; all equal to `info["threshold"]`, the net's, with
+    `thresholds="net"`)."""
     if not 0 < scale <= 10:
         raise ToolchainError(f"--scale: {scale} must be in (0, 10] (or auto)")
+    if thresholds not in THRESHOLDS:
+        raise ToolchainError(f"--thresholds: {thresholds!r} is not one of {', '.join(THRESHOLDS)}")
     in_c = snn.input_shape[0]
     lam = {INPUT: torch.ones(in_c, dtype=torch.float64)}
     plan = []  # (snn synapse, unscaled weight or ("pool", k^2), node index)
@@ -107,8 +144,8 @@ def convert(ann, snn, stats: dict[str, torch.Tensor], scale: float = 0.7) -> dic
             # a channel that stayed silent on the training data (or whose
             # percentile is 0) gets the layer's largest lambda, and no channel
             # goes below CHANNEL_FLOOR of it: a tiny lambda would blow its
-            # input weights up, and with one threshold for the net that
-            # squeezes every other weight into a few 8-bit levels
+            # input weights up and squeeze the layer's other weights into
+            # a few 8-bit levels
             top = max(float(s.max()), 1e-6)
             dst = torch.where(s > 1e-3 * top, s, torch.full_like(s, top)).clamp(min=CHANNEL_FLOOR * top)
         lam[node.name] = dst
@@ -120,16 +157,26 @@ def convert(ann, snn, stats: dict[str, torch.Tensor], scale: float = 0.7) -> dic
     # the pool weight, about theta/4, must fit too; keep theta on Loihi's 1/64 grid
     threshold = min(threshold, FIT * W_MAX * 4)
     threshold = max(math.floor(threshold * W_SCALE), 1) / W_SCALE
+    layer_thresholds = {}
+    for node in snn.nodes[:-1]:
+        if thresholds == "net":
+            layer_thresholds[node.name] = threshold
+        elif isinstance(node.synapses[0], slayer.synapse.Pool):
+            layer_thresholds[node.name] = pool_threshold(int(np.prod(node.synapses[0].weight.shape[2:4])))
+        else:
+            layer_thresholds[node.name] = layer_threshold([(syn, w) for syn, w, n in plan if n is node])
     readout = [w for syn, w, node in plan if w is not None and node.is_readout]
     r_max = max(float(w.abs().max()) for w in readout) if readout else 1.0
     r_gain = FIT * W_MAX / r_max if r_max > 0 else 1.0
     with torch.no_grad():
         for syn, w, node in plan:
             if w is None:
-                syn.weight.data.fill_(pool_weight(threshold, int(np.prod(syn.weight.shape[2:4]))))
+                syn.weight.data.fill_(POOL_SYNAPSE if thresholds == "layer" else
+                                      pool_weight(threshold, int(np.prod(syn.weight.shape[2:4]))))
             else:
-                _set_weight(syn, w * (r_gain if node.is_readout else threshold))
-    return dict(threshold=threshold, readout_gain=r_gain, scale=scale,
+                _set_weight(syn, w * (r_gain if node.is_readout else layer_thresholds[node.name]))
+    return dict(threshold=threshold, layer_thresholds=layer_thresholds, thresholds=thresholds,
+                readout_gain=r_gain, scale=scale,
                 lambdas={k: [float(v) for v in t] for k, t in lam.items() if k != INPUT})
 
 
@@ -159,9 +206,9 @@ AUTO_SCALES = (0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.7)
 EVAL_BUDGET = 4 * 2 ** 30
 
 
-def _balanced(ann, cfg, ds: dict, stats, scale: float, quantized: bool = False):
+def _balanced(ann, cfg, ds: dict, stats, scale: float, quantized: bool = False, thresholds: str = "layer"):
     """The spiking net of `cfg`'s topology converted from `ann` at `scale`, its
-    neurons built with the balanced threshold; (net, its config, convert's info)."""
+    neurons built with the balanced thresholds; (net, its config, convert's info)."""
     snn_cfg = copy.deepcopy(cfg)
     snn_cfg.train.ann = False
     snn_cfg.train.qat = False
@@ -170,9 +217,9 @@ def _balanced(ann, cfg, ds: dict, stats, scale: float, quantized: bool = False):
     snn_cfg.train.ann_transfer_noise = 0.0
     snn_cfg.model.voltage_decay = 0.0
     snn = models.from_config(snn_cfg, ds["in_channels"], ds["num_classes"])
-    info = convert(ann, snn, stats, scale)
-    snn_cfg.model.threshold = info["threshold"]
-    # the threshold is fixed when a neuron is built: rebuild with the balanced one
+    info = convert(ann, snn, stats, scale, thresholds)
+    snn_cfg.model.threshold, snn_cfg.model.layer_thresholds = info["threshold"], dict(info["layer_thresholds"])
+    # the threshold is fixed when a neuron is built: rebuild with the balanced ones
     balanced = models.from_config(snn_cfg, ds["in_channels"], ds["num_classes"], quantized=quantized)
     balanced.load_state_dict(snn.state_dict())
     return balanced, snn_cfg, info
@@ -206,7 +253,7 @@ class TransferRecorder:
     (`spreads`)."""
 
     def __init__(self, snn, time_steps: int):
-        self.time_steps, self.threshold = time_steps, snn.neuron_params.threshold
+        self.time_steps = time_steps
         self.pools = {n.name for n in snn.nodes[:-1] if isinstance(n.synapses[0], slayer.synapse.Pool)}
         self.sums: dict[str, torch.Tensor] = {}
         self.squares: dict[str, torch.Tensor] = {}
@@ -214,11 +261,11 @@ class TransferRecorder:
 
     def __call__(self, node, args, spikes) -> None:
         z = node.current(args[0])
-        gain = 1.0
+        threshold, gain = float(node.neuron.threshold), 1.0
         if node.name in self.pools:  # k^2 synapses of one weight each: their sum over the threshold
             syn = node.synapses[0]
-            gain = float(syn.weight.flatten()[0]) * syn.weight[0, 0].numel() / self.threshold
-        r = (z.sum(-1) / (self.time_steps * self.threshold * gain)).flatten()
+            gain = float(syn.weight.flatten()[0]) * syn.weight[0, 0].numel() / threshold
+        r = (z.sum(-1) / (self.time_steps * threshold * gain)).flatten()
         rate = (spikes.sum(-1) / self.time_steps).flatten()
         k = torch.round(r / TRANSFER_STEP)
         keep = (k >= 0) & (k < TRANSFER_KNOTS)
@@ -278,7 +325,7 @@ def recording_transfer(snn, time_steps: int) -> Iterator[TransferRecorder]:
             h.remove()
 
 
-def pick_scale(ann, cfg, ds: dict, stats, frames: int, scales=AUTO_SCALES,
+def pick_scale(ann, cfg, ds: dict, stats, frames: int, scales=AUTO_SCALES, thresholds: str = "layer",
                log: Callable[[str], None] = print) -> tuple[float, dict[str, float]]:
     """The scale whose converted net, with Loihi 8-bit weights at the config's
     T, scores the best mIoU on the first `frames` training frames (not the
@@ -292,7 +339,7 @@ def pick_scale(ann, cfg, ds: dict, stats, frames: int, scales=AUTO_SCALES,
     scores = {}
     batch = None  # the same topology at every scale: sized once
     for scale in scales:
-        snn, _, _ = _balanced(ann, cfg, ds, stats, scale, quantized=True)
+        snn, _, _ = _balanced(ann, cfg, ds, stats, scale, quantized=True, thresholds=thresholds)
         batch = batch or snn.frames_within(cfg.data.time_steps, EVAL_BUDGET)
         scores[f"{scale:g}"] = float(evaluate(snn, train_ds, torch.device("cpu"), frames=frames,
                                               batch_size=batch)["miou"])
@@ -301,13 +348,21 @@ def pick_scale(ann, cfg, ds: dict, stats, frames: int, scales=AUTO_SCALES,
     return best, scores
 
 
+def neuron_flags(info: dict) -> str:
+    """The --set flags that build a training run's neurons as a conversion's."""
+    layers = "".join(f" --set model.layer_thresholds.{k}={float(v)!r}" for k, v in info.get("layer_thresholds", {}).items())
+    return f"--set model.threshold={float(info['threshold'])!r}{layers} --set model.voltage_decay=0.0"
+
+
 def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "layer", percentile: float = 100.0,
-                       scale: float | str = 0.7, frames: int = 64, data_root: str | None = None,
+                       scale: float | str = 0.7, frames: int = 64, thresholds: str = "layer",
+                       data_root: str | None = None,
                        config_path: str | Path | None = None, overrides: tuple[str, ...] | list[str] = (),
                        log: Callable[[str], None] = print) -> dict:
     """Convert a trained ANN-twin checkpoint into a spiking checkpoint at `out`;
-    `scale="auto"` picks it from `AUTO_SCALES` by `pick_scale`. The spiking
-    net's configuration: the twin's (or `config_path`'s) with `overrides`."""
+    `scale="auto"` picks it from `AUTO_SCALES` by `pick_scale`; `thresholds`:
+    one a layer or one for the net (`convert`). The spiking net's
+    configuration: the twin's (or `config_path`'s) with `overrides`."""
     from ..core import checkpoint
     from ..core.config import to_dict
 
@@ -329,8 +384,8 @@ def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "la
     else:
         stats = activation_stats(ann, training_batches(cfg, frames), norm, percentile)
         if scale == "auto":
-            scale, search = pick_scale(ann, cfg, ds, stats, frames, log=log)
-    snn, snn_cfg, info = _balanced(ann, cfg, ds, stats, float(scale))
+            scale, search = pick_scale(ann, cfg, ds, stats, frames, thresholds=thresholds, log=log)
+    snn, snn_cfg, info = _balanced(ann, cfg, ds, stats, float(scale), thresholds=thresholds)
     batch = snn.frames_within(cfg.data.time_steps, EVAL_BUDGET)
     # the factors bring scores onto the twin's in the units its own loss saw
     # (a twin tuned under a conversion's curves scores smaller than its loss did)
@@ -351,10 +406,11 @@ def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "la
                     epoch=ckpt.get("epoch", 0), history=ckpt.get("history", []))
     balance = "at its tuned levels" if tuned_levels else \
         f"{'max' if percentile >= 100 else f'p{percentile:g}'} x {scale}"
-    log(f"converted {ann_ckpt} -> {out}: {norm}-wise, {balance}, threshold {info['threshold']:.4f}")
+    log(f"converted {ann_ckpt} -> {out}: {norm}-wise, {balance}, thresholds "
+        + ", ".join(f"{k} {v:g}" for k, v in info["layer_thresholds"].items()))
     given = "".join(f" --set {o}" for o in overrides)
-    log(f"fine-tune it with: toolchain train --set train.init={out} --set model.threshold={float(info['threshold'])!r} "
-        f"--set model.voltage_decay=0.0 --set train.logit_scale={info['logit_scale']!r}{given} (and the twin's config)")
+    log(f"fine-tune it with: toolchain train --set train.init={out} {neuron_flags(info)} "
+        f"--set train.logit_scale={info['logit_scale']!r}{given} (and the twin's config)")
     if "transfer" in info:
         log(f"or tune the twin under its spike-rate transfer: toolchain train --ann --set train.init={ann_ckpt} "
             f"--set train.ann_transfer={out} --set train.logit_scale={info['transfer_logit_scale']!r}{given} "

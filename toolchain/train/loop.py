@@ -452,7 +452,11 @@ def init_weights(model: torch.nn.Module, path: str, cfg: Config) -> None:
     differ = {f: getattr(stored_cfg.model, f) for f in NEURON_FIELDS
               if getattr(stored_cfg.model, f) != getattr(cfg.model, f)}
     if differ and not cfg.train.ann:
-        sets = " ".join(f"--set model.{f}={v!r}" for f, v in differ.items())
+        def flags(f, v):  # a mapping one flag a key; an empty one cannot be set, only left out
+            if isinstance(v, dict):
+                return " ".join(f"--set model.{f}.{k}={x!r}" for k, x in v.items()) or f"(no model.{f})"
+            return f"--set model.{f}={v!r}"
+        sets = " ".join(flags(f, v) for f, v in differ.items())
         raise ToolchainError(f"train.init: {path} was trained with other neurons than this run's "
                              f"({', '.join(f'{f} {getattr(cfg.model, f)!r}' for f in differ)}); "
                              f"start from them with {sets}")
