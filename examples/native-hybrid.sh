@@ -70,14 +70,10 @@ if [ -f "$CONVERTED/convert.json" ]; then echo "   $CONVERTED: converted, kept";
     $TC convert --checkpoint "$SOURCE/checkpoint.pt" --out "$CONVERTED/checkpoint.pt" --percentile "$PERCENTILE" \
         --scale auto --frames 32 --set data.time_steps="$STEPS" --set data.encoding="$CODE"
 fi
-neurons() {  # the --set flags that build the conversion's neurons
-    $PY -c 'import json,sys; from toolchain.studies.convert import neuron_flags
-print(neuron_flags(json.load(open(sys.argv[1]))))' "$CONVERTED/convert.json"
-}
-conversion() {  # a figure of the conversion's convert.json
+conversion() {  # a figure of the conversion's convert.json (a list: one --set flag an item)
     $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); k=sys.argv[2]
-sys.exit(f"{sys.argv[1]}: no {k} (an older conversion): remove its folder to convert again") if k not in d else print(d[k])' \
-        "$CONVERTED/convert.json" "$1"
+sys.exit(f"{sys.argv[1]}: no {k} (an older conversion): remove its folder to convert again") if k not in d else \
+print(" ".join(f"--set {o}" for o in d[k]) if isinstance(d[k], list) else d[k])' "$CONVERTED/convert.json" "$1"
 }
 if [ "$TRANSFER_EPOCHS" -gt 0 ]; then
     echo "== 2b. tune the twin for $TRANSFER_EPOCHS epochs under the spike rates its conversion measured (each"
@@ -101,7 +97,7 @@ if [ "$TUNE_EPOCHS" -gt 0 ]; then
     units=$(conversion logit_scale)
     # the converted neurons: each layer's threshold, no leak (flags without spaces: split on purpose)
     # shellcheck disable=SC2046
-    train "$TUNED" --set train.init="$CONVERTED/checkpoint.pt" $(neurons) \
+    train "$TUNED" --set train.init="$CONVERTED/checkpoint.pt" $(conversion neurons) \
         --set train.logit_scale="$units" --set train.lr=0.001 \
         --set train.epochs="$TUNE_EPOCHS" --set data.time_steps="$STEPS" --set data.encoding="$CODE" "$@"
     DEPLOY=$TUNED

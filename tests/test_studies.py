@@ -318,6 +318,7 @@ def test_a_converted_checkpoint_fine_tunes_with_the_flags_convert_prints(ann_ckp
     assert flags == [f"train.init={out}", f"model.threshold={info['threshold']!r}",
                      *[f"model.layer_thresholds.{k}={v!r}" for k, v in info["layer_thresholds"].items()],
                      "model.voltage_decay=0.0", f"train.logit_scale={info['logit_scale']!r}"]
+    assert flags[1:-1] == info["neurons"]  # in convert.json for a script to pass on
     cfg = Config(data=data_cfg)
     cfg.train.epochs, cfg.train.batch_size, cfg.train.qat = 1, 4, True
     with pytest.raises(ToolchainError, match="other neurons"):  # the spiking defaults: not the converted neurons

@@ -348,10 +348,11 @@ def pick_scale(ann, cfg, ds: dict, stats, frames: int, scales=AUTO_SCALES, thres
     return best, scores
 
 
-def neuron_flags(info: dict) -> str:
-    """The --set flags that build a training run's neurons as a conversion's."""
-    layers = "".join(f" --set model.layer_thresholds.{k}={float(v)!r}" for k, v in info.get("layer_thresholds", {}).items())
-    return f"--set model.threshold={float(info['threshold'])!r}{layers} --set model.voltage_decay=0.0"
+def neuron_overrides(info: dict) -> list[str]:
+    """The config overrides (section.field=value) that build a training run's
+    neurons as a conversion's (`neurons` in convert.json)."""
+    layers = [f"model.layer_thresholds.{k}={float(v)!r}" for k, v in info["layer_thresholds"].items()]
+    return [f"model.threshold={float(info['threshold'])!r}", *layers, "model.voltage_decay=0.0"]
 
 
 def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "layer", percentile: float = 100.0,
@@ -409,7 +410,8 @@ def convert_checkpoint(ann_ckpt: str | Path, out: str | Path, *, norm: str = "la
     log(f"converted {ann_ckpt} -> {out}: {norm}-wise, {balance}, thresholds "
         + ", ".join(f"{k} {v:g}" for k, v in info["layer_thresholds"].items()))
     given = "".join(f" --set {o}" for o in overrides)
-    log(f"fine-tune it with: toolchain train --set train.init={out} {neuron_flags(info)} "
+    info["neurons"] = neuron_overrides(info)
+    log(f"fine-tune it with: toolchain train --set train.init={out} {' '.join(f'--set {o}' for o in info['neurons'])} "
         f"--set train.logit_scale={info['logit_scale']!r}{given} (and the twin's config)")
     if "transfer" in info:
         log(f"or tune the twin under its spike-rate transfer: toolchain train --ann --set train.init={ann_ckpt} "
