@@ -91,14 +91,12 @@ def layer_threshold(synapses: list[tuple[torch.nn.Module, torch.Tensor]]) -> flo
     weights (for theta 1), scaled by it, fit the 8-bit range and no step's
     input overflows the 24-bit current (bounded per output channel by all
     its synapses of one sign, every source spiking)."""
+    def per_output(syn, w: torch.Tensor) -> torch.Tensor:  # summed over all but the output channel
+        return w.transpose(0, 1 if isinstance(syn, slayer.synapse.ConvTranspose) else 0).flatten(1).sum(1)
+
     w_max = max(float(w.abs().max()) for _, w in synapses)
-    fan = 0.0
-    for sign in (1, -1):
-        total = 0.0
-        for syn, w in synapses:
-            out_dim = 1 if isinstance(syn, slayer.synapse.ConvTranspose) else 0
-            total = total + (sign * w).clamp(min=0).transpose(0, out_dim).flatten(1).sum(1)
-        fan = max(fan, float(torch.as_tensor(total).max()))
+    fan = max(float(sum(per_output(syn, (sign * w).clamp(min=0)) for syn, w in synapses).max())
+              for sign in (1, -1))
     top = VTH_MAX / W_SCALE
     limit = min(FIT * W_MAX / w_max if w_max > 0 else top, INPUT_MAX / fan if fan > 0 else top)
     return min(max(math.floor(limit * W_SCALE), 1), VTH_MAX) / W_SCALE
@@ -125,7 +123,7 @@ def convert(ann, snn, stats: dict[str, torch.Tensor], scale: float = 0.7, thresh
         raise ToolchainError(f"--thresholds: {thresholds!r} is not one of {', '.join(THRESHOLDS)}")
     in_c = snn.input_shape[0]
     lam = {INPUT: torch.ones(in_c, dtype=torch.float64)}
-    plan = []  # (snn synapse, unscaled weight or ("pool", k^2), node index)
+    plan = []  # (snn synapse, unscaled weight or None for a pool, node)
     for node, twin in zip(snn.nodes, ann.nodes, strict=True):
         pools = [isinstance(s, slayer.synapse.Pool) for s in node.synapses]
         if any(pools):
