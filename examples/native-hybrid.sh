@@ -20,9 +20,9 @@
 # the input code and converted for STEPS (more steps: closer to the twin,
 # more spikes; STEPS=48 converts closer for 1.3x the SynOps).
 # TRANSFER_EPOCHS=0 deploys the first conversion. TUNE_EPOCHS>0 fine-tunes the
-# conversion spiking, its loss in the twin's units (convert's logit_scale);
-# --set train.teacher=DIR/twin-...-transfer-20ep/checkpoint.pt distils it from
-# the twin it was converted from. Every conversion gives each layer its own
+# conversion spiking, its loss in the twin's units (convert's logit_scale),
+# distilled from the twin it was converted from (train.teacher; --set
+# train.distill_weight=0 turns that off). Every conversion gives each layer its own
 # threshold; without step 3 the net deploys at 65.7% mIoU in Lava, people
 # 22.2%, poles 30.1% IoU, 230 M SynOps per frame (with one threshold for the
 # net it was 65.3%, and 4 distilled epochs brought it to 65.7%).
@@ -86,7 +86,7 @@ if [ "$TRANSFER_EPOCHS" -gt 0 ]; then
         --set train.ann_transfer="$CONVERTED/checkpoint.pt" --set train.logit_scale="$units" \
         --set train.epochs="$TRANSFER_EPOCHS" --set train.lr="$CLIP_LR" --set data.time_steps="$STEPS" \
         --set data.encoding="$CODE" "$@"
-    TAG=$TAG-transfer-${TRANSFER_EPOCHS}ep
+    TAG=$TAG-transfer-${TRANSFER_EPOCHS}ep SOURCE=$TRANSFERRED
     CONVERTED=$OUT/converted-$TAG-T$STEPS-$CODE TUNED=$OUT/tuned-$TAG-T$STEPS-$CODE-${TUNE_EPOCHS}ep
     if [ -f "$CONVERTED/convert.json" ]; then echo "   $CONVERTED: converted, kept"; else
         $TC convert --checkpoint "$TRANSFERRED/checkpoint.pt" --out "$CONVERTED/checkpoint.pt" --frames 32 \
@@ -95,12 +95,13 @@ if [ "$TRANSFER_EPOCHS" -gt 0 ]; then
 fi
 DEPLOY=$CONVERTED
 if [ "$TUNE_EPOCHS" -gt 0 ]; then
-    echo "== 3. fine-tune spiking from the converted weights for $TUNE_EPOCHS epochs, under the converted neurons"
+    echo "== 3. fine-tune spiking from the converted weights for $TUNE_EPOCHS epochs, under the converted neurons,"
+    echo "   distilled from the twin $SOURCE"
     units=$(conversion logit_scale)
     # the converted neurons: each layer's threshold, no leak (flags without spaces: split on purpose)
     # shellcheck disable=SC2046
     train "$TUNED" --set train.init="$CONVERTED/checkpoint.pt" $(conversion neurons) \
-        --set train.logit_scale="$units" --set train.lr=0.001 \
+        --set train.logit_scale="$units" --set train.teacher="$SOURCE/checkpoint.pt" --set train.lr=0.001 \
         --set train.epochs="$TUNE_EPOCHS" --set data.time_steps="$STEPS" --set data.encoding="$CODE" "$@"
     DEPLOY=$TUNED
 fi

@@ -39,7 +39,8 @@ def test_native_hybrid_script_clips_converts_and_deploys_then_resumes_and_fine_t
     conversion's spike rates and converted at its levels, the .net equal in
     Lava and on the emulator; run again, every finished step is kept; with
     CLIP_EPOCHS=0, TRANSFER_EPOCHS=0 and TUNE_EPOCHS the plain twin's
-    conversion is fine-tuned spiking under the converted neurons and deployed."""
+    conversion is fine-tuned spiking under the converted neurons, distilled
+    from that twin, and deployed."""
     import json
     import os
     import subprocess
@@ -91,6 +92,7 @@ def test_native_hybrid_script_clips_converts_and_deploys_then_resumes_and_fine_t
     assert tuned.stdout.count("finished, kept") == 1 and "== 1b." not in tuned.stdout
     snn = json.loads((out / "tuned-80ep-T12-poisson-1ep/metrics.json").read_text())
     assert snn["init"].endswith("converted-80ep-T12-poisson/checkpoint.pt") and not snn["ann"]
+    assert snn["teacher"].endswith("out/twin-80ep/checkpoint.pt")  # distilled from the twin it was converted from
     conversion = json.loads((out / "converted-80ep-T12-poisson/convert.json").read_text())
     assert conversion["percentile"] == 99
     # the loss saw the scores in the twin's units
