@@ -160,12 +160,16 @@ class AnnGraph(torch.nn.Module):
         """The levels of a twin tuned under a conversion's transfer ({}: a ReLU twin)."""
         return {n.name: float(n.level) for n in self.nodes[:-1] if not bool(torch.isinf(n.level))}
 
-    def forward(self, x):
+    def forward(self, x, replace: Mapping[str, torch.Tensor] | None = None):
+        """`replace`: activations to use instead of the named nodes' own (the
+        layers after them compute from those)."""
         if x.dim() == 5:
             x = x.mean(dim=-1)
+        replace = replace or {}
         outputs = {INPUT: x}
         for node in self.nodes:
-            outputs[node.name] = node([outputs[s] for s in node.sources])
+            outputs[node.name] = replace[node.name] if node.name in replace else \
+                node([outputs[s] for s in node.sources])
         acts = {n.name: outputs[n.name] for n in self.nodes[:-1]}
         return outputs[self.nodes[-1].name], acts
 

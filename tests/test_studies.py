@@ -279,6 +279,41 @@ def test_convert_checkpoint_is_an_ordinary_spiking_checkpoint(ann_ckpt, tmp_path
         convert.convert_checkpoint(ann_ckpt, tmp_path / "x.pt", percentile=0, frames=2, log=lambda s: None)
 
 
+def test_layer_losses_splice_each_layers_spike_rates_into_the_twin(ann_ckpt, tmp_path):
+    """`eval --twin`'s table: the twin's own answer first; then the twin with
+    one layer's activations replaced by the spiking net's rates x lambda
+    (replacing a layer by the twin's own activations changes nothing); the
+    last hidden layer's row is the spiking net's own class maps, its readout
+    being linear in those rates, and every layer spiked."""
+    from toolchain.core.metrics import SegmentationMetric
+    from toolchain.data import build_dataset
+    from toolchain.data.dataset import IGNORE, draw
+    from toolchain.train.loop import evaluate
+
+    out = tmp_path / "snn.pt"
+    info = convert.convert_checkpoint(ann_ckpt, out, percentile=99.0, scale=0.5, frames=4, log=lambda s: None,
+                                      overrides=["data.time_steps=32"])
+    snn, cfg = models.load_checkpoint(out)
+    ann, _ = models.load_checkpoint(ann_ckpt)
+    ds = build_dataset(cfg.data, "test")
+    rows = convert.layer_losses(ann, snn, info["lambdas"], ds, batch_size=2)
+    hidden = [n.name for n in snn.nodes[:-1]]
+    assert list(rows) == ["twin", *hidden, "spiking"]
+    twin = evaluate(ann, ds, torch.device("cpu"), batch_size=2)
+    assert rows["twin"]["miou"] == twin["miou"] and rows["twin"]["pixel_acc"] == twin["pixel_acc"]
+    x, y = draw(ds, range(len(ds)))
+    z, acts = ann(x)
+    assert all(torch.equal(ann(x, {name: acts[name]})[0], z) for name in hidden)
+    scores, spikes = models.predict(snn, x, y.shape[-2:])
+    assert all(float(spikes[name].sum()) > 0 for name in hidden)
+    own = SegmentationMetric(ds.num_classes, IGNORE)
+    own.update(scores.argmax(1), y)
+    assert len(torch.unique(scores.argmax(1))) > 1  # maps with content, not one class everywhere
+    assert rows[hidden[-1]] == rows["spiking"] == own.compute()
+    # the rows differ: the spikes change the twin's answer somewhere
+    assert len({round(r["pixel_acc"], 9) for r in rows.values()}) > 1
+
+
 def test_scale_auto_converts_at_the_scale_that_scores_best_on_training_frames(ann_ckpt, tmp_path):
     from toolchain.core import checkpoint
 

@@ -54,6 +54,33 @@ def test_convert_sweep_energy_robustness_report_from_the_cli(ann_ckpt, tmp_path,
     assert e.value.code == 2 and "--steps" in capsys.readouterr().err
 
 
+def test_eval_against_its_twin_prints_and_writes_where_the_conversion_loses(ann_ckpt, tmp_path, capsys):
+    """`toolchain eval --twin`: a row for the twin, each hidden layer spliced in
+    and the spiking net, in the terminal and in the JSON; the spiking row is the
+    evaluation's own figure. A checkpoint that is no conversion, or a spiking
+    twin, is refused by name."""
+    conv = tmp_path / "conv" / "checkpoint.pt"
+    main(["convert", "--checkpoint", str(ann_ckpt), "--out", str(conv), "--frames", "2", "--scale", "0.5",
+          "--set", "data.time_steps=16"])
+    capsys.readouterr()
+    main(["eval", "--checkpoint", str(conv), "--twin", str(ann_ckpt), "--json", str(tmp_path / "eval.json"),
+          "--batch-size", "2"])
+    printed = capsys.readouterr().out.splitlines()
+    r = json.loads((tmp_path / "eval.json").read_text())
+    rows = ["twin", "conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "spiking"]
+    assert list(r["layers"]) == rows and r["layers"]["spiking"]["miou"] == r["miou"]
+    assert list(r["layers"]["conv2"]["iou_per_class"]) == list(r["iou_per_class"])
+    table = [line.split() for line in printed[printed.index(next(x for x in printed if "spiking up to" in x)) + 2:]]
+    assert [line[0] for line in table] == rows
+    assert [float(line[1]) for line in table] == [round(100 * r["layers"][k]["miou"], 2) for k in rows]
+    for ckpt, twin, why in ((ann_ckpt, ann_ckpt, "not a `toolchain convert` checkpoint"),
+                            (conv, conv, "holds a spiking model")):
+        with pytest.raises(SystemExit) as e:
+            main(["eval", "--checkpoint", str(ckpt), "--twin", str(twin), "--batch-size", "2"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and why in err and str(twin) in err
+
+
 def test_convert_for_other_steps_and_code_writes_them_into_the_spiking_config(ann_ckpt, tmp_path, capsys):
     """`convert --set data.time_steps=.. --set data.encoding=..`: the twin's
     configuration with the overrides becomes the converted net's, so that the

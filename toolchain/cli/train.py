@@ -76,15 +76,24 @@ def summary_table(r: dict) -> str:
 @click.option("--quantized/--float", "quantized", default=None,
               help="Loihi 8-bit weights or float weights (default: as trained).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-def evaluate(ckpt, data_dir, split, json_out, quantized, batch_size):
+@click.option("--twin", "twin_ckpt", type=click.Path(dir_okay=False), default=None,
+              help="The ANN twin a `toolchain convert` checkpoint came from: also the mIoU with the spiking "
+                   "layers up to each layer and the twin after it, where the conversion loses (a second pass).")
+def evaluate(ckpt, data_dir, split, json_out, quantized, batch_size, twin_ckpt):
     """Evaluate a training checkpoint: mIoU, per-class IoU, pixel accuracy, firing rates."""
     import models
     from toolchain.data import build_dataset
 
+    from ..core import checkpoint
     from ..train.loop import evaluate as run
     from ..train.loop import pick_device
 
-    model, cfg = models.load_checkpoint(ckpt, quantized=quantized, data_root=data_dir)
+    entries = checkpoint.load(ckpt)
+    conversion = entries.get("conversion")
+    if twin_ckpt and not conversion:
+        raise ToolchainError(f"{ckpt}: not a `toolchain convert` checkpoint; --twin compares a conversion with "
+                             f"the twin it came from")
+    model, cfg = models.load_checkpoint(ckpt, quantized=quantized, data_root=data_dir, entries=entries)
     ds = build_dataset(cfg.data, split)
     if ds.num_classes != len(model.class_names):
         raise ToolchainError(f"{ckpt}: model has {len(model.class_names)} classes, data set {ds.num_classes}")
@@ -98,8 +107,37 @@ def evaluate(ckpt, data_dir, split, json_out, quantized, batch_size):
                f"mIoU {percent(r['miou'])}%  pixel acc {percent(r['pixel_acc'])}%")
     for name, v in r["iou_per_class"].items():
         click.echo(f"  {name:<14} IoU {percent(v, width=6)}%")
+    if twin_ckpt:
+        r["layers"] = _layer_losses(model, conversion, twin_ckpt, ds, data_dir, batch_size, device)
     if json_out:
         write_text(json_out, json.dumps(r, indent=1))
+
+
+def _layer_losses(model, conversion: dict, twin_ckpt: str, ds, data_dir, batch_size: int, device) -> dict:
+    """`eval --twin`: the table of `convert.layer_losses`, printed; its rows for the JSON."""
+    import models
+
+    from ..studies.convert import layer_losses
+
+    twin, _ = models.load_checkpoint(twin_ckpt, data_root=data_dir)
+    if isinstance(twin, models.SpikingGraph):
+        raise ToolchainError(f"{twin_ckpt}: holds a spiking model; --twin takes the ANN twin (trained with --ann)")
+    try:
+        rows = layer_losses(twin, model, conversion["lambdas"], ds, batch_size=batch_size, device=device,
+                            progress=True)
+    except ToolchainError as e:
+        raise ToolchainError(f"{twin_ckpt} against the conversion: {e}") from e
+    names = model.class_names
+    click.echo(f"spiking up to a layer, the twin {twin_ckpt} after it:")
+    click.echo(f"  {'layer':<12} {'mIoU':>7} {'step':>6}  " + " ".join(f"{n[:8]:>8}" for n in names))
+    before = None
+    for row, m in rows.items():
+        step = "" if before is None or row == "spiking" else f"{100 * (m['miou'] - before):+.2f}"
+        click.echo(f"  {row:<12} {percent(m['miou'], width=7)} {step:>6}  "
+                   + " ".join(percent(v, 1, width=8) for v in m["iou_per_class"]))
+        before = m["miou"]
+    return {row: dict(miou=m["miou"], pixel_acc=m["pixel_acc"],
+                      iou_per_class=dict(zip(names, m["iou_per_class"], strict=True))) for row, m in rows.items()}
 
 
 @click.command("models")

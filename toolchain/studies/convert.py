@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from lava.lib.dl import slayer
+from tqdm import tqdm
 
 import models
 from models.ann import TRANSFER_KNOTS, TRANSFER_STEP, activation_stats, layer_levels
@@ -45,6 +46,7 @@ from models.graph import INPUT
 
 from ..core.errors import ToolchainError
 from ..core.loihi import STATE_SCALE, U_MAX, VTH_MAX, W_SCALE, WEIGHT_MAX
+from ..core.metrics import SegmentationMetric
 
 W_MAX = WEIGHT_MAX / W_SCALE  # slayer's largest 8-bit weight
 W_STEP = 2 / W_SCALE
@@ -238,6 +240,47 @@ def logit_scale(ann, snn, batches) -> float:
         num += float((s.double() * z.double()).sum())
         den += float((s.double() ** 2).sum())
     return num / den if num > 0 and den > 0 else 1.0
+
+
+@torch.no_grad()
+def layer_losses(ann, snn, lambdas: Mapping[str, Sequence[float]], dataset, *, batch_size: int = 4,
+                 device: torch.device | None = None, progress: bool = False) -> dict[str, dict]:
+    """Where a conversion loses its twin's accuracy, layer by layer: the
+    twin's metrics with one hidden layer's activations replaced by the spiking
+    net's spike rates x that layer's `lambdas` (convert's: the activation a
+    neuron firing every step stands for), so that every layer up to it spikes
+    and every layer after it is the twin. One entry per hidden layer, in
+    order, between the twin's own ("twin") and the spiking net's ("spiking");
+    the drop from one entry to the next is what that layer's spikes cost.
+    The last hidden layer's entry is the spiking net's answer (its readout is
+    linear in those rates; 8-bit readout weights move it a little)."""
+    from toolchain.data.dataset import IGNORE, draw
+
+    hidden = [n.name for n in snn.nodes[:-1]]
+    if [n.name for n in ann.nodes] != [n.name for n in snn.nodes]:
+        raise ToolchainError(f"the twin's layers ({', '.join(n.name for n in ann.nodes)}) are not the spiking "
+                             f"net's ({', '.join(n.name for n in snn.nodes)})")
+    missing = [name for name in hidden if name not in lambdas]
+    if missing:
+        raise ToolchainError(f"the conversion holds no lambdas for {', '.join(missing)}")
+    device = device or torch.device("cpu")
+    lam = {name: torch.as_tensor(lambdas[name], dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
+           for name in hidden}
+    rows = ["twin", *hidden, "spiking"]
+    metrics = {row: SegmentationMetric(dataset.num_classes, IGNORE) for row in rows}
+    ann, snn = ann.to(device).eval(), snn.to(device).eval()
+    dataset.set_epoch(0)
+    for start in tqdm(range(0, len(dataset), batch_size), desc="layer by layer", unit="batch", leave=False,
+                      disable=not progress):
+        x, y = draw(dataset, range(start, min(len(dataset), start + batch_size)))
+        x, size = x.to(device), (y.shape[-2], y.shape[-1])
+        readout, spikes = snn(x)
+        metrics["spiking"].update(models.upsample(readout, size).argmax(1), y)
+        for row in rows[:-1]:
+            # the readout divides by the input's steps: so do the rates
+            replace = {row: spikes[row].sum(-1) / x.shape[-1] * lam[row]} if row in lam else {}
+            metrics[row].update(models.upsample(ann(x, replace)[0], size).argmax(1), y)
+    return {row: m.compute() for row, m in metrics.items()}
 
 
 MIN_SAMPLES = 200  # neurons a knot's mean rate needs; with fewer, the mean over layers of its kind
