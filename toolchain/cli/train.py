@@ -94,6 +94,11 @@ def evaluate(ckpt, data_dir, split, json_out, quantized, batch_size, twin_ckpt):
         raise ToolchainError(f"{ckpt}: not a `toolchain convert` checkpoint; --twin compares a conversion with "
                              f"the twin it came from")
     model, cfg = models.load_checkpoint(ckpt, quantized=quantized, data_root=data_dir, entries=entries)
+    twin = None
+    if twin_ckpt:  # read before the evaluation: a wrong file fails at once
+        twin, _ = models.load_checkpoint(twin_ckpt, data_root=data_dir)
+        if isinstance(twin, models.SpikingGraph):
+            raise ToolchainError(f"{twin_ckpt}: holds a spiking model; --twin takes the ANN twin (trained with --ann)")
     ds = build_dataset(cfg.data, split)
     if ds.num_classes != len(model.class_names):
         raise ToolchainError(f"{ckpt}: model has {len(model.class_names)} classes, data set {ds.num_classes}")
@@ -107,21 +112,16 @@ def evaluate(ckpt, data_dir, split, json_out, quantized, batch_size, twin_ckpt):
                f"mIoU {percent(r['miou'])}%  pixel acc {percent(r['pixel_acc'])}%")
     for name, v in r["iou_per_class"].items():
         click.echo(f"  {name:<14} IoU {percent(v, width=6)}%")
-    if twin_ckpt:
-        r["layers"] = _layer_losses(model, conversion, twin_ckpt, ds, data_dir, batch_size, device)
+    if twin is not None:
+        r["layers"] = _layer_losses(model, conversion, twin, twin_ckpt, ds, batch_size, device)
     if json_out:
         write_text(json_out, json.dumps(r, indent=1))
 
 
-def _layer_losses(model, conversion: dict, twin_ckpt: str, ds, data_dir, batch_size: int, device) -> dict:
+def _layer_losses(model, conversion: dict, twin, twin_ckpt: str, ds, batch_size: int, device) -> dict:
     """`eval --twin`: the table of `convert.layer_losses`, printed; its rows for the JSON."""
-    import models
-
     from ..studies.convert import layer_losses
 
-    twin, _ = models.load_checkpoint(twin_ckpt, data_root=data_dir)
-    if isinstance(twin, models.SpikingGraph):
-        raise ToolchainError(f"{twin_ckpt}: holds a spiking model; --twin takes the ANN twin (trained with --ann)")
     try:
         rows = layer_losses(twin, model, conversion["lambdas"], ds, batch_size=batch_size, device=device,
                             progress=True)
