@@ -9,7 +9,8 @@
 Presets: `spiking-deeplab` and `spiking-fcn` at paper size, the middle
 `spiking-deeplab-small` (the paper's layers at 1/4 of its channel widths,
 for the data's full resolution on a CPU), and `-tiny` variants that train
-on two CPU cores in minutes; `spiking-deeplab-tiny-decoder` adds a
+on two CPU cores in minutes; `spiking-deeplab-tiny-r3` reads out through a
+3x3 classifier, `spiking-deeplab-tiny-decoder` adds a
 DeepLabv3+-style decoder that reads out at the input's resolution. Append `-ann` to a name (or
 pass `ann=True`) for the non-spiking twin of the same topology.
 """
@@ -36,6 +37,9 @@ _REGISTRY: dict[str, tuple[Callable, dict]] = {
     "spiking-deeplab": (deeplab.spiking_deeplab, dict(layers=deeplab.PAPER, weight_scale=8.0)),
     "spiking-deeplab-small": (deeplab.spiking_deeplab, dict(layers=deeplab.PAPER, width=0.25, weight_scale=8.0)),
     "spiking-deeplab-tiny": (deeplab.spiking_deeplab, dict(layers=deeplab.TINY, weight_scale=8.0)),
+    # r3: a 3x3 readout, each class score reading its neighbourhood of conv4
+    "spiking-deeplab-tiny-r3": (deeplab.spiking_deeplab,
+                                dict(layers=deeplab.TINY, readout_kernel=3, weight_scale=8.0)),
     "spiking-deeplab-tiny-decoder": (deeplab.spiking_deeplab,
                                      dict(layers=deeplab.TINY, decoder=deeplab.TINY_DECODER, weight_scale=8.0)),
     "spiking-fcn": (fcn.spiking_fcn, dict(**fcn.PAPER, weight_scale=8.0)),

@@ -1,7 +1,7 @@
 """Spiking DeepLab (Kim et al. 2022, "dl-vgg9"), and a variant with a decoder.
 
 A VGG9 encoder with average pooling, dilated 3x3 convolutions (dilation 2,
-then 12 in the 1024-wide layer) and a 1x1 classifier whose synaptic input,
+then 12 in the 1024-wide layer) and a 1x1 classifier (`readout_kernel`) whose synaptic input,
 accumulated over T and divided by T, is the class score (the paper's
 non-spiking membrane readout). Bilinear upsampling of the scores to the input
 size runs on the host after the network (`models.predict`).
@@ -26,7 +26,7 @@ TINY_DECODER = [("conv2", 32), ("conv1", 16)]
 
 
 def spiking_deeplab(in_channels: int, num_classes: int, input_hw: tuple[int, int], neuron: NeuronParams, *,
-                    layers=PAPER, decoder=(), width: float = 1.0, **kw) -> SpikingGraph:
+                    layers=PAPER, decoder=(), width: float = 1.0, readout_kernel: int = 1, **kw) -> SpikingGraph:
     g = GraphBuilder(in_channels, input_hw, neuron, **kw)
     scale = lambda c: max(1, round(c * width))  # noqa: E731
     n_pool = 0
@@ -39,5 +39,5 @@ def spiking_deeplab(in_channels: int, num_classes: int, input_hw: tuple[int, int
             g.conv(f"conv{i + 1 - n_pool}", scale(channels), 3, dilation)
     for k, (skip, channels) in enumerate(decoder):
         g.upsample_add(f"decoder{k + 1}", g.last, skip, channels=scale(channels))
-    g.conv("classifier", num_classes, 1, spiking=False)
+    g.conv("classifier", num_classes, readout_kernel, spiking=False)
     return g.build()

@@ -158,11 +158,12 @@ def test_lava_spikes_align_with_torch_node_outputs():
 
 @pytest.mark.lava
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["spiking-deeplab-tiny", "spiking-fcn-tiny", "spiking-deeplab-tiny-decoder"])
+@pytest.mark.parametrize("name", ["spiking-deeplab-tiny", "spiking-fcn-tiny", "spiking-deeplab-tiny-decoder",
+                                  "spiking-deeplab-tiny-r3"])
 @pytest.mark.parametrize("t_vs_depth", [-3, 0, 3])
 def test_whole_tiny_presets_agree_spike_for_spike_in_torch_emulator_and_lava(name, t_vs_depth):
     """Both segmenters end to end (pooling, dilation, transposed conv, skips,
-    readout) at a small resolution, with T below, at and above the pipeline
+    a 1x1 and a 3x3 readout) at a small resolution, with T below, at and above the pipeline
     depth: identical spikes in every layer at every step, identical readout,
     and every layer, the deepest included, spikes."""
     import models

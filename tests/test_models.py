@@ -27,7 +27,8 @@ def test_unknown_model_is_a_clean_error():
 
 
 @pytest.mark.parametrize("name,channels", [("spiking-deeplab-tiny", 2), ("spiking-fcn-tiny", 2),
-                                           ("spiking-deeplab-small", 6), ("spiking-deeplab-tiny-decoder", 6)])
+                                           ("spiking-deeplab-small", 6), ("spiking-deeplab-tiny-decoder", 6),
+                                           ("spiking-deeplab-tiny-r3", 6)])
 def test_spikes_reach_every_layer_at_init(name, channels):
     torch.manual_seed(0)
     model = build(name, channels, 6, (64, 64), quantized=True)

@@ -145,9 +145,10 @@ def models_cmd():
     """List the registered networks with their parameter counts."""
     import models
 
-    click.echo(f"{'name':<24} {'parameters':>12}   (2 input channels, 6 classes)")
+    width = max(len(name) for name in models.names()) + 2
+    click.echo(f"{'name':<{width}} {'parameters':>12}   (2 input channels, 6 classes)")
     for name in models.names():
-        click.echo(f"{name:<24} {models.describe(name):>12,}")
+        click.echo(f"{name:<{width}} {models.describe(name):>12,}")
     click.echo("append -ann to any name for its non-spiking twin")
 
 
