@@ -38,7 +38,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from lava.lib.dl import slayer
-from tqdm import tqdm
 
 import models
 from models.ann import TRANSFER_KNOTS, TRANSFER_STEP, activation_stats, layer_levels
@@ -254,7 +253,8 @@ def layer_losses(ann, snn, lambdas: Mapping[str, Sequence[float]], dataset, *, b
     the drop from one entry to the next is what that layer's spikes cost.
     The last hidden layer's entry is the spiking net's answer (its readout is
     linear in those rates; 8-bit readout weights move it a little)."""
-    from toolchain.data.dataset import IGNORE, draw
+    from deploy.evaluation import evaluate
+    from toolchain.data.dataset import IGNORE
 
     hidden = [n.name for n in snn.nodes[:-1]]
     if [n.name for n in ann.nodes] != [n.name for n in snn.nodes]:
@@ -266,20 +266,21 @@ def layer_losses(ann, snn, lambdas: Mapping[str, Sequence[float]], dataset, *, b
     device = device or torch.device("cpu")
     lam = {name: torch.as_tensor(lambdas[name], dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
            for name in hidden}
-    rows = ["twin", *hidden, "spiking"]
+    rows = ["twin", *hidden]
     metrics = {row: SegmentationMetric(dataset.num_classes, IGNORE) for row in rows}
     ann, snn = ann.to(device).eval(), snn.to(device).eval()
-    dataset.set_epoch(0)
-    for start in tqdm(range(0, len(dataset), batch_size), desc="layer by layer", unit="batch", leave=False,
-                      disable=not progress):
-        x, y = draw(dataset, range(start, min(len(dataset), start + batch_size)))
+
+    def spiking(x, y):  # the spiking net's class maps; the spliced twins' go into `metrics` on the way
         x, size = x.to(device), (y.shape[-2], y.shape[-1])
         readout, spikes = snn(x)
-        metrics["spiking"].update(models.upsample(readout, size).argmax(1), y)
-        for row in rows[:-1]:
+        for row in rows:
             # the readout divides by the input's steps: so do the rates
             replace = {row: spikes[row].sum(-1) / x.shape[-1] * lam[row]} if row in lam else {}
             metrics[row].update(models.upsample(ann(x, replace)[0], size).argmax(1), y)
+        return models.upsample(readout, size).argmax(1)
+
+    metrics["spiking"] = evaluate(spiking, dataset, range(len(dataset)), dataset.num_classes, batch_size=batch_size,
+                                  progress=progress, desc="layer by layer", leave=False)
     return {row: m.compute() for row, m in metrics.items()}
 
 
